@@ -1,0 +1,180 @@
+"""Boxes and the block grid.
+
+Axis order is z, y, x everywhere in this module. A :class:`Box` is half-open, ``[start, stop)``, in
+voxels of the volume (zero-origin: a volume's own voxel offset is applied at the I/O edge).
+
+A block owns its *write box* (the core) and reads its *read box*: the core grown by the halo and
+clipped to the region of interest. Two face neighbours A and B therefore both segment the overlap
+``A.read_box & B.read_box``, which is where their labels are matched::
+
+        A.read_box
+    ┌───────────────────┐
+    │   A.write_box  ┌──┼────────────────┐
+    │                │▓▓│                │   ▓▓ = overlap, 2 × halo wide,
+    │                │▓▓│  B.write_box   │        centred on the seam
+    └────────────────┼──┘                │
+                     └───────────────────┘
+                        B.read_box
+
+Write boxes tile the region of interest exactly, in C order of the grid index, and a block's id is
+its C-order rank, so ids are deterministic for a given region and block shape.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+Vec = tuple[int, int, int]
+
+
+def _vec(values: Sequence[int]) -> Vec:
+    if len(values) != 3:
+        raise ValueError(f"expected 3 values (z, y, x), got {list(values)}")
+    return (int(values[0]), int(values[1]), int(values[2]))
+
+
+@dataclass(frozen=True)
+class Box:
+    """A half-open box ``[start, stop)`` in z, y, x voxels.
+
+    >>> Box((0, 0, 0), (4, 4, 4)).intersect(Box((2, 3, -1), (9, 9, 2)))
+    Box(start=(2, 3, 0), stop=(4, 4, 2))
+    """
+
+    start: Vec
+    stop: Vec
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "start", _vec(self.start))
+        object.__setattr__(self, "stop", _vec(self.stop))
+
+    @classmethod
+    def from_shape(cls, shape: Sequence[int], offset: Sequence[int] = (0, 0, 0)) -> Box:
+        off = _vec(offset)
+        return cls(off, tuple(o + s for o, s in zip(off, _vec(shape))))
+
+    @property
+    def shape(self) -> Vec:
+        return tuple(max(0, b - a) for a, b in zip(self.start, self.stop))  # type: ignore[return-value]
+
+    @property
+    def size(self) -> int:
+        z, y, x = self.shape
+        return z * y * x
+
+    @property
+    def empty(self) -> bool:
+        return self.size == 0
+
+    def intersect(self, other: Box) -> Box:
+        start = tuple(max(a, b) for a, b in zip(self.start, other.start))
+        stop = tuple(min(a, b) for a, b in zip(self.stop, other.stop))
+        stop = tuple(max(s, e) for s, e in zip(start, stop))
+        return Box(start, stop)
+
+    __and__ = intersect
+
+    def grow(self, amount: Sequence[int]) -> Box:
+        a = _vec(amount)
+        return Box(tuple(s - g for s, g in zip(self.start, a)), tuple(e + g for e, g in zip(self.stop, a)))
+
+    def shift(self, offset: Sequence[int]) -> Box:
+        o = _vec(offset)
+        return Box(tuple(s + d for s, d in zip(self.start, o)), tuple(e + d for e, d in zip(self.stop, o)))
+
+    def contains(self, other: Box) -> bool:
+        return all(a <= b for a, b in zip(self.start, other.start)) and all(
+            a >= b for a, b in zip(self.stop, other.stop)
+        )
+
+    def slices(self, origin: Sequence[int] = (0, 0, 0)) -> tuple[slice, slice, slice]:
+        """Slices that cut this box out of an array whose first voxel is at ``origin``."""
+        o = _vec(origin)
+        return tuple(slice(s - d, e - d) for s, e, d in zip(self.start, self.stop, o))  # type: ignore[return-value]
+
+    def to_json(self) -> dict[str, list[int]]:
+        return {"start": list(self.start), "stop": list(self.stop)}
+
+
+@dataclass(frozen=True)
+class Block:
+    """One unit of work: the core it writes and the (larger) box it reads."""
+
+    id: int
+    index: Vec
+    write_box: Box
+    read_box: Box
+
+
+@dataclass(frozen=True)
+class BlockGrid:
+    """Tiles ``roi`` with blocks of ``block_shape`` (the last ones clipped) grown by ``halo``."""
+
+    roi: Box
+    block_shape: Vec
+    halo: Vec
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "block_shape", _vec(self.block_shape))
+        object.__setattr__(self, "halo", _vec(self.halo))
+        if any(b <= 0 for b in self.block_shape):
+            raise ValueError(f"block shape must be positive, got {list(self.block_shape)}")
+        if any(h < 0 for h in self.halo):
+            raise ValueError(f"halo must be >= 0, got {list(self.halo)}")
+
+    @property
+    def grid_shape(self) -> Vec:
+        return tuple(-(-s // b) for s, b in zip(self.roi.shape, self.block_shape))  # type: ignore[return-value]
+
+    @property
+    def num_blocks(self) -> int:
+        z, y, x = self.grid_shape
+        return z * y * x
+
+    def block_id(self, index: Sequence[int]) -> int:
+        gz, gy, gx = self.grid_shape
+        z, y, x = _vec(index)
+        return (z * gy + y) * gx + x
+
+    def block_index(self, block_id: int) -> Vec:
+        gz, gy, gx = self.grid_shape
+        if not 0 <= block_id < gz * gy * gx:
+            raise IndexError(f"block id {block_id} outside a grid of {gz * gy * gx} blocks")
+        return (block_id // (gy * gx), (block_id // gx) % gy, block_id % gx)
+
+    def block(self, block_id: int) -> Block:
+        index = self.block_index(block_id)
+        start = tuple(r + i * b for r, i, b in zip(self.roi.start, index, self.block_shape))
+        write = Box(start, tuple(s + b for s, b in zip(start, self.block_shape))).intersect(self.roi)
+        read = write.grow(self.halo).intersect(self.roi)
+        return Block(block_id, index, write, read)
+
+    def __iter__(self) -> Iterator[Block]:
+        for block_id in range(self.num_blocks):
+            yield self.block(block_id)
+
+    def __len__(self) -> int:
+        return self.num_blocks
+
+    def forward_neighbours(self, block: Block) -> Iterator[tuple[int, Block]]:
+        """The face neighbours after ``block`` along each axis, as ``(axis, neighbour)``.
+
+        Every face-adjacent pair appears exactly once over the whole grid.
+        """
+        grid = self.grid_shape
+        for axis in range(3):
+            index = list(block.index)
+            index[axis] += 1
+            if index[axis] < grid[axis]:
+                yield axis, self.block(self.block_id(index))
+
+    def neighbours(self, block: Block) -> Iterator[tuple[int, int, Block]]:
+        """All face neighbours as ``(axis, direction, neighbour)`` with direction -1 or +1."""
+        grid = self.grid_shape
+        for axis, direction in itertools.product(range(3), (-1, 1)):
+            index = list(block.index)
+            index[axis] += direction
+            if 0 <= index[axis] < grid[axis]:
+                yield axis, direction, self.block(self.block_id(index))
