@@ -1,0 +1,221 @@
+"""Run configuration: YAML validated by pydantic, unknown keys rejected.
+
+The keys, with their defaults::
+
+    input: zarr://file:///data/em.zarr/raw   # a Neuroglancer-style URL, a local path, or a tensorstore spec
+    output: /runs/em-seg                     # directory or URL; the segmentation is <output>/segmentation
+    backend: {name: watershed}               # plus the backend's own keys (see pipeline/backends)
+    blocks: {shape: [128, 128, 128], halo: [8, 8, 8]}
+    cluster: {workers: 2, threads_per_worker: 1, address: null}
+    write: {chunk_shape: [64, 64, 64], sharded: false}
+    roi: null                                # {start: [z, y, x], stop: [z, y, x], units: voxels | nm}
+    stitch: null                             # {min_overlap, min_iou, mutual_best}; null = backend's rule
+    retries: 2                               # extra attempts per task before the block counts as failed
+    evaluate: null                           # {groundtruth: URL, iou_threshold: 0.5, min_size: 0, ...}
+    phantom: null                            # make a synthetic input (and ground truth) if none exists
+
+``--set key.sub=value`` on the command line overrides one key; the value is parsed as YAML.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline import backends
+from pipeline.errors import ConfigError
+from pipeline.seams import StitchRule
+
+Vec3 = tuple[int, int, int]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BackendConfig(Strict):
+    """``backend: {name: ..., <the backend's own keys>}``."""
+
+    name: str
+    params: Any = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            data = {"name": data}
+        if not isinstance(data, Mapping) or "name" not in data:
+            raise ValueError("backend needs a name, e.g. backend: {name: watershed}")
+        if "params" in data and set(data) == {"name", "params"}:
+            return dict(data)
+        params = {k: v for k, v in data.items() if k != "name"}
+        return {"name": data["name"], "params": params}
+
+    @model_validator(mode="after")
+    def _validate_params(self) -> BackendConfig:
+        raw = self.params
+        if isinstance(raw, BaseModel):
+            return self
+        try:
+            validated = backends.validate_params(self.name, dict(raw or {}))
+        except ValidationError as exc:
+            raise ValueError(_pydantic_message(exc, prefix="backend")) from None
+        object.__setattr__(self, "params", validated)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **self.params.model_dump(mode="json")}
+
+
+class BlocksConfig(Strict):
+    shape: Vec3 = (128, 128, 128)
+    halo: Vec3 = (8, 8, 8)
+
+    @field_validator("shape")
+    @classmethod
+    def _positive(cls, v: Vec3) -> Vec3:
+        if any(s <= 0 for s in v):
+            raise ValueError(f"block shape must be positive on every axis, got {list(v)}")
+        return v
+
+    @field_validator("halo")
+    @classmethod
+    def _nonneg(cls, v: Vec3) -> Vec3:
+        if any(h < 0 for h in v):
+            raise ValueError(f"halo must be >= 0 on every axis, got {list(v)}")
+        return v
+
+
+class ClusterConfig(Strict):
+    #: worker processes of the local cluster (ignored with an address)
+    workers: int = Field(default_factory=lambda: max(1, min(2, os.cpu_count() or 1)), ge=1)
+    threads_per_worker: int = Field(1, ge=1)
+    #: an existing scheduler, e.g. tcp://host:8786; None starts a local cluster
+    address: str | None = None
+    memory_limit: str = "auto"
+
+
+class WriteConfig(Strict):
+    """How the output segmentation is stored (Neuroglancer precomputed)."""
+
+    chunk_shape: Vec3 = (64, 64, 64)
+    encoding: Literal["compressed_segmentation", "raw"] = "compressed_segmentation"
+    #: sharded precomputed; shards are chosen to match the block shape when not given
+    sharded: bool = False
+    #: explicit sharding bits (preshift_bits, minishard_bits, shard_bits); null = derived
+    sharding_bits: tuple[int, int, int] | None = None
+
+
+class RegionConfig(Strict):
+    """A region of interest in the input's own coordinates (its voxel offset included)."""
+
+    start: tuple[float, float, float]
+    stop: tuple[float, float, float]
+    units: Literal["voxels", "nm"] = "voxels"
+
+
+class EvaluateConfig(Strict):
+    groundtruth: str | dict[str, Any]
+    iou_threshold: float = Field(0.5, gt=0.0, le=1.0)
+    min_size: int = Field(0, ge=0)
+    ignore_gt_zero: bool = True
+
+
+class PhantomConfig(Strict):
+    """Make a synthetic EM-like input (image at ``input``, labels at ``evaluate.groundtruth``)."""
+
+    shape: Vec3 = (256, 256, 256)
+    seed: int = 0
+    voxel_size_nm: tuple[float, float, float] = (8.0, 8.0, 8.0)
+    chunk_shape: Vec3 = (64, 64, 64)
+    #: extra keys of pipeline.phantom.PhantomParams
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Config(Strict):
+    input: str | dict[str, Any]
+    output: str
+    backend: BackendConfig = Field(default_factory=lambda: BackendConfig(name="watershed"))
+    blocks: BlocksConfig = BlocksConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    write: WriteConfig = WriteConfig()
+    roi: RegionConfig | None = None
+    stitch: StitchRule | None = None
+    retries: int = Field(2, ge=0)
+    evaluate: EvaluateConfig | None = None
+    phantom: PhantomConfig | None = None
+
+    def stitch_rule(self) -> StitchRule:
+        if self.stitch is not None:
+            return self.stitch
+        return StitchRule(**backends.module(self.backend.name).Backend.default_stitch)
+
+    def to_json(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json")
+        data["backend"] = self.backend.to_dict()
+        return data
+
+
+def _pydantic_message(exc: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(err["loc"]))
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown config key {loc!r}; remove it or check its spelling")
+        elif err["type"] == "missing":
+            lines.append(f"missing config key {loc!r}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{loc}: {msg}" if loc and f"'{loc}" not in msg else msg)
+    return "; ".join(lines)
+
+
+def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {part!r} is not a mapping")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: Sequence[str]) -> list[tuple[str, Any]]:
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value (e.g. --set blocks.shape=[64,64,64]), got {item!r}")
+        out.append((key.strip(), yaml.safe_load(value)))
+    return out
+
+
+def from_dict(data: Mapping[str, Any], overrides: Sequence[str] = ()) -> Config:
+    data = dict(data)
+    for key, value in parse_overrides(overrides):
+        _set(data, key, value)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_pydantic_message(exc)) from None
+
+
+def load(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
+    """Load a YAML config and apply ``key=value`` overrides."""
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {os.fspath(path)!r} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {os.fspath(path)!r} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {os.fspath(path)!r} must hold a mapping of keys")
+    return from_dict(data, overrides)
