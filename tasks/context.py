@@ -1,0 +1,39 @@
+"""What every task of a run receives: small, serialisable facts (no open stores, no models)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.geometry import Box, BlockGrid
+from pipeline.seams import StitchRule
+
+
+@dataclass(frozen=True)
+class RunContext:
+    input_spec: dict[str, Any]  # tensorstore spec of the input volume
+    output: str  # store URL of the output directory
+    segmentation: str  # store URL of the precomputed segmentation layer
+    roi: Box  # region of interest, zero-origin input voxels; the output covers exactly this box
+    block_shape: tuple[int, int, int]
+    halo: tuple[int, int, int]
+    backend_name: str
+    backend_params: dict[str, Any] = field(hash=False)
+    stitch: dict[str, Any] = field(hash=False)
+
+    @property
+    def grid(self) -> BlockGrid:
+        return BlockGrid(self.roi, self.block_shape, self.halo)
+
+    @property
+    def rule(self) -> StitchRule:
+        return StitchRule(**self.stitch)
+
+    @property
+    def input_key(self) -> str:
+        return json.dumps(self.input_spec, sort_keys=True)
+
+    @property
+    def backend_key(self) -> str:
+        return json.dumps({"name": self.backend_name, **self.backend_params}, sort_keys=True)

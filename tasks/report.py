@@ -1,0 +1,105 @@
+"""``run.json``: what a run did — config, versions, per-stage timings, block counts, failures."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import json
+import platform
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+import tensorstore as ts
+
+from pipeline import neuroglancer, urls
+from pipeline.scratch import STAGES
+
+if TYPE_CHECKING:
+    from tasks.run import Plan
+
+PACKAGES = ("emseg", "numpy", "scipy", "dask", "distributed", "tensorstore", "zarr", "cloud-volume",
+            "connected-components-3d", "scikit-image", "torch", "sam2")
+
+
+def versions(client: Any = None) -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def viewer_state(p: Plan) -> dict[str, Any]:
+    centre = [s + (e - s) / 2 for s, e in zip(p.ctx.roi.start, p.ctx.roi.stop)]
+    centre = [c + o for c, o in zip(centre, p.input.offset_zyx)]
+    seg = neuroglancer.layer_source("precomputed://" + p.ctx.segmentation)
+    img = neuroglancer.layer_source(p.config.input) if isinstance(p.config.input, str) else None
+    return neuroglancer.state(
+        image=img or (p.config.input if isinstance(p.config.input, str) else None),
+        segmentation=seg or "precomputed://" + p.ctx.segmentation,
+        voxel_size_nm=p.input.voxel_size_nm,
+        position_zyx=centre,
+    )
+
+
+def build(
+    p: Plan,
+    todo: dict[str, list[Any]],
+    results: dict[tuple[str, Any], dict[str, Any]],
+    failures: list[dict[str, Any]],
+    *,
+    started: float,
+    versions: dict[str, str],
+) -> dict[str, Any]:
+    finished = dt.datetime.now(dt.timezone.utc).timestamp()
+    per_stage: dict[str, dict[str, Any]] = {}
+    secs: dict[str, float] = defaultdict(float)
+    for (stage, _), info in results.items():
+        secs[stage] += float(info.get("seconds", 0.0))
+    n = p.ctx.grid.num_blocks
+    for stage in STAGES:
+        total = 1 if stage == "3-unionfind" else n
+        ran = sum(1 for (s, _) in results if s == stage)
+        failed = sum(1 for f in failures if f["stage"] == stage)
+        per_stage[stage] = {
+            "tasks": total,
+            "skipped_done": total - len(todo[stage]),
+            "ran": ran,
+            "failed": failed,
+            "task_seconds": round(secs[stage], 3),
+        }
+    uf = results.get(("3-unionfind", "all"), {})
+    status = "failed" if failures else "complete"
+    grid = p.ctx.grid
+    return {
+        "status": status,
+        "started": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(),
+        "finished": dt.datetime.fromtimestamp(finished, dt.timezone.utc).isoformat(),
+        "wall_seconds": round(finished - started, 3),
+        "config": p.config.to_json(),
+        "versions": versions,
+        "input": {"shape_zyx": list(p.input.shape_zyx), "dtype": p.input.dtype.name,
+                  "voxel_size_nm": list(p.input.voxel_size_nm), "offset_zyx": list(p.input.offset_zyx)},
+        "roi": p.ctx.roi.to_json(),
+        "blocks": {"total": n, "grid_zyx": list(grid.grid_shape), "shape_zyx": list(grid.block_shape),
+                   "halo_zyx": list(grid.halo)},
+        "stages": per_stage,
+        "segments": uf.get("num_segments"),
+        "merge_edges": uf.get("merge_edges"),
+        "failures": failures,
+        "segmentation": "precomputed://" + p.ctx.segmentation,
+        "neuroglancer": viewer_state(p),
+    }
+
+
+def write(output: str, run: dict[str, Any]) -> None:
+    kv = ts.KvStore.open(urls.store_url(output).rstrip("/") + "/").result()
+    kv.write("run.json", json.dumps(run, indent=2).encode()).result()
+
+
+def read(output: str) -> dict[str, Any] | None:
+    kv = ts.KvStore.open(urls.store_url(output).rstrip("/") + "/").result()
+    got = kv.read("run.json").result()
+    return json.loads(got.value) if got.state == "value" else None

@@ -1,0 +1,285 @@
+"""The driver of a run: validate, build one Dask graph of the four stages, execute, report.
+
+Stages, in order (the same numbers in file names and on the CLI)::
+
+    1-segment    per block     tasks/stage1_segment.py
+    2-seams      per block     tasks/stage2_seams.py      (after its own and its forward neighbours' stage 1)
+    3-unionfind  once          tasks/stage3_unionfind.py  (after every stage 2)
+    4-relabel    per block     tasks/stage4_relabel.py    (after stage 3)
+
+Tasks talk through the scratch area, so a rerun skips what has a done-marker (resume); whatever
+depends on redone work is redone too. ``restart=True`` wipes the output first.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import tensorstore as ts
+
+from pipeline import backends, urls
+from pipeline.config import Config
+from pipeline.errors import BlocksFailedError, ConfigError, OutputExistsError, RegionError
+from pipeline.geometry import Box, BlockGrid
+from pipeline.scratch import STAGES, Scratch
+from pipeline.sharding import check_alignment, choose_bits, shard_shape
+from pipeline.volume import Volume, create_precomputed, open_volume, sharding_spec, spec_for
+from tasks import report as report_mod
+from tasks.context import RunContext
+from tasks.stage1_segment import segment_block
+from tasks.stage2_seams import seams_block
+from tasks.stage3_unionfind import unionfind
+from tasks.stage4_relabel import relabel_block
+
+log = logging.getLogger("emseg")
+
+
+@dataclass
+class Plan:
+    """A validated run: its context and the facts the report needs."""
+
+    config: Config
+    ctx: RunContext
+    input: Volume
+    sharding: dict[str, Any] | None
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+
+def region(config: Config, vol: Volume) -> Box:
+    """The region of interest in zero-origin input voxels (the whole volume by default)."""
+    if config.roi is None:
+        return vol.box
+    r = config.roi
+    scale = vol.voxel_size_nm if r.units == "nm" else (1.0, 1.0, 1.0)
+    start = [math.floor(s / k) - o for s, k, o in zip(r.start, scale, vol.offset_zyx)]
+    stop = [math.ceil(s / k) - o for s, k, o in zip(r.stop, scale, vol.offset_zyx)]
+    box = Box(start, stop)
+    if box.empty:
+        raise RegionError(f"roi {r.start}..{r.stop} ({r.units}) is empty; stop must exceed start on every axis")
+    if not vol.box.contains(box):
+        lo = list(vol.offset_zyx)
+        hi = [o + s for o, s in zip(vol.offset_zyx, vol.shape_zyx)]
+        raise RegionError(
+            f"roi {list(r.start)}..{list(r.stop)} ({r.units}) lies outside the input, which spans voxels "
+            f"{lo}..{hi} (z, y, x, offset included); shrink the roi"
+        )
+    return box
+
+
+def plan(config: Config) -> Plan:
+    """Validate everything that can be checked before any work, and describe the run."""
+    if config.phantom is not None:
+        from tasks.phantom import ensure_phantom
+
+        ensure_phantom(config)
+    vol = open_volume(config.input)
+    backends.check_input_dtype(config.backend.name, vol.dtype)
+    roi = region(config, vol)
+    blocks = config.blocks
+    grid = BlockGrid(roi, blocks.shape, blocks.halo)
+    min_halo = backends.module(config.backend.name).Backend.min_halo
+    for axis, (g, h) in enumerate(zip(grid.grid_shape, blocks.halo)):
+        if g > 1 and h < min_halo:
+            raise ConfigError(
+                f"blocks.halo {list(blocks.halo)} is too small along {'zyx'[axis]}: neighbouring blocks must "
+                f"overlap for stitching; backend {config.backend.name!r} needs a halo of at least {min_halo}"
+            )
+    write = config.write
+    check_alignment(blocks.shape, write.chunk_shape, roi.shape, "chunk")
+    sharding = None
+    if write.sharded:
+        chunk_grid = [-(-s // c) for s, c in zip(roi.shape, write.chunk_shape)]
+        block_chunks = [b // c for b, c in zip(blocks.shape, write.chunk_shape)]
+        bits = write.sharding_bits or choose_bits(chunk_grid, block_chunks)
+        shard = shard_shape(chunk_grid, write.chunk_shape, bits[0], bits[1])
+        check_alignment(blocks.shape, shard, roi.shape, "shard")
+        sharding = sharding_spec(*bits)
+    out = urls.store_url(config.output)
+    ctx = RunContext(
+        input_spec=spec_for(config.input),
+        output=out,
+        segmentation=urls.join(out, "segmentation"),
+        roi=roi,
+        block_shape=blocks.shape,
+        halo=blocks.halo,
+        backend_name=config.backend.name,
+        backend_params=config.backend.params.model_dump(mode="json"),
+        stitch=config.stitch_rule().model_dump(),
+    )
+    data = config.to_json()
+    fingerprint = {k: data[k] for k in ("input", "roi", "blocks", "backend", "write")}
+    fingerprint["stitch"] = ctx.stitch
+    return Plan(config, ctx, vol, sharding, fingerprint)
+
+
+def _delete_prefix(store: str) -> None:
+    kv = ts.KvStore.open(store.rstrip("/") + "/").result()
+    kv.delete_range(ts.KvStore.KeyRange()).result()
+
+
+def prepare_output(p: Plan, *, restart: bool) -> Scratch:
+    """Create (or reopen for resume) the output; refuse to mix two different runs."""
+    ctx = p.ctx
+    scratch = Scratch(ctx.output)
+    if restart:
+        log.info("--restart: removing the previous segmentation and scratch data in %s", ctx.output)
+        _delete_prefix(ctx.segmentation)
+        scratch.clear()
+        _delete_prefix(urls.join(ctx.output, "run.json"))
+    previous = scratch.fingerprint()
+    if previous is not None and previous != p.fingerprint:
+        changed = sorted(k for k in set(previous) | set(p.fingerprint) if previous.get(k) != p.fingerprint.get(k))
+        raise OutputExistsError(
+            f"the output {ctx.output} holds a run with a different config (changed: {', '.join(changed)}); "
+            "rerun with --restart to overwrite it, or choose another output"
+        )
+    create_precomputed(
+        ctx.segmentation,
+        layer_type="segmentation",
+        dtype="uint64",
+        shape_zyx=ctx.roi.shape,
+        voxel_size_nm=p.input.voxel_size_nm,
+        offset_zyx=[o + s for o, s in zip(p.input.offset_zyx, ctx.roi.start)],
+        chunk_zyx=p.config.write.chunk_shape,
+        encoding=p.config.write.encoding,
+        sharding=p.sharding,
+    )
+    scratch.set_fingerprint(p.fingerprint)
+    return scratch
+
+
+@dataclass
+class _Task:
+    stage: str
+    item: int | str
+    deps: list[Any]
+
+
+def _todo(scratch: Scratch, grid: BlockGrid) -> dict[str, list[int | str]]:
+    """What must run, given the done-markers; the dependants of redone work are redone too."""
+    ids = list(range(grid.num_blocks))
+    done = {s: scratch.done_items(s) for s in STAGES}
+    seg = [i for i in ids if str(i) not in done["1-segment"]]
+    redo = set(seg)
+    seams = [
+        b.id
+        for b in grid
+        if str(b.id) not in done["2-seams"] or b.id in redo or any(n.id in redo for _, n in grid.forward_neighbours(b))
+    ]
+    uf: list[int | str] = ["all"] if seams or "all" not in done["3-unionfind"] else []
+    relabel = ids if uf else [i for i in ids if str(i) not in done["4-relabel"]]
+    return {"1-segment": seg, "2-seams": seams, "3-unionfind": uf, "4-relabel": relabel}
+
+
+def execute(p: Plan, *, restart: bool = False, stages: Sequence[str] = STAGES, progress: bool = True) -> dict[str, Any]:
+    """Run the stages of a planned run on its Dask cluster and write ``run.json``."""
+    from distributed import as_completed
+
+    from tasks.cluster import connect
+
+    t_start = time.time()
+    ctx, grid = p.ctx, p.ctx.grid
+    scratch = prepare_output(p, restart=restart)
+    for stage in stages:
+        for earlier in STAGES[: STAGES.index(stage)]:
+            if earlier not in stages and _incomplete(scratch, earlier, grid):
+                raise ConfigError(
+                    f"stage {stage} needs stage {earlier} to be complete first; run `emseg stage {earlier}` before it"
+                )
+    todo = _todo(scratch, grid)
+    # Invalidate the markers of everything that is to be redone (now or by a later stage command)
+    # before anything runs, so that a kill at any point leaves consistent markers.
+    scratch.clear_done("2-seams", todo["2-seams"])
+    if todo["3-unionfind"]:
+        scratch.clear_done("3-unionfind")
+        scratch.clear_done("4-relabel")
+    n = grid.num_blocks
+    for stage in STAGES:
+        if stage not in stages:
+            todo[stage] = []
+            continue
+        total = 1 if stage == "3-unionfind" else n
+        if total - len(todo[stage]):
+            log.info("resume: %s skips %d of %d %s already done", stage, total - len(todo[stage]), total,
+                     "task" if stage == "3-unionfind" else "blocks")
+
+    retries = p.config.retries
+    results: dict[tuple[str, int | str], dict[str, Any]] = {}
+    failures: list[dict[str, Any]] = []
+    with connect(p.config.cluster) as client:
+        futures: dict[Any, _Task] = {}
+        seg_f: dict[int, Any] = {}
+        for i in todo["1-segment"]:
+            f = client.submit(segment_block, ctx, i, key=f"1-segment-{i}-{t_start}", retries=retries, pure=False)
+            seg_f[i] = f
+            futures[f] = _Task("1-segment", i, [])
+        seam_f: dict[int, Any] = {}
+        for i in todo["2-seams"]:
+            block = grid.block(int(i))
+            deps = [seg_f[j] for j in [block.id, *(nb.id for _, nb in grid.forward_neighbours(block))] if j in seg_f]
+            f = client.submit(seams_block, ctx, i, *deps, key=f"2-seams-{i}-{t_start}", retries=retries, pure=False)
+            seam_f[int(i)] = f
+            futures[f] = _Task("2-seams", i, deps)
+        token: Any = None
+        if todo["3-unionfind"]:
+            deps = list(seam_f.values())
+            token = client.submit(unionfind, ctx, *deps, key=f"3-unionfind-{t_start}", retries=retries, pure=False)
+            futures[token] = _Task("3-unionfind", "all", deps)
+        elif todo["4-relabel"]:
+            token = (scratch.done_info("3-unionfind", "all") or {}).get("token")
+        for i in todo["4-relabel"]:
+            deps = [token] if not isinstance(token, str) else []
+            f = client.submit(relabel_block, ctx, i, token, key=f"4-relabel-{i}-{t_start}", retries=retries, pure=False)
+            futures[f] = _Task("4-relabel", i, deps)
+
+        bar = _progress(len(futures), enabled=progress)
+        errored: set[Any] = set()
+        for f in as_completed(list(futures)):
+            task = futures[f]
+            if f.status == "finished":
+                results[(task.stage, task.item)] = f.result()
+            else:
+                errored.add(f)
+                if any(d in errored for d in task.deps):
+                    failures.append({"stage": task.stage, "block": task.item, "error": "skipped: an upstream task failed"})
+                else:
+                    exc = f.exception()
+                    failures.append({"stage": task.stage, "block": task.item, "error": f"{type(exc).__name__}: {exc}"})
+            bar.update(1)
+            bar.set_postfix_str(f"{task.stage} {task.item}", refresh=False)
+        bar.close()
+        versions = report_mod.versions(client)
+
+    run = report_mod.build(p, todo, results, failures, started=t_start, versions=versions)
+    report_mod.write(ctx.output, run)
+    real = [f for f in failures if not f["error"].startswith("skipped")]
+    if real:
+        lines = "; ".join(f"block {f['block']} in {f['stage']}: {f['error']}" for f in real[:5])
+        more = f" (and {len(real) - 5} more)" if len(real) > 5 else ""
+        raise BlocksFailedError(
+            f"{len(real)} task(s) failed after {retries + 1} attempts: {lines}{more}. The output is incomplete "
+            f"(run.json status 'failed'); fix the cause and rerun the same command to resume"
+        )
+    return run
+
+
+def _incomplete(scratch: Scratch, stage: str, grid: BlockGrid) -> bool:
+    expected = {"all"} if stage == "3-unionfind" else {str(i) for i in range(grid.num_blocks)}
+    return not expected <= scratch.done_items(stage)
+
+
+def _progress(total: int, *, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="emseg", unit="task", disable=not enabled, file=sys.stderr, mininterval=0.5)
+
+
+def segment(config: Config, *, restart: bool = False, stages: Sequence[str] = STAGES, progress: bool = True) -> dict[str, Any]:
+    """Validate and run; returns the content of ``run.json``."""
+    return execute(plan(config), restart=restart, stages=stages, progress=progress)

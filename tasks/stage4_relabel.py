@@ -1,0 +1,37 @@
+"""Stage 4, relabel: map each block's core labels to final ids and write them to the output.
+
+Write boxes align to the output's chunks (and shards), so each storage object is written by exactly
+one task, whole.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from pipeline.unionfind import block_lut
+from tasks import runtime
+from tasks.context import RunContext
+
+STAGE = "4-relabel"
+
+
+def segmentation_spec(ctx: RunContext) -> str:
+    return json.dumps({"driver": "neuroglancer_precomputed", "kvstore": ctx.segmentation.rstrip("/") + "/"})
+
+
+def relabel_block(ctx: RunContext, block_id: int, token: str | Any, *upstream: Any) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    if isinstance(token, dict):  # the stage-3 future's result
+        token = token["token"]
+    block = ctx.grid.block(block_id)
+    store = runtime.scratch(ctx.output)
+    arrays = store.get_arrays(f"labels/{block_id}")
+    mapping = runtime.mapping(ctx.output, token)
+    lut = block_lut(block_id, int(arrays["n_total"][0]), mapping)
+    out = lut[arrays["core"]]
+    runtime.volume(segmentation_spec(ctx), write=True).write(block.write_box.shift([-s for s in ctx.roi.start]), out)
+    info = {"seconds": time.perf_counter() - t0}
+    store.mark_done(STAGE, block_id, info)
+    return info
