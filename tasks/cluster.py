@@ -13,8 +13,11 @@ log = logging.getLogger("emseg")
 
 @contextlib.contextmanager
 def connect(cfg: ClusterConfig) -> Iterator["distributed.Client"]:  # noqa: F821
+    import dask
     from distributed import Client, LocalCluster
 
+    # Worker processes inherit this config: keep their start/stop chatter out of the run's log.
+    dask.config.set({"distributed.logging.distributed": "error"})
     for name in ("distributed", "distributed.worker", "distributed.scheduler", "distributed.nanny"):
         logging.getLogger(name).setLevel(logging.ERROR)
     if cfg.address:

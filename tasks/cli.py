@@ -1,0 +1,203 @@
+"""The ``emseg`` command line.
+
+    emseg segment CONFIG [--set key=value ...] [--restart]      run every stage
+    emseg stage {1-segment,2-seams,3-unionfind,4-relabel} CONFIG   run one stage (debugging)
+    emseg evaluate --segmentation URL --groundtruth URL          print scores as one JSON object
+    emseg phantom IMAGE_URL [--labels URL] [--shape Z Y X]       write a synthetic EM volume
+    emseg link OUTPUT                                            print the Neuroglancer state of a run
+    emseg train-ffn CONFIG                                       train a flood-filling network
+
+Errors in the input print one line, ``emseg: error: ...``, and exit with status 2; a run whose
+blocks failed exits with status 1 after writing ``run.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from pipeline.errors import BlocksFailedError, EmsegError
+from pipeline.scratch import STAGES
+
+log = logging.getLogger("emseg")
+
+
+def _setup_logging(quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("emseg: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML run configuration (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set blocks.shape=[64,64,64] (repeatable)")
+    p.add_argument("--restart", action="store_true", help="discard the output's previous results and start over")
+    p.add_argument("--workers", type=int, help="worker processes of the local Dask cluster (cluster.workers)")
+    p.add_argument("--cluster", metavar="ADDRESS", help="use an existing Dask scheduler, e.g. tcp://host:8786")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from pipeline import config as config_mod
+
+    overrides = list(args.overrides)
+    if args.workers is not None:
+        overrides.append(f"cluster.workers={args.workers}")
+    if args.cluster:
+        overrides.append(f"cluster.address={args.cluster}")
+    return config_mod.load(args.config, overrides)
+
+
+def _summary(cfg: Any, run: dict[str, Any], evaluation: dict[str, Any] | None) -> None:
+    from pipeline import neuroglancer
+
+    voxels = 1
+    for s, e in zip(run["roi"]["start"], run["roi"]["stop"]):
+        voxels *= e - s
+    print(f"segmented {voxels / 1e6:.1f} Mvoxels in {run['blocks']['total']} blocks: {run['segments']} segments, "
+          f"{run['wall_seconds']:.1f} s ({voxels / 1e6 / max(run['wall_seconds'], 1e-9):.1f} Mvoxel/s end to end)")
+    for stage, s in run["stages"].items():
+        print(f"  {stage:<12} ran {s['ran']:>5}  skipped {s['skipped_done']:>5}  failed {s['failed']:>3}  "
+              f"task-seconds {s['task_seconds']:.1f}")
+    print(f"segmentation: {run['segmentation']}")
+    print(f"report:       {cfg.output.rstrip('/')}/run.json")
+    if evaluation is not None:
+        keys = ("voi_split", "voi_merge", "adapted_rand_error", "precision", "recall", "f1", "mean_iou")
+        print("evaluation:   " + json.dumps({k: round(evaluation[k], 4) for k in keys if k in evaluation}))
+    print("neuroglancer state: " + json.dumps(run["neuroglancer"], separators=(",", ":")))
+    print("neuroglancer link:  " + neuroglancer.link(run["neuroglancer"]))
+
+
+def cmd_segment(args: argparse.Namespace, stages: Sequence[str] = STAGES) -> int:
+    from tasks import report
+    from tasks.run import segment
+
+    cfg = _load(args)
+    run = segment(cfg, restart=args.restart, stages=stages, progress=not args.no_progress)
+    evaluation = None
+    if cfg.evaluate is not None and run["status"] == "complete" and list(stages) == list(STAGES):
+        from tasks.evaluate import evaluate
+
+        t0 = time.time()
+        e = cfg.evaluate
+        evaluation = evaluate(run["segmentation"], e.groundtruth, iou_threshold=e.iou_threshold,
+                              min_size=e.min_size, ignore_gt_zero=e.ignore_gt_zero)
+        evaluation["seconds"] = round(time.time() - t0, 3)
+        run["evaluation"] = evaluation
+        report.write(cfg.output, run)
+    _summary(cfg, run, evaluation)
+    return 0
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    return cmd_segment(args, stages=[args.stage])
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tasks.evaluate import evaluate
+
+    result = evaluate(args.segmentation, args.groundtruth, iou_threshold=args.iou_threshold,
+                      min_size=args.min_size, ignore_gt_zero=not args.keep_gt_zero)
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_phantom(args: argparse.Namespace) -> int:
+    from pipeline.config import ClusterConfig, PhantomConfig
+    from tasks.phantom import write_phantom
+
+    cfg = PhantomConfig(shape=tuple(args.shape), seed=args.seed, voxel_size_nm=tuple(args.voxel_size))
+    write_phantom(cfg, args.image, args.labels, cluster=ClusterConfig(workers=args.workers or 2))
+    print(f"phantom image: {args.image}" + (f"\nphantom labels: {args.labels}" if args.labels else ""))
+    return 0
+
+
+def cmd_link(args: argparse.Namespace) -> int:
+    from pipeline import neuroglancer
+    from pipeline.errors import VolumeNotFoundError
+    from tasks import report
+
+    run = report.read(args.output)
+    if run is None:
+        raise VolumeNotFoundError(f"no run.json in {args.output}; run `emseg segment` first")
+    print(json.dumps(run["neuroglancer"], indent=2))
+    print(neuroglancer.link(run["neuroglancer"]))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emseg", description="Chunked segmentation of large EM volumes.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("segment", help="run every stage of a segmentation")
+    _add_run_args(p)
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("stage", help="run one stage (the earlier ones must be complete)")
+    p.add_argument("stage", choices=STAGES)
+    _add_run_args(p)
+    p.set_defaults(func=cmd_stage)
+
+    p = sub.add_parser("evaluate", help="score a segmentation against ground truth (one JSON object)")
+    p.add_argument("--segmentation", required=True, help="URL of the segmentation")
+    p.add_argument("--groundtruth", required=True, help="URL of the ground truth")
+    p.add_argument("--iou-threshold", type=float, default=0.5, help="IoU for a matched object (default 0.5)")
+    p.add_argument("--min-size", type=int, default=0, help="ignore ground-truth objects under this many voxels")
+    p.add_argument("--keep-gt-zero", action="store_true", help="score ground-truth label 0 like any other label")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("phantom", help="write a synthetic EM-like volume with ground truth")
+    p.add_argument("image", help="precomputed:// URL for the image")
+    p.add_argument("--labels", help="precomputed:// URL for the ground-truth labels")
+    p.add_argument("--shape", type=int, nargs=3, default=[256, 256, 256], metavar=("Z", "Y", "X"))
+    p.add_argument("--voxel-size", type=float, nargs=3, default=[8.0, 8.0, 8.0], metavar=("Z", "Y", "X"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int)
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_phantom)
+
+    p = sub.add_parser("link", help="print the Neuroglancer state and link of a finished run")
+    p.add_argument("output", help="the run's output directory or URL")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_link)
+
+    try:
+        from tasks import train_ffn
+    except ImportError:
+        train_ffn = None  # type: ignore[assignment]
+    if train_ffn is not None and hasattr(train_ffn, "add_arguments"):
+        p = sub.add_parser("train-ffn", help="train a flood-filling network on a labelled volume")
+        train_ffn.add_arguments(p)
+        p.add_argument("-q", "--quiet", action="store_true")
+        p.set_defaults(func=lambda a: train_ffn.run(a))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(getattr(args, "quiet", False))
+    try:
+        return int(args.func(args) or 0)
+    except BlocksFailedError as exc:
+        print(f"emseg: error: {exc}", file=sys.stderr)
+        return 1
+    except EmsegError as exc:
+        print(f"emseg: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("emseg: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
