@@ -13,7 +13,9 @@ depends on redone work is redone too. ``restart=True`` wipes the output first.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import uuid
 import math
 import sys
 import time
@@ -184,7 +186,8 @@ def execute(p: Plan, *, restart: bool = False, stages: Sequence[str] = STAGES, p
     from tasks.cluster import connect
 
     t_start = time.time()
-    ctx, grid = p.ctx, p.ctx.grid
+    p.ctx = ctx = dataclasses.replace(p.ctx, run_id=uuid.uuid4().hex)
+    grid = ctx.grid
     scratch = prepare_output(p, restart=restart)
     for stage in stages:
         for earlier in STAGES[: STAGES.index(stage)]:
@@ -216,26 +219,26 @@ def execute(p: Plan, *, restart: bool = False, stages: Sequence[str] = STAGES, p
         futures: dict[Any, _Task] = {}
         seg_f: dict[int, Any] = {}
         for i in todo["1-segment"]:
-            f = client.submit(segment_block, ctx, i, key=f"1-segment-{i}-{t_start}", retries=retries, pure=False)
+            f = client.submit(segment_block, ctx, i, key=f"1-segment-{i}-{ctx.run_id}", retries=retries, pure=False)
             seg_f[i] = f
             futures[f] = _Task("1-segment", i, [])
         seam_f: dict[int, Any] = {}
         for i in todo["2-seams"]:
             block = grid.block(int(i))
             deps = [seg_f[j] for j in [block.id, *(nb.id for _, nb in grid.forward_neighbours(block))] if j in seg_f]
-            f = client.submit(seams_block, ctx, i, *deps, key=f"2-seams-{i}-{t_start}", retries=retries, pure=False)
+            f = client.submit(seams_block, ctx, i, *deps, key=f"2-seams-{i}-{ctx.run_id}", retries=retries, pure=False)
             seam_f[int(i)] = f
             futures[f] = _Task("2-seams", i, deps)
         token: Any = None
         if todo["3-unionfind"]:
             deps = list(seam_f.values())
-            token = client.submit(unionfind, ctx, *deps, key=f"3-unionfind-{t_start}", retries=retries, pure=False)
+            token = client.submit(unionfind, ctx, *deps, key=f"3-unionfind-{ctx.run_id}", retries=retries, pure=False)
             futures[token] = _Task("3-unionfind", "all", deps)
         elif todo["4-relabel"]:
             token = (scratch.done_info("3-unionfind", "all") or {}).get("token")
         for i in todo["4-relabel"]:
             deps = [token] if not isinstance(token, str) else []
-            f = client.submit(relabel_block, ctx, i, token, key=f"4-relabel-{i}-{t_start}", retries=retries, pure=False)
+            f = client.submit(relabel_block, ctx, i, token, key=f"4-relabel-{i}-{ctx.run_id}", retries=retries, pure=False)
             futures[f] = _Task("4-relabel", i, deps)
 
         bar = _progress(len(futures), enabled=progress)

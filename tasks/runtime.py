@@ -13,7 +13,8 @@ from pipeline.unionfind import Mapping
 
 
 @functools.lru_cache(maxsize=8)
-def volume(spec_json: str, write: bool = False) -> Volume:
+def volume(spec_json: str, write: bool = False, run_id: str = "") -> Volume:
+    """An open volume; writers pass their ``run_id`` so a restarted output is reopened."""
     return open_volume(json.loads(spec_json), write=write)
 
 

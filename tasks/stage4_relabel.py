@@ -31,7 +31,7 @@ def relabel_block(ctx: RunContext, block_id: int, token: str | Any, *upstream: A
     mapping = runtime.mapping(ctx.output, token)
     lut = block_lut(block_id, int(arrays["n_total"][0]), mapping)
     out = lut[arrays["core"]]
-    runtime.volume(segmentation_spec(ctx), write=True).write(block.write_box.shift([-s for s in ctx.roi.start]), out)
+    runtime.volume(segmentation_spec(ctx), True, ctx.run_id).write(block.write_box.shift([-s for s in ctx.roi.start]), out)
     info = {"seconds": time.perf_counter() - t0}
     store.mark_done(STAGE, block_id, info)
     return info
