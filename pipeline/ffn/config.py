@@ -14,8 +14,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pipeline.errors import ConfigError
-
 Vec3 = tuple[int, int, int]
 
 
@@ -151,26 +149,6 @@ class TrainConfig(_Strict):
     val_samples: int = Field(64, ge=1)
     checkpoint_every: int = Field(500, ge=1)
     max_minutes: float | None = Field(None, gt=0)
-
-
-def load_train_config(path: str) -> TrainConfig:
-    """Read a YAML training config; errors name the file and the offending key."""
-    import yaml
-    from pydantic import ValidationError
-
-    try:
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"no training config at {path!r}; pass the path of a YAML file") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
-    try:
-        return TrainConfig.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{path}: key {where!r}: {first['msg']} (see docs/ffn.md)") from None
 
 
 def _logit(p: float) -> float:

@@ -1,0 +1,138 @@
+"""``ffn``: flood-filling network segmentation, one object at a time (see :mod:`pipeline.ffn`).
+
+Config keys (``backend: {name: ffn, ...}``), all optional::
+
+    checkpoint: bundled          # or a path / file:// / http(s):// / gs:// / s3:// URL
+    device: auto                 # auto | cpu | cuda
+    precision: auto              # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    batch_size: null             # objects flooded at once; null: 1 on CPU, 32 on CUDA
+    step: null                   # FOV movement [z, y, x]; null: the checkpoint's
+    move_threshold: 0.9          # move where the object map on a face reaches this
+    segment_threshold: 0.6       # voxels at or above this belong to the object
+    min_size: 100                # smaller objects are dropped (their voxels stay 0)
+    max_fovs_per_object: 2000
+    seed_sigma: 1.0              # interior estimate: gaussian(image) > seed_threshold
+    seed_threshold: 0.0          #   (normalised image units)
+    seed_min_distance: 3         # distance-transform peaks this far apart
+    seed_min_depth: 2.0          # and at least this deep
+    grid_spacing: null           # fallback seed grid; null: twice the step
+    threads: null                # torch CPU threads per worker
+
+This module imports no torch: the model is loaded on the first :meth:`Backend.segment` call and
+cached per process (worker).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import Field
+
+from pipeline.backends.base import BackendParams
+from pipeline.errors import DtypeError
+
+Vec3 = tuple[int, int, int]
+
+
+class Params(BackendParams):
+    checkpoint: str = "bundled"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    batch_size: int | None = Field(None, ge=1)
+    step: Vec3 | None = None
+    move_threshold: float = Field(0.9, gt=0, lt=1)
+    segment_threshold: float = Field(0.6, gt=0, lt=1)
+    min_size: int = Field(100, ge=1)
+    max_fovs_per_object: int = Field(2000, ge=1)
+    seed_sigma: float = Field(1.0, ge=0)
+    seed_threshold: float = 0.0
+    seed_min_distance: int = Field(3, ge=1)
+    seed_min_depth: float = Field(2.0, ge=0)
+    grid_spacing: Vec3 | None = None
+    threads: int | None = Field(None, ge=1)
+
+
+_CACHE: dict[tuple[str, str, str], Any] = {}
+_LOCK = threading.Lock()
+
+
+def _load_predictor(params: Params) -> Any:
+    """The torch predictor for ``params``, loaded once per process."""
+    from pipeline.ffn.model import TorchPredictor, resolve_device, resolve_precision
+    from pipeline.ffn.weights import build_model, load_checkpoint
+
+    import torch
+
+    device = resolve_device(params.device)
+    precision = resolve_precision(params.precision, device)
+    key = (params.checkpoint, str(device), precision)
+    with _LOCK:
+        if key not in _CACHE:
+            if params.threads is not None:
+                torch.set_num_threads(params.threads)
+            net = build_model(load_checkpoint(params.checkpoint))
+            _CACHE[key] = TorchPredictor(net, device, precision)
+        return _CACHE[key]
+
+
+class Backend:
+    name: ClassVar[str] = "ffn"
+    input_dtypes: ClassVar[tuple[str, ...]] = ("uint8", "float32")
+    #: half the bundled model's FOV: an object crossing a seam is flooded on both sides
+    min_halo: ClassVar[int] = 8
+    default_stitch: ClassVar[dict[str, Any]] = {"min_overlap": 20, "min_iou": 0.2, "mutual_best": True}
+
+    def __init__(self, params: Params, predictor: Any = None, model_config: Any = None) -> None:
+        """Build the backend; ``predictor`` and ``model_config`` inject a stand-in model (tests)."""
+        self.params = params
+        self._predictor = predictor
+        self._model_config = model_config
+        #: :class:`pipeline.ffn.inference.FloodStats` of the last :meth:`segment` call
+        self.last_stats: Any = None
+
+    def _model(self) -> tuple[Any, Any]:
+        if self._predictor is None:
+            self._predictor = _load_predictor(self.params)
+            self._model_config = self._predictor.net.config
+        return self._predictor, self._model_config
+
+    def segment(self, image: np.ndarray) -> np.ndarray:
+        """Flood-fill every object of ``image`` (z, y, x); uint32 labels of the same shape."""
+        from pipeline.ffn.inference import FloodSettings, flood_fill
+        from pipeline.ffn.seeds import seed_points
+
+        if image.ndim != 3:
+            raise DtypeError(f"ffn takes a 3D (z, y, x) block, got shape {image.shape}")
+        if image.dtype.name not in self.input_dtypes:
+            raise DtypeError(
+                f"ffn takes uint8 or float32 images (0..255 scale), got {image.dtype}; convert the volume"
+            )
+        predictor, config = self._model()
+        p = self.params
+        step = p.step or config.step
+        normalised = (image.astype(np.float32) - config.image_mean) / config.image_stddev
+        seeds = seed_points(
+            normalised,
+            p.seed_sigma,
+            p.seed_threshold,
+            p.seed_min_distance,
+            p.seed_min_depth,
+            p.grid_spacing or tuple(2 * s for s in step),
+        )
+        device = getattr(predictor, "device", None)
+        batch = p.batch_size or (32 if getattr(device, "type", "cpu") == "cuda" else 1)
+        settings = FloodSettings(
+            fov_size=config.fov_size,
+            step=step,
+            init_logit=config.init_logit,
+            seed_logit=config.seed_logit,
+            move_threshold=p.move_threshold,
+            segment_threshold=p.segment_threshold,
+            min_size=p.min_size,
+            max_fovs_per_object=p.max_fovs_per_object,
+            batch_size=batch,
+        )
+        labels, self.last_stats = flood_fill(normalised, seeds, predictor, settings)
+        return labels

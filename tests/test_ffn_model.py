@@ -1,0 +1,143 @@
+"""The FFN network, one training step, checkpoints, and the lazy-import contract."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from pipeline.errors import CheckpointError, ConfigError  # noqa: E402
+from pipeline.ffn.config import ModelConfig  # noqa: E402
+from pipeline.ffn.model import FFN, TorchPredictor  # noqa: E402
+from pipeline.ffn.sampling import PatchSampler, boundary_mask  # noqa: E402
+from pipeline.ffn.training import patch_size, run_fovs  # noqa: E402
+from pipeline.ffn.weights import build_model, load_checkpoint, load_state, save_checkpoint  # noqa: E402
+
+SMALL = ModelConfig(fov_size=(9, 9, 9), step=(2, 2, 2), depth=1, width=4)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+
+
+def test_model_shapes_and_residual_update() -> None:
+    net = FFN(ModelConfig(fov_size=(9, 11, 13), step=(2, 2, 2), depth=2, width=6))
+    image = torch.randn(3, 1, 9, 11, 13)
+    pom = torch.full((3, 1, 9, 11, 13), -2.0)
+    out = net(image, pom)
+    assert out.shape == (3, 1, 9, 11, 13) and out.dtype == torch.float32
+    # the head starts near zero, so the first output is close to the input object map
+    assert torch.allclose(out, pom, atol=0.1)
+    n_convs = sum(isinstance(m, torch.nn.Conv3d) for m in net.modules())
+    assert n_convs == 2 + 2 * 2 + 1
+
+
+def test_predictor_numpy_protocol() -> None:
+    predictor = TorchPredictor(FFN(SMALL), torch.device("cpu"), "fp32")
+    out = predictor(np.zeros((2, 9, 9, 9), np.float32), np.zeros((2, 9, 9, 9), np.float32), np.zeros((2, 3)))
+    assert out.shape == (2, 9, 9, 9) and out.dtype == np.float32
+    assert predictor.fovs == 2
+
+
+def test_model_config_is_checked() -> None:
+    with pytest.raises(ValueError, match="odd"):
+        ModelConfig(fov_size=(8, 9, 9))
+    with pytest.raises(ValueError, match="half the fov_size"):
+        ModelConfig(fov_size=(9, 9, 9), step=(5, 2, 2))
+    with pytest.raises(ValueError):
+        ModelConfig(unknown=1)  # type: ignore[call-arg]
+
+
+def _toy_labels(shape: tuple[int, int, int] = (24, 24, 24)) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.ones(shape, np.uint64)
+    labels[:, :, shape[2] // 2 :] = 2
+    labels[:, : shape[1] // 3, :] = 3
+    labels[0] = 0  # unlabelled
+    image = np.where(boundary_mask(labels), -1.5, 0.5).astype(np.float32)
+    return image, labels
+
+
+def test_sampler_balances_and_targets_the_centre_object() -> None:
+    image, labels = _toy_labels()
+    rng = np.random.default_rng(0)
+    sampler = PatchSampler(image, labels, (13, 13, 13), 0.5, True, rng)
+    batch = sampler.sample(16)
+    assert batch.image.shape == (16, 13, 13, 13)
+    assert (batch.target[:, 6, 6, 6] == 1).all()  # the centre is always in its object
+    edge = boundary_mask(labels).ravel()
+    assert edge[sampler.boundary].all() and not edge[sampler.interior].any()
+    with pytest.raises(ConfigError, match="smaller than a patch"):
+        PatchSampler(image, labels, (31, 13, 13), 0.5, True, rng)
+
+
+def test_one_training_step_lowers_the_loss_on_its_batch() -> None:
+    image, labels = _toy_labels()
+    sampler = PatchSampler(image, labels, patch_size(SMALL, 1), 0.5, True, np.random.default_rng(1))
+    batch = sampler.sample(4)
+    net = FFN(SMALL)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    rng = np.random.default_rng(0)
+    before, correct, counted = run_fovs(net, batch, 1, torch.device("cpu"), "fp32", rng)
+    assert torch.isfinite(before) and 0 < float(correct) <= float(counted)
+    weights = [p.detach().clone() for p in net.parameters()]
+    opt.zero_grad()
+    before.backward()
+    opt.step()
+    assert any(not torch.equal(w, p) for w, p in zip(weights, net.parameters()))
+    with torch.no_grad():
+        after, _, _ = run_fovs(net, batch, 1, torch.device("cpu"), "fp32", np.random.default_rng(0))
+    assert float(after) < float(before.detach())
+
+
+def test_checkpoint_round_trip(tmp_path: Path) -> None:
+    net = FFN(SMALL)
+    path = tmp_path / "ffn.pt"
+    save_checkpoint(path, net, {"steps": 3, "note": "test"})
+    # a plain torch.load with weights_only=True reads it
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == "emseg-ffn" and raw["meta"]["steps"] == 3
+    loaded = load_checkpoint(path)
+    assert loaded["model"] == SMALL
+    again = build_model(loaded)
+    x = torch.randn(1, 1, 9, 9, 9)
+    assert torch.equal(net(x, x), again(x, x))
+
+
+def test_checkpoint_mismatch_errors(tmp_path: Path) -> None:
+    path = tmp_path / "ffn.pt"
+    save_checkpoint(path, FFN(SMALL))
+    wider = FFN(SMALL.model_copy(update={"width": 8}))
+    with pytest.raises(CheckpointError, match="width 4 vs 8"):
+        load_state(wider, load_checkpoint(path))
+    # tensors that do not fit the stored config
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"]["head.weight"] = torch.zeros(1, 5, 1, 1, 1)
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="wrong shape"):
+        build_model(load_checkpoint(path))
+    # a bare state_dict lacks the config
+    torch.save(FFN(SMALL).state_dict(), path)
+    with pytest.raises(CheckpointError, match="not an emseg FFN checkpoint"):
+        load_checkpoint(path)
+    # a pickled module does not load with weights_only=True
+    torch.save(FFN(SMALL), path)
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="no FFN checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_backend_module_imports_no_torch() -> None:
+    code = (
+        "import sys, pipeline.backends as b; p = b.validate_params('ffn', {'min_size': 10}); "
+        "b.create('ffn', p); print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
