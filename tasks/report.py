@@ -99,6 +99,11 @@ def write(output: str, run: dict[str, Any]) -> None:
     kv.write("run.json", json.dumps(run, indent=2).encode()).result()
 
 
+def remove(output: str) -> None:
+    kv = ts.KvStore.open(urls.store_url(output).rstrip("/") + "/").result()
+    kv.delete_range(ts.KvStore.KeyRange("run.json", "run.json\x00")).result()
+
+
 def read(output: str) -> dict[str, Any] | None:
     kv = ts.KvStore.open(urls.store_url(output).rstrip("/") + "/").result()
     got = kv.read("run.json").result()

@@ -133,7 +133,7 @@ def prepare_output(p: Plan, *, restart: bool) -> Scratch:
         log.info("--restart: removing the previous segmentation and scratch data in %s", ctx.output)
         _delete_prefix(ctx.segmentation)
         scratch.clear()
-        _delete_prefix(urls.join(ctx.output, "run.json"))
+        report_mod.remove(ctx.output)
     previous = scratch.fingerprint()
     if previous is not None and previous != p.fingerprint:
         changed = sorted(k for k in set(previous) | set(p.fingerprint) if previous.get(k) != p.fingerprint.get(k))
