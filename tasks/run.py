@@ -263,13 +263,25 @@ def execute(p: Plan, *, restart: bool = False, stages: Sequence[str] = STAGES, p
     report_mod.write(ctx.output, run)
     real = [f for f in failures if not f["error"].startswith("skipped")]
     if real:
-        lines = "; ".join(f"block {f['block']} in {f['stage']}: {f['error']}" for f in real[:5])
-        more = f" (and {len(real) - 5} more)" if len(real) > 5 else ""
+        groups: dict[tuple[str, str], list[Any]] = {}
+        for f in real:
+            groups.setdefault((f["stage"], f["error"]), []).append(f["block"])
+        parts = [
+            f"{'block' if len(items) == 1 else 'blocks'} {_ids(items)} in {stage}: {error}"
+            for (stage, error), items in list(groups.items())[:3]
+        ]
+        more = f" (and {len(groups) - 3} more errors)" if len(groups) > 3 else ""
         raise BlocksFailedError(
-            f"{len(real)} task(s) failed after {retries + 1} attempts: {lines}{more}. The output is incomplete "
-            f"(run.json status 'failed'); fix the cause and rerun the same command to resume"
+            f"{len(real)} task(s) failed after {retries + 1} attempts: {'; '.join(parts)}{more}. The output is "
+            "incomplete (run.json status 'failed', failures listed there); fix the cause and rerun the same "
+            "command to resume"
         )
     return run
+
+
+def _ids(items: list[Any]) -> str:
+    items = sorted(items, key=str)
+    return ", ".join(map(str, items[:10])) + (f", … ({len(items)} in all)" if len(items) > 10 else "")
 
 
 def _incomplete(scratch: Scratch, stage: str, grid: BlockGrid) -> bool:

@@ -1,0 +1,91 @@
+"""Kill-and-resume, and blocks that keep failing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tasks.cli import main
+from tasks.run import segment
+from tests.conftest import REPO, blobs, read_output, run_config, write_zarr
+
+
+def _config_file(path: Path, input_url: str, output: Path, **extra) -> Path:
+    cfg = {
+        "input": input_url,
+        "output": str(output),
+        "backend": {"name": "threshold-cc", "threshold": 128},
+        "blocks": {"shape": [8, 8, 8], "halo": [1, 1, 1]},
+        "write": {"chunk_shape": [8, 8, 8]},
+        "cluster": {"workers": 2},
+        **extra,
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _count(path: Path) -> int:
+    return len(os.listdir(path)) if path.exists() else 0
+
+
+def test_sigkill_midway_then_resume(tmp_path, dask_address):
+    img = blobs((64, 64, 64), sigma=2.0, seed=3)
+    url = write_zarr(tmp_path / "in.zarr", img)
+    out = tmp_path / "out"
+    cfg = _config_file(tmp_path / "cfg.yaml", url, out)
+    cmd = [sys.executable, "-m", "tasks.cli", "segment", str(cfg), "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    markers = out / "scratch" / "done" / "1-segment"
+    deadline = time.time() + 120
+    while _count(markers) < 40 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local cluster, mid-run
+    proc.wait()
+    done_before = _count(markers)
+    assert 0 < done_before < 512, "the kill must land in the middle of stage 1"
+    assert json.loads((out / "scratch" / "run.json").read_text())  # the fingerprint survived
+    assert not (out / "run.json").exists()  # no report claims the killed run finished
+
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    skipped = [line for line in again.stderr.splitlines() if "resume: 1-segment skips" in line]
+    assert skipped, again.stderr
+    n_skipped = int(skipped[0].split("skips ")[1].split(" of")[0])
+    assert n_skipped >= done_before - 2 and n_skipped < 512  # markers written after the count was taken
+    assert json.loads((out / "run.json").read_text())["stages"]["1-segment"]["skipped_done"] == n_skipped
+
+    clean = run_config(url, tmp_path / "clean", dask_address, blocks={"shape": [8, 8, 8], "halo": [1, 1, 1]})
+    segment(clean, progress=False)
+    np.testing.assert_array_equal(read_output(out), read_output(tmp_path / "clean"))
+
+
+def test_block_that_always_fails(tmp_path, dask_address, capsys):
+    img = blobs((32, 32, 32), sigma=2.0, seed=4)
+    url = write_zarr(tmp_path / "in.zarr", img, chunks=(16, 16, 16))
+    (tmp_path / "in.zarr" / "1.1.1").write_bytes(b"this is not a blosc chunk")  # a corrupted input chunk
+    out = tmp_path / "out"
+    cfg = _config_file(tmp_path / "cfg.yaml", url, out, cluster={"address": dask_address}, retries=1,
+                       blocks={"shape": [16, 16, 16], "halo": [1, 1, 1]})
+    rc = main(["segment", str(cfg), "--no-progress", "-q"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1
+    assert err.startswith("emseg: error: ") and "\n" not in err
+    # Block 7 reads chunk 1.1.1 only; every block's read box touches it through the halo.
+    assert "8 task(s) failed after 2 attempts: blocks 0, 1, 2, 3, 4, 5, 6, 7 in 1-segment" in err, err
+    assert "1.1.1" in err  # the corrupted chunk's key
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "failed"
+    failed = {f["block"] for f in run["failures"] if f["stage"] == "1-segment"}
+    assert failed == set(range(8))
+    assert run["stages"]["1-segment"]["failed"] == 8
+    # Nothing reached the output: only its metadata exists, no chunk half-written or otherwise.
+    assert sorted(p.name for p in (out / "segmentation").rglob("*") if p.is_file()) == ["info"]
