@@ -62,7 +62,7 @@ def model_points(points_yx: np.ndarray, height: int, width: int, image_size: int
     Pixel centres map to pixel centres of the resized frame.
 
     >>> model_points(np.array([[0, 63]]), 64, 64, 256).tolist()
-    [[[1.5, 253.5]]]
+    [[[253.5, 1.5]]]
     """
     yx = np.asarray(points_yx, dtype=np.float64).reshape(-1, 2)
     x = (yx[:, 1] + 0.5) * image_size / width - 0.5
