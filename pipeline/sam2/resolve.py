@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import fastremap
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -105,7 +104,9 @@ def object_score(object_scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def finish(
     labels: np.ndarray, table: ObjectTable, *, min_size: int = 0, min_score: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Final uint32 labels from the resolver's object ids, and the kept object ids (old numbering).
+    """Final uint32 labels from the resolver's object ids, and the kept object ids.
+
+    The kept objects are numbered from 1 in the order of their ids: ``kept[i]`` becomes ``i + 1``.
 
     Parameters
     ----------
@@ -123,8 +124,8 @@ def finish(
     >>> labels = np.zeros((2, 4, 4), np.int64); labels[:, :2, :2] = 2; labels[0, 3, 3] = 1
     >>> table = ObjectTable(np.array([0, 1]), np.array([[3, 3], [0, 0]]), np.ones((2, 2)))
     >>> out, kept = finish(labels, table, min_size=2)
-    >>> out.dtype, kept.tolist(), sorted(np.unique(out).tolist())
-    (dtype('uint32'), [2], [0, 1])
+    >>> out.dtype, kept.tolist(), np.unique(out).tolist(), int(out[0, 3, 3])
+    (dtype('uint32'), [2], [0, 1], 0)
     """
     labels = labels.copy()
     ids = np.arange(1, len(table.frames) + 1)
@@ -132,6 +133,7 @@ def finish(
     sizes = np.bincount(labels.ravel(), minlength=len(ids) + 1)[1:]
     scores = object_score(table.object_scores, labels)
     kept = ids[(sizes >= max(min_size, 1)) & (scores >= min_score)]
-    labels = np.where(np.isin(labels, kept), labels, 0)
-    out, _ = fastremap.renumber(labels, start=1, preserve_zero=True, in_place=True)
-    return out.astype(np.uint32, copy=False), kept
+    # kept[i] becomes i + 1: the order of prompting is the order of the final ids
+    lookup = np.zeros(len(ids) + 1, np.uint32)
+    lookup[kept] = np.arange(1, len(kept) + 1, dtype=np.uint32)
+    return lookup[labels], kept
