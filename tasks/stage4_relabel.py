@@ -18,7 +18,12 @@ STAGE = "4-relabel"
 
 
 def segmentation_spec(ctx: RunContext) -> str:
-    return json.dumps({"driver": "neuroglancer_precomputed", "kvstore": ctx.segmentation.rstrip("/") + "/"})
+    # Empty chunks are stored too: a reader can tell "all background" from "never written".
+    return json.dumps({
+        "driver": "neuroglancer_precomputed",
+        "kvstore": ctx.segmentation.rstrip("/") + "/",
+        "store_data_equal_to_fill_value": True,
+    })
 
 
 def relabel_block(ctx: RunContext, block_id: int, token: str | Any, *upstream: Any) -> dict[str, Any]:
