@@ -1,0 +1,63 @@
+"""Boxes, the block grid and shard geometry."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from pipeline.geometry import Box, BlockGrid
+from pipeline.sharding import choose_bits, shard_shape
+from pipeline.volume import create_precomputed, sharding_spec
+
+
+@pytest.mark.parametrize("shape,block,halo", [((50, 61, 47), (16, 16, 16), (2, 2, 2)), ((8, 9, 10), (8, 4, 3), (0, 1, 5))])
+def test_write_boxes_tile_the_roi_exactly(shape, block, halo):
+    roi = Box((3, 1, 2), tuple(s + o for s, o in zip(shape, (3, 1, 2))))
+    grid = BlockGrid(roi, block, halo)
+    cover = np.zeros(shape, np.int32)
+    for b in grid:
+        cover[b.write_box.slices(roi.start)] += 1
+        assert roi.contains(b.read_box) and b.read_box.contains(b.write_box)
+        assert b.read_box == b.write_box.grow(halo) & roi
+        assert grid.block(b.id) == b and grid.block_id(b.index) == b.id
+    assert (cover == 1).all()
+    assert [b.id for b in grid] == list(range(grid.num_blocks))
+
+
+def test_forward_neighbours_cover_every_face_once():
+    grid = BlockGrid(Box((0, 0, 0), (30, 30, 30)), (10, 10, 10), (1, 1, 1))
+    pairs = {(b.id, n.id) for b in grid for _, n in grid.forward_neighbours(b)}
+    assert len(pairs) == 3 * 3 * 3 * 3 - 3 * 9  # 3 axes x (2 faces x 9) = 54
+    every = {tuple(sorted((b.id, n.id))) for b in grid for _, _, n in grid.neighbours(b)}
+    assert every == pairs
+
+
+def test_box_is_immutable_and_half_open():
+    b = Box((0, 0, 0), (2, 3, 4))
+    assert b.shape == (2, 3, 4) and b.size == 24
+    with pytest.raises(Exception):
+        b.start = (1, 1, 1)  # type: ignore[misc]
+    assert (b & Box((2, 0, 0), (3, 3, 4))).empty
+
+
+@pytest.mark.parametrize("grid_chunks,block_chunks", [((8, 8, 8), (2, 2, 2)), ((4, 8, 16), (2, 4, 4)), ((3, 5, 7), (2, 2, 2))])
+def test_shard_shape_matches_tensorstore(tmp_path, grid_chunks, block_chunks):
+    chunk = (8, 8, 8)
+    shape = tuple(g * c for g, c in zip(grid_chunks, chunk))
+    bits = choose_bits(grid_chunks, block_chunks)
+    ours = shard_shape(grid_chunks, chunk, bits[0], bits[1])
+    vol = create_precomputed(str(tmp_path / "s"), layer_type="segmentation", dtype="uint64", shape_zyx=shape,
+                             voxel_size_nm=(1, 1, 1), chunk_zyx=chunk, sharding=sharding_spec(*bits))
+    # tensorstore's write chunk of a sharded precomputed volume is the shard (x, y, z, channel order).
+    theirs = tuple(vol.array.schema.chunk_layout.write_chunk.shape)
+    assert ours == theirs
+    assert all(b * c % s == 0 for b, c, s in zip(block_chunks, chunk, ours))
+
+
+def test_choose_bits_prefers_the_largest_aligned_shard():
+    assert choose_bits((8, 8, 8), (4, 4, 4)) == (3, 3, 3)  # 64 chunks per shard = one block
+    for grid, block in itertools.product([(8, 8, 8), (2, 16, 16)], [(2, 2, 2), (1, 4, 4)]):
+        pre, mini, shard = choose_bits(grid, block)
+        assert pre + mini + shard == sum(int(np.ceil(np.log2(g))) for g in grid)
