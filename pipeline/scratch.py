@@ -79,7 +79,7 @@ class Scratch:
     @property
     def kv(self) -> ts.KvStore:
         if self._kv is None:
-            self._kv = ts.KvStore.open(self.url, context=ts.Context(urls.CONTEXT)).result()
+            self._kv = urls.open_kvstore(self.url)
         return self._kv
 
     def __getstate__(self) -> dict[str, Any]:

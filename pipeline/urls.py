@@ -132,6 +132,37 @@ def _detect(path: str) -> str:
     )
 
 
+#: environment variables naming an S3-compatible endpoint (MinIO, Ceph, a test server), first wins
+S3_ENDPOINT_VARS = ("EMSEG_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+
+
 def kvstore_spec(store: str) -> Any:
-    """The tensorstore kvstore spec for a store URL (tensorstore parses URLs itself)."""
-    return store if store.endswith("/") else store + "/"
+    """The tensorstore kvstore spec of a store URL, as a directory (trailing slash).
+
+    Most URLs go to tensorstore as they are. ``s3://`` URLs become an ``s3`` spec that carries the
+    endpoint from ``$EMSEG_S3_ENDPOINT`` (or ``$AWS_ENDPOINT_URL_S3`` / ``$AWS_ENDPOINT_URL``) when
+    one is set; credentials always come from the environment / AWS config, never from emseg's files.
+
+    >>> kvstore_spec("gs://bucket/x")
+    'gs://bucket/x/'
+    """
+    store = store if store.endswith("/") else store + "/"
+    if store.startswith("s3://"):
+        endpoint = next((os.environ[v] for v in S3_ENDPOINT_VARS if os.environ.get(v)), None)
+        if endpoint:
+            bucket, _, path = store[len("s3://") :].partition("/")
+            return {
+                "driver": "s3",
+                "bucket": bucket,
+                "path": path,
+                "endpoint": endpoint,
+                "aws_region": os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION", "us-east-1")),
+            }
+    return store
+
+
+def open_kvstore(store: str) -> Any:
+    """An open tensorstore KvStore rooted at ``store`` (a URL or local path)."""
+    import tensorstore as ts
+
+    return ts.KvStore.open(kvstore_spec(store_url(store)), context=ts.Context(CONTEXT)).result()

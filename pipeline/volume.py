@@ -243,6 +243,6 @@ def create_zarr(
         },
     }
     arr = ts.open(spec, create=True, delete_existing=True).result()
-    kv = ts.KvStore.open(url).result()
+    kv = ts.KvStore.open(url, context=ts.Context(urls.CONTEXT)).result()
     kv.write(".zattrs", json.dumps({"resolution_nm": list(voxel_size_nm), "axes": ["z", "y", "x"]})).result()
     return Volume(arr, tuple(float(v) for v in voxel_size_nm), (0, 0, 0), f"zarr://{store}")  # type: ignore[arg-type]

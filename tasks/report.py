@@ -95,16 +95,16 @@ def build(
 
 
 def write(output: str, run: dict[str, Any]) -> None:
-    kv = ts.KvStore.open(urls.store_url(output).rstrip("/") + "/").result()
+    kv = urls.open_kvstore(output)
     kv.write("run.json", json.dumps(run, indent=2).encode()).result()
 
 
 def remove(output: str) -> None:
-    kv = ts.KvStore.open(urls.store_url(output).rstrip("/") + "/").result()
+    kv = urls.open_kvstore(output)
     kv.delete_range(ts.KvStore.KeyRange("run.json", "run.json\x00")).result()
 
 
 def read(output: str) -> dict[str, Any] | None:
-    kv = ts.KvStore.open(urls.store_url(output).rstrip("/") + "/").result()
+    kv = urls.open_kvstore(output)
     got = kv.read("run.json").result()
     return json.loads(got.value) if got.state == "value" else None

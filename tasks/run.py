@@ -121,7 +121,7 @@ def plan(config: Config) -> Plan:
 
 
 def _delete_prefix(store: str) -> None:
-    kv = ts.KvStore.open(store.rstrip("/") + "/").result()
+    kv = urls.open_kvstore(store)
     kv.delete_range(ts.KvStore.KeyRange()).result()
 
 

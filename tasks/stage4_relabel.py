@@ -10,6 +10,7 @@ import json
 import time
 from typing import Any
 
+from pipeline import urls
 from pipeline.unionfind import block_lut
 from tasks import runtime
 from tasks.context import RunContext
@@ -21,7 +22,7 @@ def segmentation_spec(ctx: RunContext) -> str:
     # Empty chunks are stored too: a reader can tell "all background" from "never written".
     return json.dumps({
         "driver": "neuroglancer_precomputed",
-        "kvstore": ctx.segmentation.rstrip("/") + "/",
+        "kvstore": urls.kvstore_spec(ctx.segmentation),
         "store_data_equal_to_fill_value": True,
     })
 
