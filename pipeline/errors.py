@@ -45,3 +45,7 @@ class OutputExistsError(EmsegError, FileExistsError):
 
 class BlocksFailedError(EmsegError, RuntimeError):
     """Some blocks failed after all retries; the run is incomplete."""
+
+
+class OutputLockedError(EmsegError, RuntimeError):
+    """Another run is writing the same output right now."""

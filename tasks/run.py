@@ -29,6 +29,7 @@ from pipeline import backends, urls
 from pipeline.config import Config
 from pipeline.errors import BlocksFailedError, ConfigError, OutputExistsError, RegionError
 from pipeline.geometry import Box, BlockGrid
+from pipeline.lock import OutputLock
 from pipeline.scratch import STAGES, Scratch
 from pipeline.sharding import check_alignment, choose_bits, shard_shape
 from pipeline.volume import Volume, create_precomputed, open_volume, sharding_spec, spec_for
@@ -180,7 +181,15 @@ def _todo(scratch: Scratch, grid: BlockGrid) -> dict[str, list[int | str]]:
 
 
 def execute(p: Plan, *, restart: bool = False, stages: Sequence[str] = STAGES, progress: bool = True) -> dict[str, Any]:
-    """Run the stages of a planned run on its Dask cluster and write ``run.json``."""
+    """Run the stages of a planned run on its Dask cluster and write ``run.json``.
+
+    The output is locked for the whole run: a second run into it is refused, not interleaved.
+    """
+    with OutputLock(p.ctx.output):
+        return _execute(p, restart=restart, stages=stages, progress=progress)
+
+
+def _execute(p: Plan, *, restart: bool, stages: Sequence[str], progress: bool) -> dict[str, Any]:
     from distributed import as_completed
 
     from tasks.cluster import connect
