@@ -14,22 +14,23 @@ VIEWER = "https://neuroglancer-demo.appspot.com/"
 
 
 def layer_source(url: str | Mapping[str, Any]) -> str | None:
-    """A Neuroglancer data-source URL for a volume URL, or None when Neuroglancer cannot read it.
+    """The Neuroglancer data-source URL of a volume URL (absolute, format named), or None for a spec.
 
     >>> layer_source("precomputed://gs://bucket/image")
     'precomputed://gs://bucket/image'
-    >>> layer_source("zarr://file:///data/x.zarr/raw") is None   # browsers cannot read local files
-    True
+    >>> layer_source("zarr:///data/x.zarr/raw")
+    'zarr2://file:///data/x.zarr/raw'
     """
     if not isinstance(url, str):
         return None
-    parsed = urls.parse(url) if "://" in url else None
-    if parsed is None:
-        return None
+    parsed = urls.parse(url)
     fmt = {"zarr": "zarr2", "zarr2": "zarr2"}.get(parsed.format, parsed.format)
-    if parsed.store.startswith(("file://", "memory://")):
-        return None
     return f"{fmt}://{parsed.store}"
+
+
+def is_local(source: str | None) -> bool:
+    """True for sources a browser cannot fetch by itself (local files): serve them with ``emseg view``."""
+    return source is not None and ("://file://" in source or "://memory://" in source)
 
 
 def state(

@@ -75,6 +75,10 @@ def _summary(cfg: Any, run: dict[str, Any], evaluation: dict[str, Any] | None) -
         print("evaluation:   " + json.dumps({k: round(evaluation[k], 4) for k in keys if k in evaluation}))
     print("neuroglancer state: " + json.dumps(run["neuroglancer"], separators=(",", ":")))
     print("neuroglancer link:  " + neuroglancer.link(run["neuroglancer"]))
+    sources = [layer.get("source") for layer in run["neuroglancer"]["layers"]]
+    if any(neuroglancer.is_local(s) for s in sources):
+        print("  (the layers are local files, which a browser cannot open from a link: serve them with "
+              f"`emseg view {cfg.output}`)")
 
 
 def cmd_segment(args: argparse.Namespace, stages: Sequence[str] = STAGES) -> int:

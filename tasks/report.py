@@ -35,10 +35,10 @@ def viewer_state(p: Plan) -> dict[str, Any]:
     centre = [s + (e - s) / 2 for s, e in zip(p.ctx.roi.start, p.ctx.roi.stop)]
     centre = [c + o for c, o in zip(centre, p.input.offset_zyx)]
     seg = neuroglancer.layer_source("precomputed://" + p.ctx.segmentation)
-    img = neuroglancer.layer_source(p.config.input) if isinstance(p.config.input, str) else None
+    img = neuroglancer.layer_source(p.config.input)
     return neuroglancer.state(
-        image=img or (p.config.input if isinstance(p.config.input, str) else None),
-        segmentation=seg or "precomputed://" + p.ctx.segmentation,
+        image=img,
+        segmentation=seg,
         voxel_size_nm=p.input.voxel_size_nm,
         position_zyx=centre,
     )
