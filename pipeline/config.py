@@ -13,6 +13,7 @@ The keys, with their defaults::
     retries: 2                               # extra attempts per task before the block counts as failed
     evaluate: null                           # {groundtruth: URL, iou_threshold: 0.5, min_size: 0, ...}
     phantom: null                            # make a synthetic input (and ground truth) if none exists
+    postprocess: {pyramid_levels: null, meshes: true, segment_properties: true, seam_audit: true, ...}
 
 ``--set key.sub=value`` on the command line overrides one key; the value is parsed as YAML.
 """
@@ -136,6 +137,30 @@ class PhantomConfig(Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class PostprocessConfig(Strict):
+    """Viewing outputs made after a complete run: pyramids, meshes, segment properties, seam audit."""
+
+    #: coarser scales of the segmentation (mode) and image (average); null = until one chunk, 0 = none
+    pyramid_levels: int | None = Field(None, ge=0)
+    #: also add averaged scales to the input image when it is a single-scale precomputed volume on local disk
+    image_pyramid: bool = True
+    meshes: bool = True
+    #: pyramid scale the meshes are made from (0 = full resolution)
+    mesh_scale: int = Field(0, ge=0)
+    #: legacy | multires | sharded (multi-resolution, sharded); auto = sharded when write.sharded
+    mesh_format: Literal["auto", "legacy", "multires", "sharded"] = "auto"
+    #: simplification: target triangle reduction factor and largest vertex displacement (voxels)
+    mesh_reduction: int = Field(10, ge=0)
+    mesh_max_error: float = Field(1.0, gt=0)
+    #: levels of detail of multi-resolution meshes
+    mesh_lods: int = Field(3, ge=1, le=8)
+    segment_properties: bool = True
+    seam_audit: bool = True
+    #: audit the edges whose IoU lies within this distance of stitch.min_iou
+    seam_audit_margin: float = Field(0.15, ge=0, le=1)
+    seam_audit_limit: int = Field(100_000, ge=1)
+
+
 class Config(Strict):
     input: str | dict[str, Any]
     output: str
@@ -148,6 +173,7 @@ class Config(Strict):
     retries: int = Field(2, ge=0)
     evaluate: EvaluateConfig | None = None
     phantom: PhantomConfig | None = None
+    postprocess: PostprocessConfig = PostprocessConfig()
 
     def stitch_rule(self) -> StitchRule:
         if self.stitch is not None:
