@@ -108,3 +108,38 @@ def test_two_runs_into_one_output_are_refused(tmp_path, capsys):
     assert rc == 2, err
     assert "is being written by another emseg run" in err and f"pid {first.pid}" in err
     assert not (out / "emseg.lock").exists()  # released when the first run finished
+
+
+def test_sigkill_a_worker_midway(tmp_path, dask_address):
+    """A worker process dies in the middle of stage 1: Dask reruns its tasks, the output is unchanged."""
+    import logging
+    import threading
+
+    from distributed import Client, LocalCluster
+
+    img = blobs((32, 32, 32), sigma=2.0, seed=8)
+    url = write_zarr(tmp_path / "in.zarr", img)
+    blocks = {"shape": [8, 8, 8], "halo": [1, 1, 1]}
+    markers = tmp_path / "out" / "scratch" / "done" / "1-segment"
+    killed: list[int] = []
+    with LocalCluster(n_workers=3, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        pids = list(client.run(os.getpid).values())
+
+        def kill_one() -> None:
+            deadline = time.time() + 120
+            while _count(markers) < 8 and time.time() < deadline:
+                time.sleep(0.005)
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(_count(markers))
+
+        killer = threading.Thread(target=kill_one)
+        killer.start()
+        cfg = run_config(url, tmp_path / "out", cluster.scheduler_address, blocks=blocks)
+        run = segment(cfg, progress=False)
+        killer.join()
+    assert killed and killed[0] < 64, "the worker must die before stage 1 is over"
+    assert run["status"] == "complete" and run["stages"]["1-segment"]["ran"] == 64
+    clean = run_config(url, tmp_path / "clean", dask_address, blocks=blocks)
+    segment(clean, progress=False)
+    np.testing.assert_array_equal(read_output(tmp_path / "out"), read_output(tmp_path / "clean"))
