@@ -266,9 +266,17 @@ def _execute(p: Plan, *, restart: bool, stages: Sequence[str], progress: bool) -
             bar.update(1)
             bar.set_postfix_str(f"{task.stage} {task.item}", refresh=False)
         bar.close()
+        post = None
+        if not failures and list(stages) == list(STAGES):
+            from tasks.postprocess import postprocess  # stages 5-8: pyramid, meshes, properties, seam audit
+
+            post = postprocess(client, p, progress=progress)
+            failures.extend(post["failures"])
         versions = report_mod.versions(client)
 
     run = report_mod.build(p, todo, results, failures, started=t_start, versions=versions)
+    if post is not None:
+        run["postprocess"] = post
     report_mod.write(ctx.output, run)
     real = [f for f in failures if not f["error"].startswith("skipped")]
     if real:

@@ -1,0 +1,139 @@
+"""Stage 5, pyramid: further scales of the segmentation (mode) and of the image (average).
+
+Scale ``k`` is computed from scale ``k - 1`` as written, by tasks whose boxes are unions of whole
+storage chunks (whole shards when sharded) of scale ``k``, so no two tasks write one object. A task
+of scale ``k`` starts when the tasks of scale ``k - 1`` that cover its source box are done. The
+kernels are :func:`pipeline.downsample.downsample_labels` and ``downsample_image``.
+
+The scales are created in the ``info`` by the driver (:func:`plan_layer`) before any task runs; they
+sit beside the base scale in the same precomputed volume, keyed by resolution (``16_16_16``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import tensorstore as ts
+
+from pipeline import urls
+from pipeline.downsample import Scale, downsample_image, downsample_labels, pyramid, source_box, task_shape
+from pipeline.errors import ConfigError
+from pipeline.geometry import Block, BlockGrid, Box
+from pipeline.sharding import choose_bits, shard_shape
+from pipeline.volume import sharding_spec
+from tasks import runtime
+
+STAGE = "5-pyramid"
+log = logging.getLogger("emseg")
+
+Kind = Literal["image", "segmentation"]
+
+
+@dataclass(frozen=True)
+class PyramidLayer:
+    """A precomputed volume and the scales its pyramid has (index 0 = the base, as written)."""
+
+    store: str  # kvstore URL of the volume directory
+    kind: Kind
+    scales: tuple[Scale, ...]
+    task_shapes: tuple[tuple[int, int, int], ...]  # per scale; unused for the base
+
+    def spec(self, level: int) -> dict[str, Any]:
+        return {"driver": "neuroglancer_precomputed", "kvstore": urls.kvstore_spec(self.store),
+                "scale_metadata": {"key": self.scales[level].key}}
+
+    def grid(self, level: int) -> BlockGrid:
+        """The task grid of ``level`` in that scale's absolute voxel coordinates."""
+        return BlockGrid(self.scales[level].box, self.task_shapes[level], (0, 0, 0))
+
+    def upstream(self, level: int, block: Block) -> list[int]:
+        """Ids of the ``level - 1`` tasks whose boxes feed ``block`` of ``level`` (none for level 1)."""
+        if level <= 1:
+            return []
+        src = source_box(block.write_box, self.scales[level].factor_zyx, self.scales[level - 1].box)
+        grid = self.grid(level - 1)
+        lo = [(s - r) // t for s, r, t in zip(src.start, grid.roi.start, grid.block_shape)]
+        hi = [(e - 1 - r) // t for e, r, t in zip(src.stop, grid.roi.start, grid.block_shape)]
+        return [grid.block_id((z, y, x)) for z in range(lo[0], hi[0] + 1)
+                for y in range(lo[1], hi[1] + 1) for x in range(lo[2], hi[2] + 1)]
+
+
+def read_info(store: str) -> dict[str, Any]:
+    kv = ts.KvStore.open(urls.kvstore_spec(store)).result()
+    got = kv.read("info").result()
+    if got.state != "value":
+        raise ConfigError(f"no precomputed info at {store}; the pyramid needs a precomputed volume")
+    return json.loads(got.value)
+
+
+def base_scale(info: dict[str, Any]) -> Scale:
+    s = info["scales"][0]
+    return Scale(tuple(s["size"][::-1]), tuple(s["voxel_offset"][::-1]), tuple(float(v) for v in s["resolution"][::-1]),
+                 tuple(s["chunk_sizes"][0][::-1]))  # type: ignore[arg-type]
+
+
+def plan_layer(store: str, kind: Kind, levels: int | None, *, block_voxels: int = 128**3) -> PyramidLayer:
+    """Create (or reopen) the coarser scales of the volume at ``store`` and describe the tasks.
+
+    The new scales copy the base scale's encoding; when the base is sharded, each coarser scale is
+    sharded too, with shards that fit inside one task box.
+    """
+    info = read_info(store)
+    base = info["scales"][0]
+    scales = pyramid(base_scale(info), levels)
+    shapes: list[tuple[int, int, int]] = [scales[0].chunk_zyx]
+    for scale in scales[1:]:
+        shape = task_shape(scale, block_voxels)
+        meta: dict[str, Any] = {
+            "key": scale.key,
+            "size": list(scale.shape_zyx[::-1]),
+            "voxel_offset": list(scale.offset_zyx[::-1]),
+            "resolution": list(scale.voxel_size_nm[::-1]),
+            "chunk_size": list(scale.chunk_zyx[::-1]),
+            "encoding": base["encoding"],
+        }
+        if "compressed_segmentation_block_size" in base:
+            meta["compressed_segmentation_block_size"] = base["compressed_segmentation_block_size"]
+        if "jpeg_quality" in base:
+            meta["jpeg_quality"] = base["jpeg_quality"]
+        if "sharding" in base:
+            grid = [-(-s // c) for s, c in zip(scale.shape_zyx, scale.chunk_zyx)]
+            block_chunks = [t // c for t, c in zip(shape, scale.chunk_zyx)]
+            bits = choose_bits(grid, block_chunks)
+            meta["sharding"] = sharding_spec(*bits)
+            shard = shard_shape(grid, scale.chunk_zyx, bits[0], bits[1])
+            # Tasks cover whole shards: grow the task box to a multiple of the shard.
+            shape = tuple(max(t, s) // s * s if t < sz else t for t, s, sz in zip(shape, shard, scale.shape_zyx))
+        spec = {"driver": "neuroglancer_precomputed", "kvstore": urls.kvstore_spec(store), "context": urls.CONTEXT,
+                "scale_metadata": meta}
+        try:
+            ts.open(spec, create=True, open=True).result()
+        except ValueError as exc:
+            text = str(exc).split(" [tensorstore_spec")[0]
+            raise ConfigError(
+                f"cannot add scale {scale.key} to {store}: {text}; a scale with that resolution and other "
+                "metadata exists — rerun with --restart (segmentation) or remove the extra scales (image)"
+            ) from None
+        shapes.append(shape)  # type: ignore[arg-type]
+    return PyramidLayer(store, kind, tuple(scales), tuple(shapes))
+
+
+def downsample_task(layer: PyramidLayer, level: int, block_id: int, run_id: str, *upstream: Any) -> dict[str, Any]:
+    """Write box ``block_id`` of scale ``level`` from scale ``level - 1``."""
+    t0 = time.perf_counter()
+    target_scale = layer.scales[level]
+    source_scale = layer.scales[level - 1]
+    target = layer.grid(level).block(block_id).write_box
+    source = source_box(target, target_scale.factor_zyx, source_scale.box)
+    src = runtime.volume(json.dumps(layer.spec(level - 1)), False, run_id)
+    data = src.read(source.shift([-o for o in source_scale.offset_zyx]))
+    kernel = downsample_labels if layer.kind == "segmentation" else downsample_image
+    out = kernel(data, target, source, target_scale.factor_zyx)
+    spec = dict(layer.spec(level), store_data_equal_to_fill_value=True)
+    dst = runtime.volume(json.dumps(spec), True, run_id)
+    dst.write(target.shift([-o for o in target_scale.offset_zyx]), out)
+    return {"seconds": time.perf_counter() - t0, "voxels": int(source.size)}

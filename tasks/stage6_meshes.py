@@ -1,0 +1,177 @@
+"""Stage 6, meshes: marching cubes per block, then one mesh per segment joined across the seams.
+
+Two kinds of task:
+
+``6-meshes`` per block
+    reads the block's write box plus one voxel on its high sides (:func:`pipeline.meshes.mesh_box`),
+    meshes and simplifies every segment in it, and stores the pieces in scratch under the segment's
+    *group* (``post/meshes/<group>/<block>``).
+``6-meshes`` per group
+    after every block task: joins each segment's pieces (welding the shared seam vertices), and writes
+    the segment's mesh in the chosen format.
+
+A group is a run of consecutive segment ids (``id >> shift``). Final ids are numbered block by block,
+so a block's segments fall into few groups; for the sharded format a group is exactly one shard file.
+
+Formats (``postprocess.mesh_format``): ``legacy`` (one JSON manifest and one fragment file per
+segment), ``multires`` (Draco-encoded levels of detail, two files per segment), ``sharded`` (the same
+levels of detail packed into shard files); ``auto`` picks ``sharded`` when the segmentation is sharded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tensorstore as ts
+
+from pipeline import meshes, urls
+from pipeline.downsample import Scale
+from pipeline.geometry import BlockGrid
+from pipeline.shardfile import ShardSpec, encode_shard
+from tasks import runtime
+
+STAGE = "6-meshes"
+PREFIX = "post/meshes/"
+
+
+@dataclass(frozen=True)
+class MeshPlan:
+    """What the mesh tasks need: where to read, how to mesh, how to write."""
+
+    output: str  # run output store URL (scratch lives there)
+    volume_spec: dict[str, Any]  # tensorstore spec of the scale that is meshed
+    scale: Scale
+    block_shape: tuple[int, int, int]
+    mesh_dir: str  # kvstore URL of <segmentation>/mesh
+    format: str  # legacy | multires | sharded
+    shift: int  # group = id >> shift
+    sharding: dict[str, Any] | None
+    reduction: int
+    max_error: float
+    lods: int
+    run_id: str = ""
+
+    @property
+    def grid(self) -> BlockGrid:
+        return BlockGrid(self.scale.box, self.block_shape, (0, 0, 0))
+
+    def info(self) -> dict[str, Any]:
+        if self.format == "legacy":
+            return {"@type": "neuroglancer_legacy_mesh"}
+        return meshes.multires_info(self.scale.voxel_size_nm, self.sharding)
+
+
+def plan_groups(num_segments: int, num_blocks: int, fmt: str) -> tuple[int, dict[str, Any] | None]:
+    """``(shift, sharding)``: groups of about ``num_segments / num_blocks`` consecutive ids (at least
+    64), as powers of two; for ``sharded``, the sharding whose shards are exactly those groups.
+
+    >>> plan_groups(1000, 8, "legacy")
+    (7, None)
+    >>> shift, sharding = plan_groups(1000, 8, "sharded")
+    >>> shift, sharding["preshift_bits"] + sharding["minishard_bits"], sharding["shard_bits"]
+    (7, 7, 3)
+    """
+    from pipeline.shardfile import spec_for_ids
+
+    per = max(64, math.ceil(max(num_segments, 1) / max(num_blocks, 1)))
+    spec = spec_for_ids(max(num_segments, 1), per)
+    shift = spec.preshift_bits + spec.minishard_bits
+    return shift, (spec.to_json() if fmt == "sharded" else None)
+
+
+def _kv(url: str) -> ts.KvStore:
+    return ts.KvStore.open(urls.kvstore_spec(url), context=ts.Context(urls.CONTEXT)).result()
+
+
+def mesh_block_task(plan: MeshPlan, block_id: int, *upstream: Any) -> dict[str, Any]:
+    """Mesh one block; store its pieces by group."""
+    t0 = time.perf_counter()
+    block = plan.grid.block(block_id)
+    box, pad = meshes.mesh_box(block.write_box, plan.scale.box)
+    vol = runtime.volume(json.dumps(plan.volume_spec), False, plan.run_id)
+    labels = vol.read(box.shift([-o for o in plan.scale.offset_zyx]))
+    pieces = meshes.mesh_labels(labels, box.start, pad, reduction=plan.reduction, max_error=plan.max_error)
+    groups: dict[int, list[int]] = {}
+    for seg in sorted(pieces):
+        groups.setdefault(seg >> plan.shift, []).append(seg)
+    store = runtime.scratch(plan.output)
+    faces = 0
+    for group, ids in groups.items():
+        parts = [pieces[i] for i in ids]
+        faces += sum(len(p.faces) for p in parts)
+        store.put_arrays(f"{PREFIX}{group}/{block_id}", {
+            "ids": np.array(ids, np.uint64),
+            "nv": np.array([len(p.vertices) for p in parts], np.int64),
+            "nf": np.array([len(p.faces) for p in parts], np.int64),
+            "vertices": np.concatenate([p.vertices for p in parts]),
+            "faces": np.concatenate([p.faces for p in parts]),
+        })
+    return {"seconds": time.perf_counter() - t0, "voxels": int(box.size), "segments": len(pieces),
+            "faces": faces, "groups": sorted(groups)}
+
+
+def load_group(output: str, group: int) -> dict[int, list[meshes.Mesh]]:
+    """Every block's pieces of the segments in ``group``, by segment id."""
+    store = runtime.scratch(output)
+    prefix = f"{PREFIX}{group}/"
+    keys = store.kv.list(ts.KvStore.KeyRange(prefix, prefix[:-1] + "0")).result()
+    out: dict[int, list[meshes.Mesh]] = {}
+    for key in sorted(k.decode() for k in keys):
+        a = store.get_arrays(key)
+        v_end = np.cumsum(a["nv"])
+        f_end = np.cumsum(a["nf"])
+        for i, seg in enumerate(a["ids"].tolist()):
+            v0 = int(v_end[i - 1]) if i else 0
+            f0 = int(f_end[i - 1]) if i else 0
+            out.setdefault(int(seg), []).append(
+                meshes.Mesh(a["vertices"][v0 : int(v_end[i])], a["faces"][f0 : int(f_end[i])]))
+    return out
+
+
+def levels_of_detail(mesh: meshes.Mesh, plan: MeshPlan) -> list[meshes.Mesh]:
+    """The joined mesh, then coarser versions (4x fewer triangles each) while they get smaller."""
+    lods = [mesh]
+    for k in range(1, plan.lods):
+        coarse = meshes.simplify(lods[-1], 4, plan.max_error * (2**k))
+        if len(coarse.faces) >= 0.8 * len(lods[-1].faces) or len(coarse.faces) < 4:
+            break
+        lods.append(coarse)
+    return lods
+
+
+def merge_group_task(plan: MeshPlan, group: int, *upstream: Any) -> dict[str, Any]:
+    """Join the pieces of every segment in ``group`` and write their meshes."""
+    t0 = time.perf_counter()
+    pieces = load_group(plan.output, group)
+    kv = _kv(plan.mesh_dir)
+    voxel = plan.scale.voxel_size_nm
+    entries: list[tuple[int, bytes, bytes]] = []
+    faces = 0
+    writes = []
+    for seg in sorted(pieces):
+        mesh = meshes.join(pieces[seg])
+        if len(mesh.faces) == 0:
+            continue
+        faces += len(mesh.faces)
+        if plan.format == "legacy":
+            name = f"{seg}:0:1"
+            writes.append(kv.write(name, meshes.encode_legacy(mesh, voxel)))
+            writes.append(kv.write(f"{seg}:0", json.dumps({"fragments": [name]}).encode()))
+            continue
+        manifest, data = meshes.encode_multires(levels_of_detail(mesh, plan))
+        if plan.format == "multires":
+            writes.append(kv.write(str(seg), data))
+            writes.append(kv.write(f"{seg}.index", manifest))
+        else:
+            entries.append((seg, manifest, data))
+    if plan.format == "sharded" and entries:
+        spec = ShardSpec.from_json(plan.sharding or {})
+        writes.append(kv.write(spec.shard_name(group & ((1 << spec.shard_bits) - 1)), encode_shard(entries, spec)))
+    for w in writes:
+        w.result()
+    return {"seconds": time.perf_counter() - t0, "segments": len(pieces), "faces": faces}

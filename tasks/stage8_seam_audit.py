@@ -1,0 +1,161 @@
+"""Stage 8, seam audit: the stitching edges whose score fell near the merge threshold, as points.
+
+Stage 2 keeps every candidate edge between neighbouring blocks with its overlap IoU and whether the
+rule merged it. An edge is *near the threshold* when ``|iou - stitch.min_iou| <= seam_audit_margin``:
+those are the merge decisions a person should look at. Per block, this stage finds the voxels the
+two labels share in the overlap (from the faces stage 1 kept), takes their centroid as the point,
+and maps both labels to final segment ids through the union-find result. One reduce task writes the
+points as a precomputed annotation collection ``<output>/seam_audit`` with properties ``iou``,
+``overlap`` (voxels) and ``merged``, related to the two segments (``segments``), so the viewer lists
+the audit points of a selected segment.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tensorstore as ts
+
+from pipeline import urls
+from pipeline.annotations import Property, point_annotations
+from pipeline.labels import block_of, local_of
+from pipeline.unionfind import block_lut
+from tasks import runtime
+from tasks.context import RunContext
+from tasks.stage1_segment import STAGE as SEGMENT
+from tasks.stage1_segment import face_key
+
+STAGE = "8-seam-audit"
+PREFIX = "post/audit/"
+
+
+@dataclass(frozen=True)
+class AuditPlan:
+    run: RunContext
+    token: str  # the union-find result this audit maps through
+    input_offset_zyx: tuple[int, int, int]
+    voxel_size_nm: tuple[float, float, float]
+    threshold: float
+    margin: float
+    limit: int
+    audit_dir: str  # kvstore URL of <output>/seam_audit
+
+
+def near(iou: np.ndarray, threshold: float, margin: float) -> np.ndarray:
+    """Edges whose IoU lies within ``margin`` of ``threshold``.
+
+    >>> near(np.array([0.1, 0.45, 0.5, 0.62, 0.9]), 0.5, 0.1).tolist()
+    [False, True, True, False, False]
+    """
+    return np.abs(iou.astype(np.float64) - threshold) <= margin + 1e-9
+
+
+def _centroids(mine: np.ndarray, theirs: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Mean voxel position (z, y, x, in overlap coordinates) of each pair ``(a[i], b[i])``."""
+    both = (mine != 0) & (theirs != 0)
+    coords = np.nonzero(both)
+    la = mine[coords].astype(np.uint64)
+    lb = theirs[coords].astype(np.uint64)
+    width = np.uint64(int(max(lb.max(initial=0), b.max(initial=0))) + 1)
+    voxel_keys = la * width + lb
+    pair_keys = a.astype(np.uint64) * width + b.astype(np.uint64)
+    order = np.argsort(pair_keys)
+    idx = np.searchsorted(pair_keys[order], voxel_keys)
+    idx = np.clip(idx, 0, len(order) - 1)
+    hit = pair_keys[order][idx] == voxel_keys
+    which = order[idx[hit]]
+    n = np.bincount(which, minlength=len(a)).astype(np.float64)
+    out = np.zeros((len(a), 3))
+    for axis in range(3):
+        out[:, axis] = np.bincount(which, weights=coords[axis][hit], minlength=len(a)) / np.maximum(n, 1)
+    return out
+
+
+def audit_block_task(plan: AuditPlan, block_id: int, *upstream: Any) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    ctx = plan.run
+    grid = ctx.grid
+    block = grid.block(block_id)
+    store = runtime.scratch(ctx.output)
+    edges = store.get_arrays(f"edges/{block_id}")
+    pick = near(edges["iou"], plan.threshold, plan.margin)
+    rows: dict[str, list[np.ndarray]] = {k: [] for k in ("pos", "a", "b", "iou", "count", "merge")}
+    if pick.any():
+        mapping = runtime.mapping(ctx.output, plan.token)
+        luts: dict[int, tuple[np.ndarray, int, np.ndarray]] = {}
+
+        def finals(b: int, local: np.ndarray) -> np.ndarray:
+            """Final ids of block ``b``'s local labels; 0 for halo-only labels no merge reached."""
+            if b not in luts:
+                info = store.done_info(SEGMENT, b) or {}
+                table = mapping.block_table(b)[0].astype(np.int64)
+                luts[b] = (block_lut(b, int(info.get("n_total", 0)), mapping), int(info.get("n_core", 0)), table)
+            lut, n_core, table = luts[b]
+            local = local.astype(np.int64)
+            out = lut[np.clip(local, 0, len(lut) - 1)]
+            out[(local > n_core) & ~np.isin(local, table)] = 0
+            return out
+
+        a_key, b_key = edges["a"][pick], edges["b"][pick]
+        nb_blocks = block_of(b_key).astype(np.int64)
+        for axis, nb in grid.forward_neighbours(block):
+            sel = nb_blocks == nb.id
+            if not sel.any():
+                continue
+            mine = store.get_arrays(face_key(block_id, axis, +1))["labels"]
+            theirs = store.get_arrays(face_key(nb.id, axis, -1))["labels"]
+            la, lb = local_of(a_key[sel]), local_of(b_key[sel])
+            overlap = block.read_box & nb.read_box
+            centre = _centroids(mine, theirs, la, lb)
+            origin = np.array([s + o for s, o in zip(overlap.start, plan.input_offset_zyx)], np.float64)
+            rows["pos"].append(centre + origin + 0.5)
+            rows["a"].append(finals(block_id, la))
+            rows["b"].append(finals(nb.id, lb))
+            rows["iou"].append(edges["iou"][pick][sel])
+            rows["count"].append(edges["count"][pick][sel])
+            rows["merge"].append(edges["merge"][pick][sel])
+    empty = {"pos": np.zeros((0, 3)), "a": np.zeros(0, np.uint64), "b": np.zeros(0, np.uint64),
+             "iou": np.zeros(0, np.float32), "count": np.zeros(0, np.int64), "merge": np.zeros(0, bool)}
+    arrays = {k: (np.concatenate(v) if v else empty[k]) for k, v in rows.items()}
+    store.put_arrays(f"{PREFIX}{block_id}", arrays)
+    return {"seconds": time.perf_counter() - t0, "points": int(len(arrays["iou"]))}
+
+
+def reduce_task(plan: AuditPlan, *upstream: Any) -> dict[str, Any]:
+    """Write the collected points as a precomputed annotation collection."""
+    t0 = time.perf_counter()
+    store = runtime.scratch(plan.run.output)
+    parts = [store.get_arrays(f"{PREFIX}{i}") for i in range(plan.run.grid.num_blocks)]
+    cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+    n_all = len(cat.get("iou", []))
+    if n_all > plan.limit:
+        keep = np.argsort(np.abs(cat["iou"].astype(np.float64) - plan.threshold), kind="stable")[: plan.limit]
+        cat = {k: v[np.sort(keep)] for k, v in cat.items()}
+    n = len(cat.get("iou", []))
+    roi = plan.run.roi
+    lower = [s + o for s, o in zip(roi.start, plan.input_offset_zyx)]
+    upper = [e + o for e, o in zip(roi.stop, plan.input_offset_zyx)]
+    related = [sorted({int(x) for x in (a, b) if int(x) != 0}) for a, b in zip(cat.get("a", []), cat.get("b", []))]
+    files = point_annotations(
+        cat.get("pos", np.zeros((0, 3))),
+        voxel_size_nm=plan.voxel_size_nm,
+        properties=[
+            Property("iou", "float32", "IoU of the two labels inside the overlap"),
+            Property("overlap", "uint32", "voxels the two labels share in the overlap"),
+            Property("merged", "uint8", "whether the stitching rule merged the pair", {0: "kept apart", 1: "merged"}),
+        ],
+        values={"iou": cat.get("iou", np.zeros(0)), "overlap": np.minimum(cat.get("count", np.zeros(0)), 2**32 - 1),
+                "merged": cat.get("merge", np.zeros(0)).astype(np.uint8)},
+        relationships={"segments": related},
+        bounds_zyx=(lower, upper),
+    )
+    kv = ts.KvStore.open(urls.kvstore_spec(plan.audit_dir), context=ts.Context(urls.CONTEXT)).result()
+    kv.delete_range(ts.KvStore.KeyRange()).result()
+    futures = [kv.write(k, v) for k, v in files.items()]
+    for f in futures:
+        f.result()
+    merged = int(cat["merge"].sum()) if n else 0
+    return {"seconds": time.perf_counter() - t0, "points": n, "candidates": n_all, "merged": merged}
