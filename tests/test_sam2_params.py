@@ -87,3 +87,13 @@ def test_uncovered_rounds_pick_the_slice_with_most_free_interior() -> None:
     assert seeds is not None and seeds.frame == 2 and seeds.segments.tolist() == [5]
     assert best_uncovered_slice(labels, covered, min_area=8, exclude={2}) is None
     assert key_slices(16, 3) == [2, 8, 13]
+
+
+def test_the_example_config_validates() -> None:
+    from pathlib import Path
+
+    from pipeline import config
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "sam2.yaml"
+    cfg = config.load(str(path), [])
+    assert cfg.backend.name == "sam2" and cfg.backend.to_dict()["checkpoint"].endswith(".pt")
