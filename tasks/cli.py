@@ -4,8 +4,10 @@
     emseg stage {1-segment,2-seams,3-unionfind,4-relabel} CONFIG   run one stage (debugging)
     emseg evaluate --segmentation URL --groundtruth URL          print scores as one JSON object
     emseg phantom IMAGE_URL [--labels URL] [--shape Z Y X]       write a synthetic EM volume
-    emseg link OUTPUT                                            print the Neuroglancer state of a run
+    emseg link OUTPUT [--image URL]                              print the Neuroglancer state and URL of a run
+    emseg view OUTPUT [--image URL] [--port N]                   serve a local output to a Neuroglancer viewer
     emseg train-ffn CONFIG                                       train a flood-filling network
+    emseg plan CONFIG [--volume-shape Z Y X] [--workers W]        estimate blocks, storage, time and cost
 
 Errors in the input print one line, ``emseg: error: ...``, and exit with status 2; a run whose
 blocks failed exits with status 1 after writing ``run.json``.
@@ -17,6 +19,7 @@ import argparse
 import json
 import logging
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -126,15 +129,29 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
 
 def cmd_link(args: argparse.Namespace) -> int:
-    from pipeline import neuroglancer
-    from pipeline.errors import VolumeNotFoundError
-    from tasks import report
+    from tasks import view
 
-    run = report.read(args.output)
-    if run is None:
-        raise VolumeNotFoundError(f"no run.json in {args.output}; run `emseg segment` first")
-    print(json.dumps(run["neuroglancer"], indent=2))
-    print(neuroglancer.link(run["neuroglancer"]))
+    state, url, local = view.link(args.output, image=args.image)
+    print(json.dumps(state, indent=2))
+    print(url)
+    if local:
+        print(f"(some layers are local files, which a browser cannot open from a link: `emseg view {args.output}`)",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from tasks import view
+
+    echo = (lambda line: print(f"emseg view: {line}", flush=True)) if args.log_requests else None
+    session = view.serve(args.output, image=args.image, host=args.host, port=args.port,
+                         data_port=args.data_port, echo=echo)
+    print(f"neuroglancer: {session.url}", flush=True)
+    print(f"data:         {session.data.url}/output/  (Ctrl-C stops)", flush=True)
+    try:
+        threading.Event().wait()
+    finally:
+        session.close()
     return 0
 
 
@@ -172,8 +189,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("link", help="print the Neuroglancer state and link of a finished run")
     p.add_argument("output", help="the run's output directory or URL")
+    p.add_argument("--image", help="image layer URL (default: the run's input)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_link)
+
+    p = sub.add_parser("view", help="serve a local output and open it in a Neuroglancer viewer")
+    p.add_argument("output", help="the run's output directory")
+    p.add_argument("--image", help="image layer URL or local path (default: the run's input)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=0, help="viewer port (default: any free port)")
+    p.add_argument("--data-port", type=int, default=0, help="data server port (default: any free port)")
+    p.add_argument("--log-requests", action="store_true", help="print one line per data request")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_view)
+
+    from tasks import estimate
+
+    p = sub.add_parser("plan", help="estimate blocks, storage, time and cost of a run from a few calibration blocks")
+    estimate.add_arguments(p)
+    p.set_defaults(func=estimate.run)
 
     try:
         from tasks import train_ffn
