@@ -41,6 +41,7 @@ def test_params_through_the_registry() -> None:
         ({"checkpoint": "x.pt", "random_weights": True}, "not both"),
         ({"memory_frames": 9}, "less than or equal to 6"),
         ({"resolution": 3}, "Extra inputs are not permitted"),
+        ({"seed_backend": "threshold-cc", "seed_params": {"level": 3}}, "seed_params for threshold-cc"),
     ],
 )
 def test_bad_params_are_refused(bad: dict, words: str) -> None:

@@ -85,9 +85,15 @@ class Params(BackendParams):
         return value
 
     @model_validator(mode="after")
-    def _weights(self) -> Params:
+    def _consistent(self) -> Params:
         if self.checkpoint is not None and self.random_weights:
             raise ValueError("give either checkpoint or random_weights: true, not both")
+        from pipeline import backends  # the seed backend's own keys, checked before any work
+
+        try:
+            backends.validate_params(self.seed_backend, self.seed_params)
+        except ValueError as exc:
+            raise ValueError(f"seed_params for {self.seed_backend}: {exc}") from None
         return self
 
 
