@@ -1,0 +1,114 @@
+"""``emseg plan``: block counts, linear scaling to hypothetical volumes, and no trace in the real output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import blobs, write_zarr
+
+SHAPE = (48, 64, 64)  # 3 x 4 x 4 blocks of 16³
+
+
+def _config_file(tmp_path: Path) -> tuple[Path, Path]:
+    url = write_zarr(tmp_path / "image.zarr", blobs(SHAPE, sigma=2.0, seed=7), chunks=(16, 16, 16))
+    output = tmp_path / "out"
+    data = {
+        "input": url,
+        "output": str(output),
+        "backend": {"name": "threshold-cc", "threshold": 128},
+        "blocks": {"shape": [16, 16, 16], "halo": [1, 1, 1]},
+        "write": {"chunk_shape": [8, 8, 8]},
+        "cluster": {"workers": 2},
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path, output
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_plan_command_counts_blocks_and_leaves_the_output_alone(tmp_path: Path, capsys: Any) -> None:
+    from pipeline.geometry import Box, BlockGrid
+    from tasks.cli import main
+
+    config, output = _config_file(tmp_path)
+    output.mkdir()
+    (output / "keep.txt").write_text("a previous run's file")
+    before = _tree(output)
+    caldir = tmp_path / "calibration"
+    caldir.mkdir()
+    report = tmp_path / "plan.json"
+
+    rc = main(["plan", str(config), "--calibrate", "3", "--workers", "4", "--gpus", "2", "--cost-per-hour", "1.5",
+               "--json", str(report), "--calibration-dir", str(caldir)])
+
+    assert rc == 0
+    assert _tree(output) == before, "emseg plan must not write into the configured output"
+    assert list(caldir.iterdir()) == [], "the temporary calibration output must be removed"
+    est = json.loads(report.read_text())
+    assert est["blocks"]["count"] == 48 and est["blocks"]["grid_zyx"] == [3, 4, 4]
+    assert len(set(est["calibration"]["blocks"])) == 3
+    grid = BlockGrid(Box((0, 0, 0), SHAPE), (16, 16, 16), (1, 1, 1))
+    assert est["read"]["voxels"] == sum(b.read_box.size for b in grid)
+    assert est["volume"]["voxels"] == 48 * 64 * 64 and not est["volume"]["hypothetical"]
+    for name in ("labels", "faces", "edges"):
+        assert est["scratch_bytes"][name] > 0
+    assert est["output_bytes"] > 0 and est["seconds_per_block"]["segment"]["mean"] > 0
+    runs = {r["unit"]: r for r in est["runs"]}
+    assert runs["workers"]["count"] == 4 and runs["gpus"]["count"] == 2
+    assert runs["gpus"]["wall_seconds"] > runs["workers"]["wall_seconds"]
+    assert runs["workers"]["cost_usd"] == pytest.approx(4 * runs["workers"]["wall_seconds"] / 3600 * 1.5)
+    table = capsys.readouterr().out
+    assert "48 = 3 x 4 x 4 of 16 x 16 x 16" in table and "wall, 4 workers" in table and "wall, 2 GPUs" in table
+
+
+def test_estimates_scale_linearly_with_the_volume_shape(tmp_path: Path) -> None:
+    from pipeline import config as config_mod
+    from tasks.estimate import calibrate, estimate
+    from tasks.run import plan
+
+    config, output = _config_file(tmp_path)
+    p = plan(config_mod.load(config))
+    cal = calibrate(p, 2, workdir=str(tmp_path))
+    assert not output.exists()
+
+    sample = estimate(p, cal)
+    assert sample["blocks"]["count"] == 48
+    base = estimate(p, cal, volume_shape=(1024, 1024, 1024), workers=8)
+    assert base["volume"]["hypothetical"] and base["blocks"]["count"] == 64**3
+    for factor, shape in ((2, (2048, 1024, 1024)), (4, (2048, 2048, 1024)), (8, (2048, 2048, 2048))):
+        big = estimate(p, cal, volume_shape=shape, workers=8)
+        assert big["blocks"]["count"] == factor * base["blocks"]["count"]
+        assert big["volume"]["voxels"] == factor * base["volume"]["voxels"]
+        assert big["seconds_per_block"] == base["seconds_per_block"]  # same blocks, same calibration
+        for path in (("read", "voxels"), ("scratch_bytes", "total"), ("output_bytes",), ("task_seconds", "total"),
+                     ("candidate_edges",)):
+            a, b = base, big
+            for k in path:
+                a, b = a[k], b[k]
+            # only the halo at the volume's outer faces keeps this from being exact
+            assert b / a == pytest.approx(factor, rel=0.01), path
+        wall = [r["wall_seconds"] - big["startup_seconds"] for r in (base["runs"][0], big["runs"][0])]
+        assert wall[1] / wall[0] == pytest.approx(factor, rel=0.01)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--calibrate", "0"], "--calibrate must be at least 1"),
+    (["--volume-shape", "0", "64", "64"], "--volume-shape needs three positive sizes"),
+    (["--workers", "0"], "--workers must be at least 1"),
+])
+def test_bad_plan_arguments_fail_with_one_line(tmp_path: Path, capsys: Any, args: list[str], message: str) -> None:
+    from tasks.cli import main
+
+    config, output = _config_file(tmp_path)
+    assert main(["plan", str(config), "--calibrate", "1", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("emseg: error: ") and message in err[-1]
+    assert not output.exists()
