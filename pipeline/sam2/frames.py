@@ -100,10 +100,17 @@ class FrameFeatures:
             out = predictor.forward_image(images)
             self.encoded += len(chunk)
             if not self._pos:  # position encodings depend on the size only: keep one copy
-                self._pos = [p[:1].to(self.storage) for p in out["vision_pos_enc"]]
-            levels = [f.to(self.storage) for f in out["backbone_fpn"]]
+                self._pos = [self._keep(p[:1]) for p in out["vision_pos_enc"]]
+            levels = [self._keep(f) for f in out["backbone_fpn"]]
             for i in range(len(chunk)):
                 self._fpn.append([level[i : i + 1] for level in levels])
+
+    def _keep(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` in storage: as is on the device, or in pinned CPU memory when offloaded."""
+        if self.storage == self.device:
+            return tensor
+        kept = tensor.to(self.storage)
+        return kept.pin_memory() if self.device.type == "cuda" else kept
 
     def features(self, frame: int, batch: int) -> tuple[list, list, list]:
         """Flattened features of ``frame`` for ``batch`` objects: ``(feats, pos, sizes)``.
