@@ -13,7 +13,7 @@ from pipeline import urls
 from pipeline.config import ClusterConfig, Config, PhantomConfig
 from pipeline.errors import ConfigError, VolumeNotFoundError
 from pipeline.geometry import BlockGrid, Box
-from pipeline.volume import Volume, create_precomputed, open_volume
+from pipeline.volume import create_precomputed, open_volume
 
 log = logging.getLogger("emseg")
 

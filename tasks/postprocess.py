@@ -95,7 +95,7 @@ def postprocess(client: Any, p: Plan, *, progress: bool = True) -> dict[str, Any
     ctx = p.ctx
     t_start = time.time()
     scratch = Scratch(ctx.output)
-    uf = scratch.done_info("3-unionfind", "all")
+    uf = scratch.done_info("3-unionfind", "finish")
     if uf is None:
         raise ConfigError("post-processing needs a complete run; run `emseg segment` first")
     token, num_segments = uf["token"], int(uf["num_segments"])

@@ -47,6 +47,7 @@ def viewer_state(p: Plan) -> dict[str, Any]:
 def build(
     p: Plan,
     todo: dict[str, list[Any]],
+    totals: dict[str, int],
     results: dict[tuple[str, Any], dict[str, Any]],
     failures: list[dict[str, Any]],
     *,
@@ -60,7 +61,7 @@ def build(
         secs[stage] += float(info.get("seconds", 0.0))
     n = p.ctx.grid.num_blocks
     for stage in STAGES:
-        total = 1 if stage == "3-unionfind" else n
+        total = totals[stage]
         ran = sum(1 for (s, _) in results if s == stage)
         failed = sum(1 for f in failures if f["stage"] == stage)
         per_stage[stage] = {
@@ -70,7 +71,7 @@ def build(
             "failed": failed,
             "task_seconds": round(secs[stage], 3),
         }
-    uf = results.get(("3-unionfind", "all"), {})
+    uf = results.get(("3-unionfind", "finish"), {})
     status = "failed" if failures else "complete"
     grid = p.ctx.grid
     return {
@@ -87,7 +88,7 @@ def build(
                    "halo_zyx": list(grid.halo)},
         "stages": per_stage,
         "segments": uf.get("num_segments"),
-        "merge_edges": uf.get("merge_edges"),
+        "merged_labels": uf.get("merged_labels"),
         "failures": failures,
         "segmentation": "precomputed://" + p.ctx.segmentation,
         "neuroglancer": viewer_state(p),

@@ -30,6 +30,9 @@ from pipeline.config import Config
 from pipeline.errors import BlocksFailedError, ConfigError, OutputExistsError, RegionError
 from pipeline.geometry import Box, BlockGrid
 from pipeline.lock import OutputLock
+from pipeline.unionfind import children as uf_children
+from pipeline.unionfind import groups as uf_groups
+from pipeline.unionfind import levels as uf_levels
 from pipeline.scratch import STAGES, Scratch
 from pipeline.sharding import check_alignment, choose_bits, shard_shape
 from pipeline.volume import Volume, create_precomputed, open_volume, sharding_spec, spec_for
@@ -37,7 +40,8 @@ from tasks import report as report_mod
 from tasks.context import RunContext
 from tasks.stage1_segment import segment_block
 from tasks.stage2_seams import seams_block
-from tasks.stage3_unionfind import unionfind
+from tasks import stage3_unionfind as stage3
+from tasks.stage3_unionfind import items as unionfind_items
 from tasks.stage4_relabel import relabel_block
 
 log = logging.getLogger("emseg")
@@ -175,9 +179,16 @@ def _todo(scratch: Scratch, grid: BlockGrid) -> dict[str, list[int | str]]:
         for b in grid
         if str(b.id) not in done["2-seams"] or b.id in redo or any(n.id in redo for _, n in grid.forward_neighbours(b))
     ]
-    uf: list[int | str] = ["all"] if seams or "all" not in done["3-unionfind"] else []
+    uf_items = unionfind_items(grid.grid_shape)
+    uf: list[int | str] = list(uf_items) if seams or not set(uf_items) <= done["3-unionfind"] else []
     relabel = ids if uf else [i for i in ids if str(i) not in done["4-relabel"]]
     return {"1-segment": seg, "2-seams": seams, "3-unionfind": uf, "4-relabel": relabel}
+
+
+def _all_items(grid: BlockGrid) -> dict[str, list[Any]]:
+    ids = list(range(grid.num_blocks))
+    return {"1-segment": ids, "2-seams": ids, "3-unionfind": list(unionfind_items(grid.grid_shape)),
+            "4-relabel": ids}
 
 
 def execute(p: Plan, *, restart: bool = False, stages: Sequence[str] = STAGES, progress: bool = True) -> dict[str, Any]:
@@ -211,15 +222,15 @@ def _execute(p: Plan, *, restart: bool, stages: Sequence[str], progress: bool) -
     if todo["3-unionfind"]:
         scratch.clear_done("3-unionfind")
         scratch.clear_done("4-relabel")
-    n = grid.num_blocks
+    totals = {stage: len(items) for stage, items in _all_items(grid).items()}
     for stage in STAGES:
         if stage not in stages:
             todo[stage] = []
             continue
-        total = 1 if stage == "3-unionfind" else n
-        if total - len(todo[stage]):
-            log.info("resume: %s skips %d of %d %s already done", stage, total - len(todo[stage]), total,
-                     "task" if stage == "3-unionfind" else "blocks")
+        skipped = totals[stage] - len(todo[stage])
+        if skipped:
+            log.info("resume: %s skips %d of %d %s already done", stage, skipped, totals[stage],
+                     "tasks" if stage == "3-unionfind" else "blocks")
 
     retries = p.config.retries
     results: dict[tuple[str, int | str], dict[str, Any]] = {}
@@ -240,11 +251,9 @@ def _execute(p: Plan, *, restart: bool, stages: Sequence[str], progress: bool) -
             futures[f] = _Task("2-seams", i, deps)
         token: Any = None
         if todo["3-unionfind"]:
-            deps = list(seam_f.values())
-            token = client.submit(unionfind, ctx, *deps, key=f"3-unionfind-{ctx.run_id}", retries=retries, pure=False)
-            futures[token] = _Task("3-unionfind", "all", deps)
+            token = _submit_unionfind(client, ctx, seam_f, futures, retries)
         elif todo["4-relabel"]:
-            token = (scratch.done_info("3-unionfind", "all") or {}).get("token")
+            token = (scratch.done_info("3-unionfind", "finish") or {}).get("token")
         for i in todo["4-relabel"]:
             deps = [token] if not isinstance(token, str) else []
             f = client.submit(relabel_block, ctx, i, token, key=f"4-relabel-{i}-{ctx.run_id}", retries=retries, pure=False)
@@ -274,7 +283,7 @@ def _execute(p: Plan, *, restart: bool, stages: Sequence[str], progress: bool) -
             failures.extend(post["failures"])
         versions = report_mod.versions(client)
 
-    run = report_mod.build(p, todo, results, failures, started=t_start, versions=versions)
+    run = report_mod.build(p, todo, totals, results, failures, started=t_start, versions=versions)
     if post is not None:
         run["postprocess"] = post
     report_mod.write(ctx.output, run)
@@ -296,14 +305,50 @@ def _execute(p: Plan, *, restart: bool, stages: Sequence[str], progress: bool) -
     return run
 
 
+def _submit_unionfind(client: Any, ctx: RunContext, seam_f: dict[int, Any], futures: dict[Any, _Task],
+                      retries: int) -> Any:
+    """Submit the octree reduction (up, then down) and the offsets task; return the latter's future."""
+    grid = ctx.grid
+    top = uf_levels(grid.grid_shape)
+    up_f: dict[tuple[int, tuple[int, int, int]], Any] = {}
+    for level in range(1, top + 1):
+        for group in uf_groups(grid.grid_shape, level):
+            kids = uf_children(group, level, grid.grid_shape)
+            if level == 1:  # its blocks' edges and those its backward neighbours hold into it
+                members = {grid.block_id(k) for k in kids}
+                sources = members | {nb.id for m in members for _, _, nb in grid.neighbours(grid.block(m))}
+                deps = [seam_f[i] for i in sorted(sources) if i in seam_f]
+            else:
+                deps = [up_f[(level - 1, k)] for k in kids]
+            item = stage3.up_item(level, group)
+            f = client.submit(stage3.up, ctx, level, group, *deps, key=f"3-{item}-{ctx.run_id}", retries=retries,
+                              pure=False)
+            up_f[(level, group)] = f
+            futures[f] = _Task("3-unionfind", item, deps)
+    down_f: dict[tuple[int, tuple[int, int, int]], Any] = {}
+    for level in range(top, 0, -1):
+        for group in uf_groups(grid.grid_shape, level):
+            deps = [up_f[(level, group)]]
+            if level < top:
+                deps.append(down_f[(level + 1, tuple(g // 2 for g in group))])
+            item = stage3.down_item(level, group)
+            f = client.submit(stage3.down, ctx, level, group, *deps, key=f"3-{item}-{ctx.run_id}",
+                              retries=retries, pure=False)
+            down_f[(level, group)] = f
+            futures[f] = _Task("3-unionfind", item, deps)
+    deps = [down_f[(1, g)] for g in uf_groups(grid.grid_shape, 1)]
+    f = client.submit(stage3.finish, ctx, *deps, key=f"3-finish-{ctx.run_id}", retries=retries, pure=False)
+    futures[f] = _Task("3-unionfind", "finish", deps)
+    return f
+
+
 def _ids(items: list[Any]) -> str:
     items = sorted(items, key=str)
     return ", ".join(map(str, items[:10])) + (f", … ({len(items)} in all)" if len(items) > 10 else "")
 
 
 def _incomplete(scratch: Scratch, stage: str, grid: BlockGrid) -> bool:
-    expected = {"all"} if stage == "3-unionfind" else {str(i) for i in range(grid.num_blocks)}
-    return not expected <= scratch.done_items(stage)
+    return not {str(i) for i in _all_items(grid)[stage]} <= scratch.done_items(stage)
 
 
 def _progress(total: int, *, enabled: bool) -> Any:

@@ -6,10 +6,13 @@ import functools
 import json
 from typing import Any
 
+import numpy as np
+
 from pipeline import backends
 from pipeline.scratch import Scratch
 from pipeline.volume import Volume, open_volume
-from pipeline.unionfind import Mapping
+from pipeline import unionfind
+from pipeline.unionfind import BlockTable
 
 
 @functools.lru_cache(maxsize=8)
@@ -31,9 +34,23 @@ def scratch(output: str) -> Scratch:
 
 
 @functools.lru_cache(maxsize=2)
-def mapping(output: str, token: str) -> Mapping:
-    """The union-find result of run ``token`` (cached: every relabel task of the run needs it)."""
-    arrays = scratch(output).get_arrays("mapping")
+def offsets(output: str, token: str) -> np.ndarray:
+    """Per-block id offsets of run ``token`` (every relabel task of the run needs them)."""
+    arrays = scratch(output).get_arrays("uf/offsets")
     if str(arrays["token"].tobytes(), "ascii") != token:
-        raise RuntimeError(f"the mapping in {output} belongs to another run; rerun with --restart")
-    return Mapping(arrays["offsets"], arrays["keys"], arrays["final"], int(arrays["num_segments"][0]))
+        raise RuntimeError(f"the union-find result in {output} belongs to another run; rerun with --restart")
+    return arrays["offsets"]
+
+
+@functools.lru_cache(maxsize=4096)
+def table(output: str, token: str, block_id: int) -> BlockTable:
+    """A block's merge table (``token`` keys the cache to one union-find result)."""
+    arrays = scratch(output).get_arrays(f"uf/table/{block_id}")
+    return BlockTable(arrays["locals"], arrays["finals"], block_id)
+
+
+def final_ids(output: str, token: str, block_id: int, local_ids: np.ndarray) -> np.ndarray:
+    """Final segment ids of block ``block_id``'s local labels (0 where a label got none)."""
+    n_core = int(scratch(output).get_arrays(f"labels/{block_id}")["n"][0])
+    return unionfind.final_ids(table(output, token, block_id), n_core, offsets(output, token),
+                               lambda other: table(output, token, other), local_ids)

@@ -40,7 +40,7 @@ def segment_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
     for axis, direction, neighbour in grid.neighbours(block):
         overlap = block.read_box & neighbour.read_box
         store.put_arrays(face_key(block_id, axis, direction), {"labels": labels[overlap.slices(block.read_box.start)]})
-    store.put_arrays(f"labels/{block_id}", {"core": labels[core], "n_total": np.array([n_total], np.int64)})
+    store.put_arrays(f"labels/{block_id}", {"core": labels[core], "n": np.array([n_core, n_total], np.int64)})
     info = {"n_core": n_core, "n_total": n_total, "seconds": time.perf_counter() - t0}
     store.mark_done(STAGE, block_id, info)
     return info

@@ -1,7 +1,17 @@
-"""Stage 3, union-find: one global mapping from all merge edges to sequential final ids.
+"""Stage 3, union-find: the merge edges reduced up an octree of blocks, then resolved down it.
 
-It runs as one task on a worker (not on the driver): its memory is proportional to the number of
-blocks plus merge edges. See :mod:`pipeline.unionfind` for how final ids are derived.
+Tasks (see :mod:`pipeline.unionfind` for the algorithm)::
+
+    up-L-g      level L = 1..top, per group: join the edges inside the group, pass the rest up
+    down-L-g    level L = top..1, per group: final representatives, handed to the children
+    finish      per-block id offsets (one number per block) and the number of segments
+
+Every task holds one group's edges at most; the driver holds nothing but futures. Scratch keys::
+
+    uf/up/<L>/<z>_<y>_<x>      renaming (keys, reps) and the edges passed up (pa, pb)
+    uf/down/<L>/<z>_<y>_<x>    the parent's final map restricted to the group's keys
+    uf/table/<block>           the block's labels that take part in merges, with final representatives
+    uf/offsets                 offsets per block, number of segments, run token
 """
 
 from __future__ import annotations
@@ -12,48 +22,166 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.unionfind import build_mapping
+from pipeline.unionfind import (
+    Renaming,
+    children,
+    groups,
+    levels,
+    offsets,
+    plain_block,
+    reduce_edges,
+    resolve,
+    sort_keys,
+    split_by,
+    table_from,
+)
 from tasks import runtime
 from tasks.context import RunContext
 from tasks.stage1_segment import STAGE as SEGMENT
 
 STAGE = "3-unionfind"
+Vec = tuple[int, int, int]
 
 
-def unionfind(ctx: RunContext, *upstream: Any) -> dict[str, Any]:
+def _name(group: Vec) -> str:
+    return "_".join(map(str, group))
+
+
+def up_item(level: int, group: Vec) -> str:
+    return f"up-{level}-{_name(group)}"
+
+
+def down_item(level: int, group: Vec) -> str:
+    return f"down-{level}-{_name(group)}"
+
+
+def _block_indices(ctx: RunContext, block_ids: np.ndarray) -> np.ndarray:
+    _, gy, gx = ctx.grid.grid_shape
+    ids = block_ids.astype(np.int64)
+    return np.stack([ids // (gy * gx), (ids // gx) % gy, ids % gx], axis=1)
+
+
+def _n_core(ctx: RunContext, block_ids: np.ndarray) -> np.ndarray:
+    store = runtime.scratch(ctx.output)
+    uniq, inverse = np.unique(block_ids, return_inverse=True)
+    values = []
+    for b in uniq.tolist():
+        info = store.done_info(SEGMENT, int(b))
+        if info is None:
+            raise RuntimeError(f"block {b} has no stage-1 result; run stage 1-segment first")
+        values.append(info["n_core"])
+    return np.asarray(values, np.int64)[inverse]
+
+
+def up(ctx: RunContext, level: int, group: Vec, *upstream: Any) -> dict[str, Any]:
     t0 = time.perf_counter()
     store = runtime.scratch(ctx.output)
-    n = ctx.grid.num_blocks
-    n_core = np.zeros(n, np.int64)
+    grid = ctx.grid
     a_parts, b_parts = [], []
-    for block_id in range(n):
-        info = store.done_info(SEGMENT, block_id)
-        if info is None:
-            raise RuntimeError(f"block {block_id} has no stage-1 result; run stage 1-segment first")
-        n_core[block_id] = info["n_core"]
-        edges = store.get_arrays(f"edges/{block_id}")
-        merge = edges["merge"]
-        a_parts.append(edges["a"][merge])
-        b_parts.append(edges["b"][merge])
+    if level == 1:
+        # The group's own edges, and the edges that its backward neighbours hold into it: both
+        # groups of a crossing edge must see it (see pipeline.unionfind.reduce_edges).
+        members = {grid.block_id(k) for k in children(group, level, grid.grid_shape)}
+        sources = set(members)
+        for block_id in members:
+            for _, _, nb in grid.neighbours(grid.block(block_id)):
+                sources.add(nb.id)
+        for source in sorted(sources):
+            edges = store.get_arrays(f"edges/{source}")
+            keep = edges["merge"]
+            if source not in members:
+                keep = keep & np.isin(plain_block(edges["b"]).astype(np.int64), list(members))
+            a_parts.append(edges["a"][keep])
+            b_parts.append(edges["b"][keep])
+    else:
+        for child in children(group, level, grid.grid_shape):
+            passed = store.get_arrays(f"uf/up/{level - 1}/{_name(child)}")
+            a_parts.append(passed["pa"])
+            b_parts.append(passed["pb"])
     a = np.concatenate(a_parts) if a_parts else np.zeros(0, np.uint64)
     b = np.concatenate(b_parts) if b_parts else np.zeros(0, np.uint64)
-    mapping = build_mapping(a, b, n_core)
-    token = uuid.uuid4().hex
-    store.put_arrays(
-        "mapping",
-        {
-            "offsets": mapping.offsets,
-            "keys": mapping.keys,
-            "final": mapping.final,
-            "num_segments": np.array([mapping.num_segments], np.int64),
-            "token": np.frombuffer(token.encode("ascii"), np.uint8),
-        },
-    )
-    info = {
-        "token": token,
-        "num_segments": mapping.num_segments,
-        "merge_edges": int(len(a)),
-        "seconds": time.perf_counter() - t0,
-    }
-    store.mark_done(STAGE, "all", info)
+    if level == 1:
+        a = sort_keys(a, lambda blocks: _n_core(ctx, blocks))
+        b = sort_keys(b, lambda blocks: _n_core(ctx, blocks))
+    here = np.asarray(group)
+    inside_a = ((_block_indices(ctx, plain_block(a)) >> level) == here).all(axis=1)
+    inside_b = ((_block_indices(ctx, plain_block(b)) >> level) == here).all(axis=1)
+    renaming, pa, pb = reduce_edges(a, b, inside_a, inside_b)
+    store.put_arrays(f"uf/up/{level}/{_name(group)}", {"keys": renaming.keys, "reps": renaming.reps, "pa": pa, "pb": pb})
+    info = {"edges": int(len(a)), "renamed": int(len(renaming.keys)), "passed_up": int(len(pa)),
+            "seconds": time.perf_counter() - t0}
+    store.mark_done(STAGE, up_item(level, group), info)
     return info
+
+
+def down(ctx: RunContext, level: int, group: Vec, *upstream: Any) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    store = runtime.scratch(ctx.output)
+    grid = ctx.grid
+    own_arrays = store.get_arrays(f"uf/up/{level}/{_name(group)}")
+    own = Renaming(own_arrays["keys"], own_arrays["reps"])
+    if level == levels(grid.grid_shape):
+        parent = Renaming(np.zeros(0, np.uint64), np.zeros(0, np.uint64))
+    else:
+        arrays = store.get_arrays(f"uf/down/{level}/{_name(group)}")
+        parent = Renaming(arrays["keys"], arrays["reps"])
+    final = resolve(own, parent)
+    kids = children(group, level, grid.grid_shape)
+    info: dict[str, Any] = {"keys": int(len(final.keys))}
+    if level > 1:
+        owner_idx = _block_indices(ctx, plain_block(final.keys)) >> (level - 1)
+        owner = (owner_idx[:, 0] * (1 << 20) + owner_idx[:, 1]) * (1 << 20) + owner_idx[:, 2]
+        parts = split_by(final, owner)
+        for kid in kids:
+            part = parts.get((kid[0] * (1 << 20) + kid[1]) * (1 << 20) + kid[2], _EMPTY)
+            store.put_arrays(f"uf/down/{level - 1}/{_name(kid)}", {"keys": part.keys, "reps": part.reps})
+    else:
+        parts = split_by(final, plain_block(final.keys).astype(np.int64))
+        block_ids = [grid.block_id(kid) for kid in kids]
+        n_core = _n_core(ctx, np.asarray(block_ids))
+        nonroot = {}
+        for block_id, cores in zip(block_ids, n_core.tolist()):
+            table = table_from(parts.get(block_id, _EMPTY), block_id)
+            store.put_arrays(f"uf/table/{block_id}", {"locals": table.locals, "finals": table.finals})
+            nonroot[str(block_id)] = [int(cores), int((table.nonroots <= cores).sum())]
+        info["blocks"] = nonroot  # block -> [n_core, non-root core labels], read by finish()
+    info["seconds"] = time.perf_counter() - t0
+    store.mark_done(STAGE, down_item(level, group), info)
+    return info
+
+
+_EMPTY = Renaming(np.zeros(0, np.uint64), np.zeros(0, np.uint64))
+
+
+def finish(ctx: RunContext, *upstream: Any) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    store = runtime.scratch(ctx.output)
+    grid = ctx.grid
+    n = grid.num_blocks
+    n_core = np.zeros(n, np.int64)
+    nonroot = np.zeros(n, np.int64)
+    for group in _groups(grid.grid_shape, 1):
+        info = store.done_info(STAGE, down_item(1, group)) or {}
+        for block_id, (cores, nr) in info.get("blocks", {}).items():
+            n_core[int(block_id)], nonroot[int(block_id)] = cores, nr
+    offs, num_segments = offsets(n_core, nonroot)
+    token = uuid.uuid4().hex
+    store.put_arrays("uf/offsets", {"offsets": offs, "num_segments": np.array([num_segments], np.int64),
+                                    "token": np.frombuffer(token.encode("ascii"), np.uint8)})
+    info = {"token": token, "num_segments": num_segments, "merged_labels": int(nonroot.sum()),
+            "seconds": time.perf_counter() - t0}
+    store.mark_done(STAGE, "finish", info)
+    return info
+
+
+def _groups(grid_shape: Vec, level: int) -> list[Vec]:
+    return list(groups(grid_shape, level))
+
+
+def items(grid_shape: Vec) -> list[str]:
+    """Every stage-3 task of a grid, in an order that respects dependencies."""
+    top = levels(grid_shape)
+    out = [up_item(L, g) for L in range(1, top + 1) for g in _groups(grid_shape, L)]
+    out += [down_item(L, g) for L in range(top, 0, -1) for g in _groups(grid_shape, L)]
+    return out + ["finish"]
+

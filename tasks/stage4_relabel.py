@@ -34,8 +34,10 @@ def relabel_block(ctx: RunContext, block_id: int, token: str | Any, *upstream: A
     block = ctx.grid.block(block_id)
     store = runtime.scratch(ctx.output)
     arrays = store.get_arrays(f"labels/{block_id}")
-    mapping = runtime.mapping(ctx.output, token)
-    lut = block_lut(block_id, int(arrays["n_total"][0]), mapping)
+    n_core, n_total = (int(v) for v in arrays["n"])
+    offs = runtime.offsets(ctx.output, token)
+    lut = block_lut(runtime.table(ctx.output, token, block_id), n_total, n_core, offs,
+                    lambda other: runtime.table(ctx.output, token, other))
     out = lut[arrays["core"]]
     runtime.volume(segmentation_spec(ctx), True, ctx.run_id).write(block.write_box.shift([-s for s in ctx.roi.start]), out)
     info = {"seconds": time.perf_counter() - t0}

@@ -22,10 +22,8 @@ import tensorstore as ts
 from pipeline import urls
 from pipeline.annotations import Property, point_annotations
 from pipeline.labels import block_of, local_of
-from pipeline.unionfind import block_lut
 from tasks import runtime
 from tasks.context import RunContext
-from tasks.stage1_segment import STAGE as SEGMENT
 from tasks.stage1_segment import face_key
 
 STAGE = "8-seam-audit"
@@ -84,20 +82,9 @@ def audit_block_task(plan: AuditPlan, block_id: int, *upstream: Any) -> dict[str
     pick = near(edges["iou"], plan.threshold, plan.margin)
     rows: dict[str, list[np.ndarray]] = {k: [] for k in ("pos", "a", "b", "iou", "count", "merge")}
     if pick.any():
-        mapping = runtime.mapping(ctx.output, plan.token)
-        luts: dict[int, tuple[np.ndarray, int, np.ndarray]] = {}
-
         def finals(b: int, local: np.ndarray) -> np.ndarray:
             """Final ids of block ``b``'s local labels; 0 for halo-only labels no merge reached."""
-            if b not in luts:
-                info = store.done_info(SEGMENT, b) or {}
-                table = mapping.block_table(b)[0].astype(np.int64)
-                luts[b] = (block_lut(b, int(info.get("n_total", 0)), mapping), int(info.get("n_core", 0)), table)
-            lut, n_core, table = luts[b]
-            local = local.astype(np.int64)
-            out = lut[np.clip(local, 0, len(lut) - 1)]
-            out[(local > n_core) & ~np.isin(local, table)] = 0
-            return out
+            return runtime.final_ids(ctx.output, plan.token, b, local)
 
         a_key, b_key = edges["a"][pick], edges["b"][pick]
         nb_blocks = block_of(b_key).astype(np.int64)
