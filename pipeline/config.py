@@ -173,7 +173,8 @@ class Config(Strict):
     retries: int = Field(2, ge=0)
     evaluate: EvaluateConfig | None = None
     phantom: PhantomConfig | None = None
-    postprocess: PostprocessConfig = PostprocessConfig()
+    #: viewing outputs after a complete run; null skips them all
+    postprocess: PostprocessConfig | None = Field(default_factory=PostprocessConfig)
 
     def stitch_rule(self) -> StitchRule:
         if self.stitch is not None:

@@ -276,7 +276,7 @@ def _execute(p: Plan, *, restart: bool, stages: Sequence[str], progress: bool) -
             bar.set_postfix_str(f"{task.stage} {task.item}", refresh=False)
         bar.close()
         post = None
-        if not failures and list(stages) == list(STAGES):
+        if not failures and list(stages) == list(STAGES) and p.config.postprocess is not None:
             from tasks.postprocess import postprocess  # stages 5-8: pyramid, meshes, properties, seam audit
 
             post = postprocess(client, p, progress=progress)

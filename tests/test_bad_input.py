@@ -32,6 +32,7 @@ def _base(volume: str, tmp_path: Path) -> dict:
         "backend": {"name": "threshold-cc"},
         "blocks": {"shape": [16, 16, 16], "halo": [1, 1, 1]},
         "write": {"chunk_shape": [8, 8, 8]},
+        "postprocess": None,
     }
 
 

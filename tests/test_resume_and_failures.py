@@ -27,6 +27,7 @@ def _config_file(path: Path, input_url: str, output: Path, **extra) -> Path:
         "blocks": {"shape": [8, 8, 8], "halo": [1, 1, 1]},
         "write": {"chunk_shape": [8, 8, 8]},
         "cluster": {"workers": 2},
+        "postprocess": None,
         **extra,
     }
     path.write_text(yaml.safe_dump(cfg))
