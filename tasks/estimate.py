@@ -8,10 +8,11 @@ as the per-worker startup. For each block it measures
 
 - the seconds of stage 1 (read the read box, segment, keep labels and faces in scratch);
 - the bytes of its scratch objects (core labels and overlap faces);
-- a stand-in for stage 2: the seam kernel on each forward overlap matched against itself (its time,
-  and the bytes of the edges it stores), since the neighbouring blocks are not segmented;
-- a stand-in for stage 4: the core labels through a lookup table, written with the output's encoding
-  and chunks (its time, and the bytes it stores).
+- a stand-in for stage 2, since the neighbouring blocks are not segmented: each forward overlap read
+  twice and matched against itself, the edges stored as stage 2 stores them (its time, and the
+  bytes of the edges);
+- a stand-in for stage 4: the core labels read back, mapped through a lookup table and written with
+  the output's encoding and chunks (its time, and the bytes it stores).
 
 The estimates scale these by what each one is proportional to, for the whole region of interest or
 for a hypothetical volume of ``--volume-shape`` (so that a petascale run can be planned from a small
@@ -257,8 +258,7 @@ def calibrate(p: Plan, n: int = 3, *, workdir: str | None = None) -> Calibration
 
     from pipeline import urls
     from pipeline.labels import key
-    from pipeline.scratch import encode_arrays
-    from pipeline.seams import match_overlap
+    from pipeline.seams import Edges, match_overlap
     from pipeline.volume import create_precomputed
     from tasks import runtime
     from tasks.stage1_segment import face_key, segment_block
@@ -298,22 +298,26 @@ def calibrate(p: Plan, n: int = 3, *, workdir: str | None = None) -> Calibration
             faces_bytes = _bytes_under(scratch.kv, f"faces/{bid}/")
             face_voxels = sum((block.read_box & nb.read_box).size for _, _, nb in grid.neighbours(block))
 
-            # stage 2 stand-in: each forward overlap matched against itself
-            seam_s, n_edges, edges_bytes, fwd_voxels = 0.0, 0, 0, 0
-            for axis, nb in grid.forward_neighbours(block):
-                face = scratch.get_arrays(face_key(bid, axis, +1))["labels"]
-                fwd_voxels += face.size
-                t = time.perf_counter()
-                e = match_overlap(face, face, rule)
-                blob = encode_arrays({"a": key(bid, e.a), "b": key(nb.id, e.b), "count": e.count,
-                                      "iou": e.iou, "merge": e.merge})
-                seam_s += time.perf_counter() - t
-                n_edges += len(e)
-                edges_bytes += len(blob)
-
-            # stage 4 stand-in: core labels through a lookup table, written with the output's encoding
-            core = scratch.get_arrays(f"labels/{bid}")["core"]
+            # stage 2 stand-in: read each forward overlap twice (for its two sides), match it against
+            # itself, store the scored edges as one blob
             t = time.perf_counter()
+            fwd_voxels, parts = 0, []
+            for axis, nb in grid.forward_neighbours(block):
+                mine = scratch.get_arrays(face_key(bid, axis, +1))["labels"]
+                theirs = scratch.get_arrays(face_key(bid, axis, +1))["labels"]
+                fwd_voxels += mine.size
+                e = match_overlap(mine, theirs, rule)
+                parts.append(Edges(key(bid, e.a), key(nb.id, e.b), e.count, e.iou, e.merge))
+            edges = Edges.concat(parts)
+            scratch.put_arrays(f"edges/{bid}", {"a": edges.a, "b": edges.b, "count": edges.count,
+                                                "iou": edges.iou, "merge": edges.merge})
+            seam_s = time.perf_counter() - t
+            n_edges, edges_bytes = len(edges), _size(scratch.kv, f"edges/{bid}") if parts else 0
+
+            # stage 4 stand-in: read the core labels, map them through a lookup table, write them
+            # with the output's encoding and chunks
+            t = time.perf_counter()
+            core = scratch.get_arrays(f"labels/{bid}")["core"]
             lut = np.arange(int(core.max(initial=0)) + 1, dtype=np.uint64)
             writer.write(block.write_box.shift([-s for s in ctx.roi.start]), lut[core])
             write_s = time.perf_counter() - t
@@ -485,6 +489,7 @@ def estimate(
         "calibration": {"blocks": [x.block for x in s], "samples": [asdict(x) for x in s]},
         "not_estimated": [
             "3-unionfind (its work and memory grow with candidate_edges)",
+            "post-processing (pyramid, meshes, segment properties, seam audit), when configured",
             "stragglers, retries, and scheduler overhead per task",
             "queueing for cluster nodes, and image or model download on fresh workers",
         ],
