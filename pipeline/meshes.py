@@ -68,13 +68,16 @@ def mesh_labels(
     *,
     reduction: int = 10,
     max_error: float = 1.0,
-) -> dict[int, Mesh]:
+    lods: int = 1,
+) -> dict[int, list[Mesh]]:
     """Marching cubes and simplification of every label in ``labels`` (0 is background).
 
     ``labels`` covers the absolute voxels starting at ``origin_zyx``; ``pad`` adds background on the
     given sides (see :func:`mesh_box`). ``reduction`` is the simplifier's target triangle reduction
     factor (0 keeps every triangle) and ``max_error`` the largest vertex displacement it may make,
-    in voxels. Open boundaries (the block's seams) are never moved.
+    in voxels. Open boundaries (the block's seams) are never moved. With ``lods > 1`` level ``k``
+    is simplified from the same marching-cubes surface with ``4**k`` times the reduction and the
+    error (:func:`lod_error`), so every level closes across seams on its own. Returns ``{label: [mesh per level]}``.
     """
     import zmesh
 
@@ -83,17 +86,37 @@ def mesh_labels(
     mesher = zmesh.Mesher((1.0, 1.0, 1.0))
     mesher.mesh(data, close=False)
     shift = np.array([o - lo + 0.5 for o, lo in zip(origin_zyx, low)], np.float64)
-    out: dict[int, Mesh] = {}
+    out: dict[int, list[Mesh]] = {}
     for label in mesher.ids():
         if label == 0:
             continue
-        m = mesher.get(label, normals=False, reduction_factor=reduction, max_error=max_error)
-        if len(m.faces) == 0:
-            continue
-        vertices = (m.vertices.astype(np.float64) + shift).astype(np.float32)
-        out[int(label)] = Mesh(vertices, m.faces.astype(np.uint32))
+        levels: list[Mesh] = []
+        for k in range(lods):
+            factor = reduction * 4**k if reduction else (4**k if k else 0)
+            m = mesher.get(label, normals=False, reduction_factor=factor, max_error=lod_error(max_error, k))
+            if len(m.faces) and np.isfinite(m.vertices).all():
+                levels.append(Mesh((m.vertices.astype(np.float64) + shift).astype(np.float32), m.faces.astype(np.uint32)))
+            elif levels:
+                levels.append(levels[-1])  # the simplifier gave up on a tiny surface: keep the finer level
+            else:
+                raw = mesher.get(label, normals=False, reduction_factor=0)
+                if len(raw.faces) == 0:
+                    break
+                levels.append(Mesh((raw.vertices.astype(np.float64) + shift).astype(np.float32),
+                                   raw.faces.astype(np.uint32)))
+        if levels:
+            out[int(label)] = levels
     mesher.clear()
     return out
+
+
+def lod_error(max_error: float, lod: int) -> float:
+    """The simplification error (voxels) of level of detail ``lod``: 4x per level.
+
+    >>> [lod_error(1.0, k) for k in range(3)]
+    [1.0, 4.0, 16.0]
+    """
+    return float(max_error) * 4.0**lod
 
 
 def join(parts: Iterable[Mesh]) -> Mesh:
@@ -131,20 +154,6 @@ def boundary_edges(mesh: Mesh) -> np.ndarray:
     edges = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
     unique, counts = np.unique(edges, axis=0, return_counts=True)
     return unique[counts != 2]
-
-
-def simplify(mesh: Mesh, reduction: int, max_error: float) -> Mesh:
-    """A coarser version of a (joined) mesh for a lower level of detail."""
-    import zmesh
-
-    if len(mesh.faces) == 0:
-        return mesh
-    lo = mesh.vertices.min(axis=0)
-    shifted = zmesh.Mesh((mesh.vertices - lo).astype(np.float32), mesh.faces.astype(np.uint32), None)
-    out = zmesh.Mesher((1.0, 1.0, 1.0)).simplify(shifted, reduction_factor=reduction, max_error=max_error)
-    if len(out.faces) == 0:
-        return mesh
-    return Mesh((out.vertices + lo).astype(np.float32), out.faces.astype(np.uint32))
 
 
 def _xyz(mesh: Mesh) -> tuple[np.ndarray, np.ndarray]:
@@ -197,8 +206,10 @@ def multires_info(voxel_size_nm: Sequence[float], sharding: dict | None) -> dict
     return info
 
 
-def encode_multires(lods: Sequence[Mesh]) -> tuple[bytes, bytes]:
+def encode_multires(lods: Sequence[Mesh], lod_scales: Sequence[float] | None = None) -> tuple[bytes, bytes]:
     """``(manifest, fragment data)`` of one segment with one fragment per level of detail.
+
+    ``lod_scales`` (voxels; default ``2**k``) tell the viewer how coarse each level is.
 
     Every level lies in octree node (0, 0, 0): the finest node spans the segment's bounding box
     (whole voxels), so a level-``k`` node (``2**k`` times larger) holds the whole mesh in its first
@@ -223,7 +234,8 @@ def encode_multires(lods: Sequence[Mesh]) -> tuple[bytes, bytes]:
         np.asarray(shape, "<f4").tobytes(),
         np.asarray(origin, "<f4").tobytes(),
         struct.pack("<I", n),
-        np.asarray([float(1 << k) for k in range(n)], "<f4").tobytes(),
+        np.asarray(list(lod_scales)[:n] if lod_scales is not None else [float(1 << k) for k in range(n)],
+                   "<f4").tobytes(),
         np.zeros((n, 3), "<f4").tobytes(),
         np.ones(n, "<u4").tobytes(),
         b"".join(np.zeros(3, "<u4").tobytes() + struct.pack("<I", len(b)) for b in blobs),

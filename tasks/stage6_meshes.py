@@ -95,50 +95,52 @@ def mesh_block_task(plan: MeshPlan, block_id: int, *upstream: Any) -> dict[str, 
     box, pad = meshes.mesh_box(block.write_box, plan.scale.box)
     vol = runtime.volume(json.dumps(plan.volume_spec), False, plan.run_id)
     labels = vol.read(box.shift([-o for o in plan.scale.offset_zyx]))
-    pieces = meshes.mesh_labels(labels, box.start, pad, reduction=plan.reduction, max_error=plan.max_error)
+    lods = 1 if plan.format == "legacy" else plan.lods
+    pieces = meshes.mesh_labels(labels, box.start, pad, reduction=plan.reduction, max_error=plan.max_error, lods=lods)
     groups: dict[int, list[int]] = {}
     for seg in sorted(pieces):
         groups.setdefault(seg >> plan.shift, []).append(seg)
     store = runtime.scratch(plan.output)
     faces = 0
     for group, ids in groups.items():
-        parts = [pieces[i] for i in ids]
-        faces += sum(len(p.faces) for p in parts)
+        parts = [(seg, lod, m) for seg in ids for lod, m in enumerate(pieces[seg])]
+        faces += sum(len(m.faces) for seg, lod, m in parts if lod == 0)
         store.put_arrays(f"{PREFIX}{group}/{block_id}", {
-            "ids": np.array(ids, np.uint64),
-            "nv": np.array([len(p.vertices) for p in parts], np.int64),
-            "nf": np.array([len(p.faces) for p in parts], np.int64),
-            "vertices": np.concatenate([p.vertices for p in parts]),
-            "faces": np.concatenate([p.faces for p in parts]),
+            "ids": np.array([seg for seg, _, _ in parts], np.uint64),
+            "lod": np.array([lod for _, lod, _ in parts], np.int64),
+            "nv": np.array([len(m.vertices) for _, _, m in parts], np.int64),
+            "nf": np.array([len(m.faces) for _, _, m in parts], np.int64),
+            "vertices": np.concatenate([m.vertices for _, _, m in parts]),
+            "faces": np.concatenate([m.faces for _, _, m in parts]),
         })
     return {"seconds": time.perf_counter() - t0, "voxels": int(box.size), "segments": len(pieces),
             "faces": faces, "groups": sorted(groups)}
 
 
-def load_group(output: str, group: int) -> dict[int, list[meshes.Mesh]]:
-    """Every block's pieces of the segments in ``group``, by segment id."""
+def load_group(output: str, group: int) -> dict[int, dict[int, list[meshes.Mesh]]]:
+    """Every block's pieces of the segments in ``group``: ``{segment: {level of detail: pieces}}``."""
     store = runtime.scratch(output)
     prefix = f"{PREFIX}{group}/"
     keys = store.kv.list(ts.KvStore.KeyRange(prefix, prefix[:-1] + "0")).result()
-    out: dict[int, list[meshes.Mesh]] = {}
+    out: dict[int, dict[int, list[meshes.Mesh]]] = {}
     for key in sorted(k.decode() for k in keys):
         a = store.get_arrays(key)
         v_end = np.cumsum(a["nv"])
         f_end = np.cumsum(a["nf"])
-        for i, seg in enumerate(a["ids"].tolist()):
+        for i, (seg, lod) in enumerate(zip(a["ids"].tolist(), a["lod"].tolist())):
             v0 = int(v_end[i - 1]) if i else 0
             f0 = int(f_end[i - 1]) if i else 0
-            out.setdefault(int(seg), []).append(
-                meshes.Mesh(a["vertices"][v0 : int(v_end[i])], a["faces"][f0 : int(f_end[i])]))
+            piece = meshes.Mesh(a["vertices"][v0 : int(v_end[i])], a["faces"][f0 : int(f_end[i])])
+            out.setdefault(int(seg), {}).setdefault(int(lod), []).append(piece)
     return out
 
 
-def levels_of_detail(mesh: meshes.Mesh, plan: MeshPlan) -> list[meshes.Mesh]:
-    """The joined mesh, then coarser versions (4x fewer triangles each) while they get smaller."""
-    lods = [mesh]
-    for k in range(1, plan.lods):
-        coarse = meshes.simplify(lods[-1], 4, plan.max_error * (2**k))
-        if len(coarse.faces) >= 0.8 * len(lods[-1].faces) or len(coarse.faces) < 4:
+def levels_of_detail(by_lod: dict[int, list[meshes.Mesh]]) -> list[meshes.Mesh]:
+    """The joined mesh of each level, keeping a coarser level only while it has clearly fewer triangles."""
+    lods = [meshes.join(by_lod[0])]
+    for k in sorted(by_lod)[1:]:
+        coarse = meshes.join(by_lod[k])
+        if len(coarse.faces) > 0.85 * len(lods[-1].faces) or len(coarse.faces) < 4:
             break
         lods.append(coarse)
     return lods
@@ -154,7 +156,8 @@ def merge_group_task(plan: MeshPlan, group: int, *upstream: Any) -> dict[str, An
     faces = 0
     writes = []
     for seg in sorted(pieces):
-        mesh = meshes.join(pieces[seg])
+        lods = levels_of_detail(pieces[seg]) if plan.format != "legacy" else [meshes.join(pieces[seg][0])]
+        mesh = lods[0]
         if len(mesh.faces) == 0:
             continue
         faces += len(mesh.faces)
@@ -163,7 +166,8 @@ def merge_group_task(plan: MeshPlan, group: int, *upstream: Any) -> dict[str, An
             writes.append(kv.write(name, meshes.encode_legacy(mesh, voxel)))
             writes.append(kv.write(f"{seg}:0", json.dumps({"fragments": [name]}).encode()))
             continue
-        manifest, data = meshes.encode_multires(levels_of_detail(mesh, plan))
+        scales = [max(1.0, meshes.lod_error(plan.max_error, k)) for k in range(len(lods))]
+        manifest, data = meshes.encode_multires(lods, scales)
         if plan.format == "multires":
             writes.append(kv.write(str(seg), data))
             writes.append(kv.write(f"{seg}.index", manifest))

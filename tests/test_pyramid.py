@@ -1,0 +1,129 @@
+"""Pyramids: every scale readable by tensorstore and cloud-volume, mode adds no ids, exact kernels.
+
+One run on a precomputed image with an odd voxel offset and an odd region of interest, so coarse
+voxels at the edges cover partial cells on the absolute grid.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorstore as ts
+
+from pipeline.downsample import Scale, coarser, downsample_image, downsample_labels, pyramid, source_box
+from pipeline.geometry import Box
+from pipeline.volume import create_precomputed
+from tasks.run import segment
+from tests.conftest import blobs, run_config
+
+SHAPE = (37, 44, 51)
+IMAGE_OFFSET = (3, 1, 5)
+
+
+@pytest.fixture(scope="module")
+def pyramid_run(tmp_path_factory: pytest.TempPathFactory, dask_address: str) -> dict:
+    root = tmp_path_factory.mktemp("pyramid")
+    img = blobs(SHAPE, sigma=2.5, seed=3)
+    vol = create_precomputed(str(root / "image"), layer_type="image", dtype="uint8", shape_zyx=SHAPE,
+                             voxel_size_nm=(8, 8, 8), offset_zyx=IMAGE_OFFSET, chunk_zyx=(8, 8, 8))
+    vol.write(vol.box, img)
+    cfg = run_config(f"precomputed://{root / 'image'}", root / "out", dask_address,
+                     roi={"start": [4, 2, 7], "stop": [40, 45, 56]},
+                     postprocess={"meshes": False, "seam_audit": False})
+    run = segment(cfg, progress=False)
+    return {"root": root, "image": img, "run": run}
+
+
+def _scales(store: Path) -> list[ts.TensorStore]:
+    """Every scale of a precomputed volume, x, y, z, channel, as tensorstore opens them."""
+    meta = json.loads((store / "info").read_text())
+    return [ts.open({"driver": "neuroglancer_precomputed", "kvstore": f"file://{store}/",
+                     "scale_metadata": {"key": s["key"]}}).result() for s in meta["scales"]]
+
+
+def test_every_scale_read_by_tensorstore_and_cloudvolume(pyramid_run):
+    from cloudvolume import CloudVolume
+
+    for name in ("out/segmentation", "image"):
+        store = pyramid_run["root"] / name
+        arrays = _scales(store)
+        assert len(arrays) >= 3, f"{name}: expected a pyramid, got {len(arrays)} scales"
+        for mip, arr in enumerate(arrays):
+            data = arr.read().result()[..., 0]  # x, y, z
+            cv = CloudVolume(f"file://{store}", mip=mip, progress=False, fill_missing=False)
+            got = np.asarray(cv[cv.bounds])[..., 0]
+            assert got.shape == data.shape
+            assert np.array_equal(got, data), f"{name} scale {mip}: cloud-volume and tensorstore differ"
+            assert list(cv.bounds.minpt) == list(arr.domain.inclusive_min[:3])
+
+
+def test_segmentation_pyramid_is_mode_without_new_ids(pyramid_run):
+    arrays = [a.read().result()[..., 0].transpose(2, 1, 0) for a in _scales(pyramid_run["root"] / "out/segmentation")]
+    offsets = [tuple(int(v) for v in a.domain.inclusive_min[:3][::-1]) for a in _scales(pyramid_run["root"] / "out/segmentation")]
+    base_ids = set(np.unique(arrays[0]).tolist())
+    assert len(base_ids) > 10
+    for level in range(1, len(arrays)):
+        ids = set(np.unique(arrays[level]).tolist())
+        assert ids <= base_ids, f"scale {level} has ids not in the full-resolution segmentation: {ids - base_ids}"
+        # An independent reference: Counter over each 2x2x2 cell of the absolute grid, C order.
+        fine, coarse = arrays[level - 1], arrays[level]
+        fo, co = offsets[level - 1], offsets[level]
+        expected = np.zeros_like(coarse)
+        for idx in np.ndindex(coarse.shape):
+            a = [2 * (i + o) - f for i, o, f in zip(idx, co, fo)]
+            cell = fine[max(a[0], 0):a[0] + 2, max(a[1], 0):a[1] + 2, max(a[2], 0):a[2] + 2].ravel().tolist()
+            expected[idx] = Counter(cell).most_common(1)[0][0]
+        assert np.array_equal(coarse, expected), f"scale {level} is not the mode of scale {level - 1}"
+
+
+def test_image_pyramid_averages_on_the_absolute_grid(pyramid_run):
+    arrays = _scales(pyramid_run["root"] / "image")
+    base = pyramid_run["image"].astype(np.float64)
+    level1 = arrays[1].read().result()[..., 0].transpose(2, 1, 0)
+    lo = [int(v) for v in arrays[1].domain.inclusive_min[:3][::-1]]
+    assert lo == [o // 2 for o in IMAGE_OFFSET]
+    for idx in [(0, 0, 0), (5, 7, 9), tuple(s - 1 for s in level1.shape)]:
+        a = [2 * (i + o) - f for i, o, f in zip(idx, lo, IMAGE_OFFSET)]
+        cell = base[max(a[0], 0):a[0] + 2, max(a[1], 0):a[1] + 2, max(a[2], 0):a[2] + 2]
+        assert level1[idx] == int(np.floor(cell.mean() + 0.5))
+
+
+def test_run_report_has_pyramid_timings(pyramid_run):
+    post = pyramid_run["run"]["postprocess"]
+    assert post["failures"] == []
+    assert post["pyramid"]["segmentation"][0] == "8_8_8" and len(post["pyramid"]["segmentation"]) >= 3
+    assert post["pyramid"]["image"] == post["pyramid"]["segmentation"]
+    stage = post["stages"]["5-pyramid"]
+    assert stage["tasks"] > 0 and stage["megavoxels"] > 0 and stage["megavoxels_per_second"] > 0
+
+
+def test_anisotropic_pyramid_halves_the_fine_axes_first():
+    base = Scale((64, 1024, 1024), (0, 0, 0), (40.0, 4.0, 4.0), (16, 64, 64))
+    sizes = [s.voxel_size_nm for s in pyramid(base, 4)]
+    assert sizes == [(40, 4, 4), (40, 8, 8), (40, 16, 16), (40, 32, 32), (80, 64, 64)]
+
+
+def test_kernels_with_partial_cells():
+    rng = np.random.default_rng(0)
+    fine = Scale((9, 7, 5), (1, 2, 3), (8.0, 8.0, 8.0), (8, 8, 8))
+    coarse = coarser(fine, (2, 2, 2))
+    labels = rng.integers(0, 4, fine.shape_zyx).astype(np.uint64)
+    target = coarse.box
+    src = source_box(target, (2, 2, 2), fine.box)
+    assert src == fine.box
+    out = downsample_labels(labels, target, src, (2, 2, 2))
+    assert set(np.unique(out)) <= set(np.unique(labels))
+    img = rng.integers(0, 256, fine.shape_zyx).astype(np.uint8)
+    mean = downsample_image(img, target, src, (2, 2, 2))
+    # The first coarse voxel covers fine z 1 only (offset 1 -> cell [0, 2)), y 2..3, x 3 only.
+    assert mean[0, 0, 0] == int(np.floor(img[0:1, 0:2, 0:1].mean() + 0.5))
+    assert out.shape == coarse.shape_zyx == mean.shape
+    # Unaligned reads of a sub-box give the same values as the whole-volume kernel.
+    sub = Box((1, 2, 2), (4, 4, 4))
+    sub_src = source_box(sub, (2, 2, 2), fine.box)
+    part = downsample_labels(labels[sub_src.slices(fine.offset_zyx)], sub, sub_src, (2, 2, 2))
+    assert np.array_equal(part, out[sub.slices(coarse.offset_zyx)])
