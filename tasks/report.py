@@ -6,7 +6,6 @@ import datetime as dt
 import importlib.metadata
 import json
 import platform
-from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 import tensorstore as ts
@@ -48,7 +47,7 @@ def build(
     p: Plan,
     todo: dict[str, list[Any]],
     totals: dict[str, int],
-    results: dict[tuple[str, Any], dict[str, Any]],
+    results: dict[str, Any],
     failures: list[dict[str, Any]],
     *,
     started: float,
@@ -56,22 +55,19 @@ def build(
 ) -> dict[str, Any]:
     finished = dt.datetime.now(dt.timezone.utc).timestamp()
     per_stage: dict[str, dict[str, Any]] = {}
-    secs: dict[str, float] = defaultdict(float)
-    for (stage, _), info in results.items():
-        secs[stage] += float(info.get("seconds", 0.0))
-    n = p.ctx.grid.num_blocks
+    stats, wall = results["stats"], results["wall"]
     for stage in STAGES:
-        total = totals[stage]
-        ran = sum(1 for (s, _) in results if s == stage)
-        failed = sum(1 for f in failures if f["stage"] == stage)
+        ran, secs = stats.get(stage, [0, 0.0])
+        first, last = wall.get(stage, [0.0, 0.0])
         per_stage[stage] = {
-            "tasks": total,
-            "skipped_done": total - len(todo[stage]),
-            "ran": ran,
-            "failed": failed,
-            "task_seconds": round(secs[stage], 3),
+            "tasks": totals[stage],
+            "skipped_done": totals[stage] - len(todo[stage]),
+            "ran": int(ran),
+            "failed": sum(1 for f in failures if f["stage"] == stage),
+            "task_seconds": round(secs, 3),
+            "wall_seconds": round(last - first, 3),
         }
-    uf = results.get(("3-unionfind", "finish"), {})
+    uf = results["finish"]
     status = "failed" if failures else "complete"
     grid = p.ctx.grid
     return {
@@ -84,7 +80,7 @@ def build(
         "input": {"shape_zyx": list(p.input.shape_zyx), "dtype": p.input.dtype.name,
                   "voxel_size_nm": list(p.input.voxel_size_nm), "offset_zyx": list(p.input.offset_zyx)},
         "roi": p.ctx.roi.to_json(),
-        "blocks": {"total": n, "grid_zyx": list(grid.grid_shape), "shape_zyx": list(grid.block_shape),
+        "blocks": {"total": grid.num_blocks, "grid_zyx": list(grid.grid_shape), "shape_zyx": list(grid.block_shape),
                    "halo_zyx": list(grid.halo)},
         "stages": per_stage,
         "segments": uf.get("num_segments"),

@@ -30,19 +30,14 @@ from pipeline.config import Config
 from pipeline.errors import BlocksFailedError, ConfigError, OutputExistsError, RegionError
 from pipeline.geometry import Box, BlockGrid
 from pipeline.lock import OutputLock
-from pipeline.unionfind import children as uf_children
-from pipeline.unionfind import groups as uf_groups
-from pipeline.unionfind import levels as uf_levels
 from pipeline.scratch import STAGES, Scratch
 from pipeline.sharding import check_alignment, choose_bits, shard_shape
 from pipeline.volume import Volume, create_precomputed, open_volume, sharding_spec, spec_for
 from tasks import report as report_mod
 from tasks.context import RunContext
-from tasks.stage1_segment import segment_block
-from tasks.stage2_seams import seams_block
+from tasks import graph
 from tasks import stage3_unionfind as stage3
 from tasks.stage3_unionfind import items as unionfind_items
-from tasks.stage4_relabel import relabel_block
 
 log = logging.getLogger("emseg")
 
@@ -161,13 +156,6 @@ def prepare_output(p: Plan, *, restart: bool) -> Scratch:
     return scratch
 
 
-@dataclass
-class _Task:
-    stage: str
-    item: int | str
-    deps: list[Any]
-
-
 def _todo(scratch: Scratch, grid: BlockGrid) -> dict[str, list[int | str]]:
     """What must run, given the done-markers; the dependants of redone work are redone too."""
     ids = list(range(grid.num_blocks))
@@ -201,8 +189,6 @@ def execute(p: Plan, *, restart: bool = False, stages: Sequence[str] = STAGES, p
 
 
 def _execute(p: Plan, *, restart: bool, stages: Sequence[str], progress: bool) -> dict[str, Any]:
-    from distributed import as_completed
-
     from tasks.cluster import connect
 
     t_start = time.time()
@@ -233,48 +219,37 @@ def _execute(p: Plan, *, restart: bool, stages: Sequence[str], progress: bool) -
                      "tasks" if stage == "3-unionfind" else "blocks")
 
     retries = p.config.retries
-    results: dict[tuple[str, int | str], dict[str, Any]] = {}
-    failures: list[dict[str, Any]] = []
     with connect(p.config.cluster) as client:
-        futures: dict[Any, _Task] = {}
-        seg_f: dict[int, Any] = {}
-        for i in todo["1-segment"]:
-            f = client.submit(segment_block, ctx, i, key=f"1-segment-{i}-{ctx.run_id}", retries=retries, pure=False)
-            seg_f[i] = f
-            futures[f] = _Task("1-segment", i, [])
-        seam_f: dict[int, Any] = {}
-        for i in todo["2-seams"]:
-            block = grid.block(int(i))
-            deps = [seg_f[j] for j in [block.id, *(nb.id for _, nb in grid.forward_neighbours(block))] if j in seg_f]
-            f = client.submit(seams_block, ctx, i, *deps, key=f"2-seams-{i}-{ctx.run_id}", retries=retries, pure=False)
-            seam_f[int(i)] = f
-            futures[f] = _Task("2-seams", i, deps)
-        token: Any = None
-        if todo["3-unionfind"]:
-            token = _submit_unionfind(client, ctx, seam_f, futures, retries)
-        elif todo["4-relabel"]:
-            token = (scratch.done_info("3-unionfind", "finish") or {}).get("token")
-        for i in todo["4-relabel"]:
-            deps = [token] if not isinstance(token, str) else []
-            f = client.submit(relabel_block, ctx, i, token, key=f"4-relabel-{i}-{ctx.run_id}", retries=retries, pure=False)
-            futures[f] = _Task("4-relabel", i, deps)
+        bar = _progress(sum(len(v) for v in todo.values()), enabled=progress)
 
-        bar = _progress(len(futures), enabled=progress)
-        errored: set[Any] = set()
-        for f in as_completed(list(futures)):
-            task = futures[f]
-            if f.status == "finished":
-                results[(task.stage, task.item)] = f.result()
-            else:
-                errored.add(f)
-                if any(d in errored for d in task.deps):
-                    failures.append({"stage": task.stage, "block": task.item, "error": "skipped: an upstream task failed"})
-                else:
-                    exc = f.exception()
-                    failures.append({"stage": task.stage, "block": task.item, "error": f"{type(exc).__name__}: {exc}"})
+        def done(task: graph.Task) -> None:
             bar.update(1)
             bar.set_postfix_str(f"{task.stage} {task.item}", refresh=False)
+
+        window = max(1000, 50 * p.config.cluster.workers * p.config.cluster.threads_per_worker)
+        stream = graph.Streamer(client, run_id=ctx.run_id, retries=retries, window=window, on_done=done)
+        for task in graph.streaming_tasks(ctx, todo):
+            stream.submit(task)
+        token: str | None = None
+        if todo["3-unionfind"]:
+            for task in graph.resolving_tasks(ctx):
+                stream.submit(task)
+            stream.barrier()
+            ups_ok = not stream.failed
+            if ups_ok:
+                stream.submit(graph.Task("3-unionfind", "finish", stage3.finish, (ctx,)))
+                stream.barrier()
+                token = (stream.kept.get(("3-unionfind", "finish")) or {}).get("token")
+        else:
+            stream.barrier()
+            if todo["4-relabel"]:
+                token = (scratch.done_info("3-unionfind", "finish") or {}).get("token")
+        if todo["4-relabel"] and token is not None and not stream.failed:
+            for task in graph.relabel_tasks(ctx, [int(i) for i in todo["4-relabel"]], token):
+                stream.submit(task)
+        stream.barrier()
         bar.close()
+        failures = [{"stage": stage, "block": item, "error": error} for (stage, item), error in stream.failed.items()]
         post = None
         if not failures and list(stages) == list(STAGES) and p.config.postprocess is not None:
             from tasks.postprocess import postprocess  # stages 5-8: pyramid, meshes, properties, seam audit
@@ -283,6 +258,7 @@ def _execute(p: Plan, *, restart: bool, stages: Sequence[str], progress: bool) -
             failures.extend(post["failures"])
         versions = report_mod.versions(client)
 
+    results = {"stats": stream.results, "wall": stream.wall, "finish": stream.kept.get(("3-unionfind", "finish"), {})}
     run = report_mod.build(p, todo, totals, results, failures, started=t_start, versions=versions)
     if post is not None:
         run["postprocess"] = post
@@ -303,43 +279,6 @@ def _execute(p: Plan, *, restart: bool, stages: Sequence[str], progress: bool) -
             "command to resume"
         )
     return run
-
-
-def _submit_unionfind(client: Any, ctx: RunContext, seam_f: dict[int, Any], futures: dict[Any, _Task],
-                      retries: int) -> Any:
-    """Submit the octree reduction (up, then down) and the offsets task; return the latter's future."""
-    grid = ctx.grid
-    top = uf_levels(grid.grid_shape)
-    up_f: dict[tuple[int, tuple[int, int, int]], Any] = {}
-    for level in range(1, top + 1):
-        for group in uf_groups(grid.grid_shape, level):
-            kids = uf_children(group, level, grid.grid_shape)
-            if level == 1:  # its blocks' edges and those its backward neighbours hold into it
-                members = {grid.block_id(k) for k in kids}
-                sources = members | {nb.id for m in members for _, _, nb in grid.neighbours(grid.block(m))}
-                deps = [seam_f[i] for i in sorted(sources) if i in seam_f]
-            else:
-                deps = [up_f[(level - 1, k)] for k in kids]
-            item = stage3.up_item(level, group)
-            f = client.submit(stage3.up, ctx, level, group, *deps, key=f"3-{item}-{ctx.run_id}", retries=retries,
-                              pure=False)
-            up_f[(level, group)] = f
-            futures[f] = _Task("3-unionfind", item, deps)
-    down_f: dict[tuple[int, tuple[int, int, int]], Any] = {}
-    for level in range(top, 0, -1):
-        for group in uf_groups(grid.grid_shape, level):
-            deps = [up_f[(level, group)]]
-            if level < top:
-                deps.append(down_f[(level + 1, tuple(g // 2 for g in group))])
-            item = stage3.down_item(level, group)
-            f = client.submit(stage3.down, ctx, level, group, *deps, key=f"3-{item}-{ctx.run_id}",
-                              retries=retries, pure=False)
-            down_f[(level, group)] = f
-            futures[f] = _Task("3-unionfind", item, deps)
-    deps = [down_f[(1, g)] for g in uf_groups(grid.grid_shape, 1)]
-    f = client.submit(stage3.finish, ctx, *deps, key=f"3-finish-{ctx.run_id}", retries=retries, pure=False)
-    futures[f] = _Task("3-unionfind", "finish", deps)
-    return f
 
 
 def _ids(items: list[Any]) -> str:

@@ -84,8 +84,9 @@ def up(ctx: RunContext, level: int, group: Vec, *upstream: Any) -> dict[str, Any
         members = {grid.block_id(k) for k in children(group, level, grid.grid_shape)}
         sources = set(members)
         for block_id in members:
-            for _, _, nb in grid.neighbours(grid.block(block_id)):
-                sources.add(nb.id)
+            for _, direction, nb in grid.neighbours(grid.block(block_id)):
+                if direction < 0:  # edges point forward: only backward neighbours hold edges into us
+                    sources.add(nb.id)
         for source in sorted(sources):
             edges = store.get_arrays(f"edges/{source}")
             keep = edges["merge"]
