@@ -158,8 +158,9 @@ def cluster_kwargs(s: Settings) -> dict[str, Any]:
     if s.gpus_per_job > 1:
         worker_args += ["--preload", str(PIN_GPU)]
     scheduler: dict[str, Any] = {"port": s.scheduler_port}
-    if s.dashboard_port is None:
+    if s.dashboard_port is None:  # no dashboard; the scheduler's small HTTP server takes any free port
         scheduler["dashboard"] = False
+        scheduler["dashboard_address"] = ":0"
     else:
         scheduler["dashboard_address"] = f":{s.dashboard_port}"
     kwargs: dict[str, Any] = {
@@ -218,6 +219,7 @@ def job_script(s: Settings) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit status (2 for bad settings)."""
     parser = argparse.ArgumentParser(description="Start a Dask cluster on SLURM for emseg.")
     parser.add_argument("settings", help="YAML settings (see deploy/slurm/cluster.example.yaml)")
     parser.add_argument("--dry-run", action="store_true", help="print the job script and exit; submit nothing")
