@@ -39,7 +39,7 @@ def _make_run(root: Path, address: str, **overrides) -> Path:
                              voxel_size_nm=(8, 8, 8), chunk_zyx=(16, 16, 16))
     vol.write(vol.box, img)
     cfg = run_config(f"precomputed://{root / 'image'}", root / "out", address,
-                     blocks={"shape": [16, 16, 16], "halo": [1, 1, 1]}, **overrides)
+                     blocks={"shape": [16, 16, 16], "halo": [1, 1, 1]}, postprocess={}, **overrides)
     run = segment(cfg, progress=False)
     assert run["status"] == "complete" and run["postprocess"]["failures"] == []
     return root / "out"
