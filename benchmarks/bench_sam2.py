@@ -114,6 +114,18 @@ def run(predictor: Any, image: np.ndarray, points: np.ndarray, path: str, device
     return time.perf_counter() - wall, time.process_time() - cpu, masks
 
 
+def leaf_ops(predictor: Any, image: np.ndarray, points: np.ndarray, path: str, device: str,
+             batch_size: int) -> int:
+    """Leaf aten operations of one propagation: about the kernel launches on a GPU."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run(predictor, image, points, path, device, False, batch_size)
+    return sum(
+        1 for e in prof.events() if e.name.startswith("aten::") and not e.cpu_children
+    )
+
+
 def mean_iou(a: dict, b: dict) -> tuple[float, float]:
     ious = []
     for key in a:
@@ -133,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--objects", type=int, nargs="+", default=[1, 16, 128])
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     parser.add_argument("--iou-objects", type=int, default=16, help="objects for bf16 vs fp32")
+    parser.add_argument("--ops-objects", type=int, nargs="*", default=[1, 16],
+                        help="object counts whose operations are counted (profiler, untimed)")
     parser.add_argument("--batch-size", type=int, default=64, help="objects per batch (backend default)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per path; the best counts")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
@@ -180,6 +194,16 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
 
+    operations = []
+    for count in args.ops_objects:  # untimed runs under the profiler
+        points = clicks(count, args.side)
+        ops = {path: leaf_ops(predictor, image, points, path, args.device, args.batch_size)
+               for path in ("batched", "stock")}
+        operations.append({"objects": count, **ops,
+                           "per_object_slice": {k: round(v / (count * args.frames), 1)
+                                                for k, v in ops.items()}})
+        print(json.dumps(operations[-1]), flush=True)
+
     points = clicks(args.iou_objects, args.side)
     *_, fp32 = run(predictor, image, points, "batched", args.device, False, args.batch_size)
     *_, bf16 = run(predictor, image, points, "batched", args.device, True, args.batch_size)
@@ -200,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
                       "through every slice; times include the image encoder; rates use rate_basis "
                       "(the best of the repeats); object_slices_per_s = objects * slices / seconds",
         "rows": rows,
+        "leaf_ops": operations,
+        "leaf_ops_definition": "aten operations with no child operation in one untimed fp32 run "
+                               "(about the kernel launches a GPU would see)",
         "bf16_vs_fp32": {"objects": args.iou_objects, "mean_iou": round(mean, 4),
                          "min_iou": round(worst, 4)},
         "command": "python benchmarks/bench_sam2.py " + " ".join(argv if argv is not None else sys.argv[1:]),
