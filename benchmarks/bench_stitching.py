@@ -122,7 +122,7 @@ def main() -> None:
     t_cold = time.perf_counter() - t
     rows.append((f"emseg threshold-cc, {args.block}³ blocks, incl. cluster start", t_cold))
     # Warm: the same run on an already running cluster of the same size.
-    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None,
+    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                       silence_logs=logging.ERROR) as cluster:
         warm_cfg = from_dict({**cfg, "cluster": {"address": cluster.scheduler_address}})
         segment(warm_cfg, restart=True, progress=False)  # workers import and warm up

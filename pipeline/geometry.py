@@ -170,6 +170,18 @@ class BlockGrid:
             if index[axis] < grid[axis]:
                 yield axis, self.block(self.block_id(index))
 
+    def forward_ids(self) -> "np.ndarray":
+        """For every block id, the ids of its forward face neighbours along z, y, x (-1 where none)."""
+        import numpy as np
+
+        gz, gy, gx = self.grid_shape
+        ids = np.arange(self.num_blocks, dtype=np.int64)
+        z, y, x = ids // (gy * gx), (ids // gx) % gy, ids % gx
+        return np.stack(
+            [np.where(z + 1 < gz, ids + gy * gx, -1), np.where(y + 1 < gy, ids + gx, -1), np.where(x + 1 < gx, ids + 1, -1)],
+            axis=1,
+        )
+
     def neighbours(self, block: Block) -> Iterator[tuple[int, int, Block]]:
         """All face neighbours as ``(axis, direction, neighbour)`` with direction -1 or +1."""
         grid = self.grid_shape

@@ -31,7 +31,7 @@ def connect(cfg: ClusterConfig) -> Iterator["distributed.Client"]:  # noqa: F821
         threads_per_worker=cfg.threads_per_worker,
         processes=True,
         memory_limit=cfg.memory_limit,
-        dashboard_address=None,
+        dashboard_address=":0",
         silence_logs=logging.ERROR,
     ) as cluster, Client(cluster) as client:
         yield client

@@ -43,13 +43,7 @@ class Task:
 
 def _forward_max(grid: BlockGrid) -> np.ndarray:
     """For each block, the largest id among itself and its forward face neighbours."""
-    gz, gy, gx = grid.grid_shape
-    ids = np.arange(grid.num_blocks)
-    z, y, x = ids // (gy * gx), (ids // gx) % gy, ids % gx
-    out = ids.copy()
-    out = np.where(x + 1 < gx, ids + 1, out)
-    out = np.where(y + 1 < gy, ids + gx, out)
-    return np.where(z + 1 < gz, ids + gy * gx, out)
+    return np.maximum(np.arange(grid.num_blocks), grid.forward_ids().max(axis=1))
 
 
 def streaming_tasks(ctx: RunContext, todo: dict[str, list[Any]]) -> Iterator[Task]:

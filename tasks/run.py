@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import tensorstore as ts
 
 from pipeline import backends, urls
@@ -158,19 +159,31 @@ def prepare_output(p: Plan, *, restart: bool) -> Scratch:
 
 def _todo(scratch: Scratch, grid: BlockGrid) -> dict[str, list[int | str]]:
     """What must run, given the done-markers; the dependants of redone work are redone too."""
-    ids = list(range(grid.num_blocks))
+    n = grid.num_blocks
     done = {s: scratch.done_items(s) for s in STAGES}
-    seg = [i for i in ids if str(i) not in done["1-segment"]]
-    redo = set(seg)
-    seams = [
-        b.id
-        for b in grid
-        if str(b.id) not in done["2-seams"] or b.id in redo or any(n.id in redo for _, n in grid.forward_neighbours(b))
-    ]
+
+    def finished(stage: str) -> np.ndarray:
+        mask = np.zeros(n, bool)
+        ids = [int(i) for i in done[stage] if i.isdigit() and int(i) < n]
+        mask[ids] = True
+        return mask
+
+    redo_seg = ~finished("1-segment")
+    fwd = grid.forward_ids()
+    redo_nb = np.zeros(n, bool)
+    for axis in range(3):
+        has = fwd[:, axis] >= 0
+        redo_nb[has] |= redo_seg[fwd[has, axis]]
+    redo_seams = ~finished("2-seams") | redo_seg | redo_nb
     uf_items = unionfind_items(grid.grid_shape)
-    uf: list[int | str] = list(uf_items) if seams or not set(uf_items) <= done["3-unionfind"] else []
-    relabel = ids if uf else [i for i in ids if str(i) not in done["4-relabel"]]
-    return {"1-segment": seg, "2-seams": seams, "3-unionfind": uf, "4-relabel": relabel}
+    uf: list[int | str] = list(uf_items) if redo_seams.any() or not set(uf_items) <= done["3-unionfind"] else []
+    redo_relabel = np.ones(n, bool) if uf else ~finished("4-relabel")
+    return {
+        "1-segment": np.flatnonzero(redo_seg).tolist(),
+        "2-seams": np.flatnonzero(redo_seams).tolist(),
+        "3-unionfind": uf,
+        "4-relabel": np.flatnonzero(redo_relabel).tolist(),
+    }
 
 
 def _all_items(grid: BlockGrid) -> dict[str, list[Any]]:

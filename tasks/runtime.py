@@ -49,8 +49,9 @@ def table(output: str, token: str, block_id: int) -> BlockTable:
     return BlockTable(arrays["locals"], arrays["finals"], block_id)
 
 
-def final_ids(output: str, token: str, block_id: int, local_ids: np.ndarray) -> np.ndarray:
+def final_ids(output: str, token: str, block_id: int, local_ids: np.ndarray, n_core: int | None = None) -> np.ndarray:
     """Final segment ids of block ``block_id``'s local labels (0 where a label got none)."""
-    n_core = int(scratch(output).get_arrays(f"labels/{block_id}")["n"][0])
+    if n_core is None:
+        n_core = int(scratch(output).get_arrays(f"labels/{block_id}")["n"][0])
     return unionfind.final_ids(table(output, token, block_id), n_core, offsets(output, token),
                                lambda other: table(output, token, other), local_ids)

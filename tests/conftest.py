@@ -20,7 +20,7 @@ def dask_address() -> Any:
     """One real local cluster of two worker processes for the whole session."""
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                       silence_logs=logging.ERROR) as cluster:
         yield cluster.scheduler_address
 

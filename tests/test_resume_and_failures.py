@@ -123,7 +123,7 @@ def test_sigkill_a_worker_midway(tmp_path, dask_address):
     blocks = {"shape": [8, 8, 8], "halo": [1, 1, 1]}
     markers = tmp_path / "out" / "scratch" / "done" / "1-segment"
     killed: list[int] = []
-    with LocalCluster(n_workers=3, threads_per_worker=1, processes=True, dashboard_address=None,
+    with LocalCluster(n_workers=3, threads_per_worker=1, processes=True, dashboard_address=":0",
                       silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         pids = list(client.run(os.getpid).values())
 

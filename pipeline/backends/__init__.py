@@ -19,6 +19,7 @@ _MODULES: dict[str, str] = {
     "watershed": "pipeline.backends.watershed",
     "sam2": "pipeline.backends.sam2",
     "ffn": "pipeline.backends.ffn",
+    "noop": "pipeline.backends.noop",
 }
 
 

@@ -1,0 +1,221 @@
+"""Scale: the octree union-find on generated seam-edge sets, and the driver of a million-block run.
+
+Part 1, union-find. For a grid of B blocks, E merge edges are generated between face neighbours
+(random labels, so components wander through many blocks) and written to a scratch area as stage 2
+would; stage 3 then runs through a real local Dask cluster. Reported: seconds, peak memory (RSS) of
+the driver and of each worker, and whether the ids equal a single global connected-components pass
+(checked when the edge set fits in memory here).
+
+Part 2, graph. A dry run (backend ``noop``) over a 200³ volume in 2³ blocks — a million blocks, about
+3.3 million tasks — is streamed to a local cluster for ``--graph-seconds``: reported are the time to
+the first finished task, tasks submitted and finished, and the driver's peak memory.
+
+    python benchmarks/bench_scale.py                       # 1e4/1e6 and 1e5/1e7 (blocks/edges)
+    python benchmarks/bench_scale.py --sizes 1e6:1e8       # needs ~1e6 files and much longer
+
+Writes ``benchmarks/results/scale.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import resource
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.geometry import Box
+from pipeline.labels import key
+from pipeline.scratch import Scratch
+from pipeline.unionfind import components
+from tasks import graph, runtime
+from tasks import stage3_unionfind as stage3
+from tasks.context import RunContext
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def grid_for(blocks: int) -> tuple[int, int, int]:
+    side = round(blocks ** (1 / 3))
+    return (side, side, max(1, round(blocks / side / side)))
+
+
+def make_edges(ctx: RunContext, n_edges: int, labels_per_block: int, seed: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    grid = ctx.grid
+    rng = np.random.default_rng(seed)
+    gz, gy, gx = grid.grid_shape
+    n = grid.num_blocks
+    ids = np.arange(n)
+    pairs = []
+    for step, ok in ((1, ids % gx + 1 < gx), (gx, (ids // gx) % gy + 1 < gy), (gx * gy, ids // (gx * gy) + 1 < gz)):
+        src = ids[ok]
+        pairs.append(np.stack([src, src + step], axis=1))
+    pairs = np.concatenate(pairs)
+    pick = pairs[rng.integers(0, len(pairs), n_edges)]
+    la = rng.integers(1, labels_per_block + 1, n_edges)
+    lb = rng.integers(1, labels_per_block + 1, n_edges)
+    order = np.argsort(pick[:, 0], kind="stable")
+    pick, la, lb = pick[order], la[order], lb[order]
+    bounds = np.searchsorted(pick[:, 0], np.arange(n + 1))
+    dst = (pick[:, 1].astype(np.uint64) << np.uint64(32)) | lb.astype(np.uint64)
+    return {b: (key(b, la[bounds[b]:bounds[b + 1]]), dst[bounds[b]:bounds[b + 1]]) for b in range(n)}
+
+
+def unionfind_case(n_blocks: int, n_edges: int, workers: int, check: bool) -> dict:
+    from distributed import Client, LocalCluster
+
+    work = Path(tempfile.mkdtemp(prefix="emseg-uf-"))
+    grid_blocks = grid_for(n_blocks)
+    roi = Box((0, 0, 0), tuple(8 * g for g in grid_blocks))
+    ctx = RunContext(input_spec={}, output=f"file://{work}", segmentation="", roi=roi, block_shape=(8, 8, 8),
+                     halo=(1, 1, 1), backend_name="noop", backend_params={}, stitch={}, run_id="bench")
+    n = ctx.grid.num_blocks
+    labels_per_block = max(4, 2 * n_edges // n)
+    t = time.perf_counter()
+    edges = make_edges(ctx, n_edges, labels_per_block, seed=n)
+    store = Scratch(ctx.output)
+    for b, (a, bb) in edges.items():
+        store.put_arrays(f"edges/{b}", {"a": a, "b": bb, "merge": np.ones(len(a), bool)})
+        store.mark_done("1-segment", b, {"n_core": labels_per_block, "n_total": labels_per_block})
+    t_write = time.perf_counter() - t
+    driver_before = rss_mb()
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        t = time.perf_counter()
+        stream = graph.Streamer(client, run_id="bench", retries=0, window=2000, on_done=lambda task: None)
+        todo = {"1-segment": [], "2-seams": [], "3-unionfind": ["all"], "4-relabel": []}
+        for task in graph.streaming_tasks(ctx, todo):
+            stream.submit(task)
+        for task in graph.resolving_tasks(ctx):
+            stream.submit(task)
+        stream.barrier()
+        stream.submit(graph.Task("3-unionfind", "finish", stage3.finish, (ctx,)))
+        stream.barrier()
+        seconds = time.perf_counter() - t
+        if stream.failed:
+            raise SystemExit(f"union-find failed: {list(stream.failed.items())[:3]}")
+        token = stream.kept[("3-unionfind", "finish")]["token"]
+        worker_mb = sorted(v / 1024 for v in client.run(
+            lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss).values())
+        tasks = int(sum(v[0] for v in stream.results.values()))
+    result = {"blocks": n, "edges": n_edges, "labels_per_block": labels_per_block, "tasks": tasks,
+              "write_edges_seconds": round(t_write, 1), "unionfind_seconds": round(seconds, 2),
+              "driver_peak_mb": round(rss_mb(), 1), "driver_mb_before_run": round(driver_before, 1),
+              "worker_peak_mb": [round(v, 1) for v in worker_mb], "segments": None, "equals_global": None}
+    result["segments"] = stage3_segments(store)
+    if check:
+        a = np.concatenate([e[0] for e in edges.values()])
+        b = np.concatenate([e[1] for e in edges.values()])
+        nodes, comp = components(a, b)
+        singles = n * labels_per_block - len(nodes)
+        result["equals_global"] = result["segments"] == int(comp.max()) + 1 + singles if len(nodes) else None
+        sample = np.random.default_rng(0).choice(n, size=min(n, 50), replace=False)
+        ok = True
+        for blk in sample.tolist():
+            ours = runtime.final_ids(ctx.output, token, blk, np.arange(1, labels_per_block + 1), labels_per_block)
+            theirs_keys = key(blk, np.arange(1, labels_per_block + 1))
+            pos = np.clip(np.searchsorted(nodes, theirs_keys), 0, len(nodes) - 1)
+            in_graph = nodes[pos] == theirs_keys
+            # labels in one component must share one id
+            comp_ids = comp[pos[in_graph]]
+            for c in np.unique(comp_ids):
+                ok &= len(np.unique(ours[in_graph][comp_ids == c])) == 1
+        result["equals_global"] = bool(result["equals_global"]) and bool(ok)
+    return result
+
+
+def stage3_segments(store: Scratch) -> int:
+    info = store.done_info("3-unionfind", "finish") or {}
+    return int(info.get("num_segments", -1))
+
+
+def graph_case(seconds: float, workers: int) -> dict:
+    """Stream a million-block dry run for a while; report start-up, throughput and driver memory."""
+    from distributed import Client, LocalCluster
+
+    from pipeline.config import from_dict
+    from pipeline.volume import create_zarr
+    from tasks.run import plan, prepare_output, _todo
+
+    work = Path(tempfile.mkdtemp(prefix="emseg-graph-"))
+    vol = create_zarr(str(work / "in.zarr"), dtype="uint8", shape_zyx=(200, 200, 200), chunk_zyx=(20, 20, 20),
+                      voxel_size_nm=(8, 8, 8))
+    vol.write(vol.box, np.zeros((200, 200, 200), np.uint8))
+    before = rss_mb()
+    t0 = time.perf_counter()
+    cfg = from_dict({"input": f"zarr://{work}/in.zarr", "output": str(work / "out"), "backend": {"name": "noop"},
+                     "blocks": {"shape": [2, 2, 2], "halo": [0, 0, 0]}, "write": {"chunk_shape": [2, 2, 2]},
+                     "postprocess": None})
+    p = plan(cfg)
+    scratch = prepare_output(p, restart=True)
+    todo = _todo(scratch, p.ctx.grid)
+    t_plan = time.perf_counter() - t0
+    first: list[float] = []
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        t1 = time.perf_counter()
+        counter = {"done": 0}
+
+        def done(task: graph.Task) -> None:
+            counter["done"] += 1
+            if not first:
+                first.append(time.perf_counter() - t1)
+
+        stream = graph.Streamer(client, run_id="graph", retries=0, window=2000, on_done=done)
+        submitted = 0
+        deadline = t1 + seconds
+        for task in graph.streaming_tasks(p.ctx, todo):
+            stream.submit(task)
+            submitted += 1
+            if time.perf_counter() > deadline:
+                break
+        elapsed = time.perf_counter() - t1
+        for f, _ in list(stream.inflight.values()):
+            f.cancel()
+    total = sum(len(v) for v in todo.values()) + 2 * math.ceil(p.ctx.grid.num_blocks / 8)
+    return {"blocks": p.ctx.grid.num_blocks, "tasks_in_run_about": total, "plan_and_resume_scan_seconds": round(t_plan, 2),
+            "seconds_to_first_finished_task": round(first[0], 2) if first else None,
+            "streamed_seconds": round(elapsed, 1), "submitted": submitted, "finished": counter["done"],
+            "tasks_per_second": round(counter["done"] / elapsed, 1),
+            "driver_peak_mb": round(rss_mb(), 1), "driver_mb_before": round(before, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="1e4:1e6,1e5:1e7", help="blocks:edges pairs")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--graph-seconds", type=float, default=60.0)
+    args = ap.parse_args()
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    out: dict = {"unionfind": [], "graph": None}
+    print(f"{'blocks':>9} {'edges':>11} {'tasks':>7} {'write s':>8} {'UF s':>7} {'driver MB':>10} {'worker MB':>16} {'= global':>8}")
+    for pair in args.sizes.split(","):
+        b, e = (int(float(v)) for v in pair.split(":"))
+        r = unionfind_case(b, e, args.workers, check=e <= 2e7)
+        out["unionfind"].append(r)
+        print(f"{r['blocks']:>9} {r['edges']:>11} {r['tasks']:>7} {r['write_edges_seconds']:>8} {r['unionfind_seconds']:>7} "
+              f"{r['driver_peak_mb']:>10} {str(r['worker_peak_mb']):>16} {str(r['equals_global']):>8}")
+    if args.graph_seconds > 0:
+        g = graph_case(args.graph_seconds, args.workers)
+        out["graph"] = g
+        print(f"\ngraph: {g['blocks']} blocks (~{g['tasks_in_run_about']} tasks): plan + resume scan "
+              f"{g['plan_and_resume_scan_seconds']} s, first task done after {g['seconds_to_first_finished_task']} s, "
+              f"{g['finished']} tasks in {g['streamed_seconds']} s ({g['tasks_per_second']}/s), driver peak "
+              f"{g['driver_peak_mb']} MB")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "scale.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {RESULTS / 'scale.json'}")
+
+
+if __name__ == "__main__":
+    main()
