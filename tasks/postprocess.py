@@ -80,6 +80,31 @@ def _image_layer(p: Plan, levels: int | None, scratch: Scratch) -> tuple[Any, st
     return stage5_pyramid.plan_layer(store, "image", levels), ""
 
 
+def submit_pyramid(submit: Any, layer: stage5_pyramid.PyramidLayer, run_id: str) -> dict[tuple[str, int], dict[int, Any]]:
+    """Submit every downsampling task of ``layer``, scale by scale, each after the tasks it reads.
+
+    ``submit(stage, item, fn, *args, deps=[...])`` submits one task; returns ``{(kind, level): {box: future}}``.
+    """
+    out: dict[tuple[str, int], dict[int, Any]] = {}
+    for level in range(1, len(layer.scales)):
+        below = out.get((layer.kind, level - 1), {})
+        mine: dict[int, Any] = {}
+        for block in layer.grid(level):
+            deps = [below[i] for i in layer.upstream(level, block) if i in below]
+            mine[block.id] = submit(stage5_pyramid.STAGE, f"{layer.kind}-{level}-{block.id}",
+                                    stage5_pyramid.downsample_task, layer, level, block.id, run_id, deps=deps)
+        out[(layer.kind, level)] = mine
+    return out
+
+
+def submit_meshes(submit: Any, plan: stage6_meshes.MeshPlan, num_segments: int, upstream: list[Any]) -> list[Any]:
+    """Submit the per-block mesh tasks (after ``upstream``) and the per-group merge tasks after them all."""
+    blocks = [submit(stage6_meshes.STAGE, f"block-{b.id}", stage6_meshes.mesh_block_task, plan, b.id, deps=upstream)
+              for b in plan.grid]
+    return [submit(stage6_meshes.STAGE, f"group-{group}", stage6_meshes.merge_group_task, plan, group, deps=blocks)
+            for group in range((max(num_segments, 1) >> plan.shift) + 1)]
+
+
 def _settings(p: Plan) -> dict[str, Any]:
     return p.config.postprocess.model_dump(mode="json")
 
@@ -134,15 +159,7 @@ def postprocess(client: Any, p: Plan, *, progress: bool = True) -> dict[str, Any
                 summary["image_pyramid"] = f"skipped: {why}"
     level_futures: dict[tuple[str, int], dict[int, Any]] = {}
     for layer in layers:
-        for level in range(1, len(layer.scales)):
-            grid = layer.grid(level)
-            below = level_futures.get((layer.kind, level - 1), {})
-            mine: dict[int, Any] = {}
-            for block in grid:
-                deps = [below[i] for i in layer.upstream(level, block) if i in below]
-                mine[block.id] = submit(stage5_pyramid.STAGE, f"{layer.kind}-{level}-{block.id}",
-                                        stage5_pyramid.downsample_task, layer, level, block.id, run_id, deps=deps)
-            level_futures[(layer.kind, level)] = mine
+        level_futures.update(submit_pyramid(submit, layer, run_id))
     if seg_layer is not None:
         summary["pyramid"] = {layer.kind: [s.key for s in layer.scales] for layer in layers}
 
@@ -181,11 +198,7 @@ def postprocess(client: Any, p: Plan, *, progress: bool = True) -> dict[str, Any
         mesh_kv.delete_range(ts.KvStore.KeyRange()).result()
         mesh_kv.write("info", json.dumps(mesh_plan.info()).encode()).result()
         upstream = list(level_futures.get(("segmentation", cfg.mesh_scale), {}).values())
-        block_f = [submit(stage6_meshes.STAGE, f"block-{b.id}", stage6_meshes.mesh_block_task, mesh_plan, b.id,
-                          deps=upstream) for b in mesh_plan.grid]
-        for group in range((max(num_segments, 1) >> shift) + 1):
-            submit(stage6_meshes.STAGE, f"group-{group}", stage6_meshes.merge_group_task, mesh_plan, group,
-                   deps=block_f)
+        submit_meshes(submit, mesh_plan, num_segments, upstream)
         summary["meshes"] = {"format": fmt, "scale": scale.key}
 
     # 7: segment properties -----------------------------------------------------------------
