@@ -22,6 +22,7 @@ its C-order rank, so ids are deterministic for a given region and block shape.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -124,7 +125,7 @@ class BlockGrid:
         if any(h < 0 for h in self.halo):
             raise ValueError(f"halo must be >= 0, got {list(self.halo)}")
 
-    @property
+    @functools.cached_property
     def grid_shape(self) -> Vec:
         return tuple(-(-s // b) for s, b in zip(self.roi.shape, self.block_shape))  # type: ignore[return-value]
 

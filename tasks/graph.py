@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.geometry import BlockGrid
-from pipeline.unionfind import children, groups, levels
+from pipeline.unionfind import children, group_shape, groups, levels
 from tasks import stage3_unionfind as stage3
 from tasks.context import RunContext
 from tasks.stage1_segment import segment_block
@@ -41,51 +41,60 @@ class Task:
     deps: list[Item] = field(default_factory=list)
 
 
-def _forward_max(grid: BlockGrid) -> np.ndarray:
-    """For each block, the largest id among itself and its forward face neighbours."""
-    return np.maximum(np.arange(grid.num_blocks), grid.forward_ids().max(axis=1))
+def _group_positions(grid: BlockGrid, seam_pos: np.ndarray) -> list[np.ndarray]:
+    """Per octree level (index 0 = level 1), each group's position: the latest of its blocks' seams."""
+    gz, gy, gx = grid.grid_shape
+    ids = np.arange(grid.num_blocks)
+    index = np.stack([ids // (gy * gx), (ids // gx) % gy, ids % gx], axis=1)
+    out = []
+    for level in range(1, levels(grid.grid_shape) + 1):
+        shape = group_shape(grid.grid_shape, level)
+        g = index >> level
+        flat = (g[:, 0] * shape[1] + g[:, 1]) * shape[2] + g[:, 2]
+        level_pos = np.zeros(shape[0] * shape[1] * shape[2], np.int64)
+        np.maximum.at(level_pos, flat, seam_pos)
+        out.append(level_pos)
+    return out
+
+
+def _group_stream(level: int, level_pos: np.ndarray, shape: tuple[int, int, int]) -> Iterator[tuple[int, int, Any]]:
+    for f in np.argsort(level_pos, kind="stable").tolist():
+        group = (f // (shape[1] * shape[2]), f // shape[2] % shape[1], f % shape[2])
+        yield int(level_pos[f]), 1 + level, ("up", level, group)
 
 
 def streaming_tasks(ctx: RunContext, todo: dict[str, list[Any]]) -> Iterator[Task]:
     """The bottom-up part of a run (stages 1, 2 and stage 3's ``up``), dependencies first."""
     grid = ctx.grid
-    seg = set(todo["1-segment"])
-    seams = set(todo["2-seams"])
-    uf = bool(todo["3-unionfind"])
-    # Position in the stage-1 stream after which each task may be submitted.
-    seam_pos = _forward_max(grid)
-    streams: list[Iterator[tuple[int, int, Any]]] = [iter((b, 0, ("seg", b)) for b in range(grid.num_blocks) if b in seg)]
-    order = np.argsort(seam_pos, kind="stable")
-    streams.append(iter((int(seam_pos[c]), 1, ("seams", int(c))) for c in order if int(c) in seams))
-    if uf:
-        top = levels(grid.grid_shape)
-        pos: dict[tuple[int, tuple[int, int, int]], int] = {}
-        for level in range(1, top + 1):
-            entries = []
-            for group in groups(grid.grid_shape, level):
-                kids = children(group, level, grid.grid_shape)
-                if level == 1:
-                    p = max(int(seam_pos[grid.block_id(k)]) for k in kids)
-                else:
-                    p = max(pos[(level - 1, k)] for k in kids)
-                pos[(level, group)] = p
-                entries.append((p, 1 + level, ("up", level, group)))
-            entries.sort(key=lambda e: e[0])
-            streams.append(iter(entries))
+    gz, gy, gx = grid.grid_shape
+    n = grid.num_blocks
+    fwd = grid.forward_ids()
+    seam_pos = np.maximum(np.arange(n), fwd.max(axis=1))
+    seg = np.flatnonzero(np.isin(np.arange(n), todo["1-segment"]))
+    seams = np.flatnonzero(np.isin(np.arange(n), todo["2-seams"]))
+    streams: list[Iterator[tuple[int, int, Any]]] = [((int(b), 0, ("seg", int(b))) for b in seg)]
+    order = seams[np.argsort(seam_pos[seams], kind="stable")]
+    streams.append((int(seam_pos[c]), 1, ("seams", int(c))) for c in order)
+    if todo["3-unionfind"]:
+        for level, level_pos in enumerate(_group_positions(grid, seam_pos), start=1):
+            streams.append(_group_stream(level, level_pos, group_shape(grid.grid_shape, level)))
     for _, _, what in heapq.merge(*streams, key=lambda e: (e[0], e[1])):
         if what[0] == "seg":
             yield Task("1-segment", what[1], segment_block, (ctx, what[1]))
         elif what[0] == "seams":
-            block = grid.block(what[1])
-            deps = [("1-segment", j) for j in [block.id, *(nb.id for _, nb in grid.forward_neighbours(block))]]
-            yield Task("2-seams", what[1], seams_block, (ctx, what[1]), deps)
+            c = what[1]
+            deps = [("1-segment", c)] + [("1-segment", int(j)) for j in fwd[c] if j >= 0]
+            yield Task("2-seams", c, seams_block, (ctx, c), deps)
         else:
             _, level, group = what
             kids = children(group, level, grid.grid_shape)
             if level == 1:
-                members = {grid.block_id(k) for k in kids}
-                sources = members | {nb.id for m in members for _, d, nb in grid.neighbours(grid.block(m)) if d < 0}
-                deps = [("2-seams", i) for i in sorted(sources)]
+                members = {(k[0] * gy + k[1]) * gx + k[2] for k in kids}
+                backward = {
+                    m - step for m in members for step, ok in
+                    ((gy * gx, m // (gy * gx) > 0), (gx, m // gx % gy > 0), (1, m % gx > 0)) if ok
+                }
+                deps = [("2-seams", i) for i in sorted(members | backward)]
             else:
                 deps = [("3-unionfind", stage3.up_item(level - 1, k)) for k in kids]
             yield Task("3-unionfind", stage3.up_item(level, group), stage3.up, (ctx, level, group), deps)
