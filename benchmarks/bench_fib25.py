@@ -29,7 +29,8 @@ RESULTS = Path(__file__).parent / "results"
 KEYS = ("voi_split", "voi_merge", "adapted_rand_error", "f1")
 
 
-def run_both(backend: dict, block: int, halo: int, work: Path, address: str | None = None) -> dict:
+def run_both(backend: dict, block: int, halo: int, work: Path, address: str | None = None,
+             roi: dict | None = None) -> dict:
     from tasks.evaluate import evaluate
     from tasks.run import segment
 
@@ -43,6 +44,8 @@ def run_both(backend: dict, block: int, halo: int, work: Path, address: str | No
             "blocks": {"shape": shape, "halo": [halo] * 3},
             "write": {"chunk_shape": [64, 64, 64]},
             "cluster": cluster,
+            "roi": roi,
+            "postprocess": None,
         })
         t = time.perf_counter()
         run = segment(cfg, restart=True, progress=False)
