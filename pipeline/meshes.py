@@ -119,6 +119,21 @@ def lod_error(max_error: float, lod: int) -> float:
     return float(max_error) * 4.0**lod
 
 
+def _unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(index of the first row of each distinct value, inverse)`` for an (n, 3) integer array,
+    distinct values in lexicographic order (a lexsort: much faster than ``np.unique(axis=0)``)."""
+    n = len(rows)
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    order = np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))
+    s = rows[order]
+    new = np.ones(n, bool)
+    new[1:] = np.any(s[1:] != s[:-1], axis=1)
+    inverse = np.empty(n, np.int64)
+    inverse[order] = np.cumsum(new) - 1
+    return order[new], inverse
+
+
 def join(parts: Iterable[Mesh]) -> Mesh:
     """One mesh from pieces: concatenate, weld vertices with identical coordinates, drop degenerate
     and duplicate triangles, and drop vertices no triangle uses.
@@ -135,15 +150,17 @@ def join(parts: Iterable[Mesh]) -> Mesh:
     vertices = np.concatenate([p.vertices for p in parts]).astype(np.float32, copy=False)
     offsets = np.cumsum([0] + [len(p.vertices) for p in parts[:-1]])
     faces = np.concatenate([p.faces.astype(np.int64) + o for p, o in zip(parts, offsets)])
-    unique, inverse = np.unique(vertices, axis=0, return_inverse=True)
-    faces = inverse.reshape(-1)[faces]
+    # Identical coordinates are identical bits (+0.0 only: vertices are sums with positive shifts).
+    first, inverse = _unique_rows(vertices.view(np.uint32).reshape(-1, 3))
+    unique = vertices[first]
+    faces = inverse[faces]
     ok = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])
     faces = faces[ok]
     # The same triangle twice (same vertices, any rotation) is dropped once; opposite windings stay.
     rot = np.argmin(faces, axis=1)
     canon = np.stack([faces[np.arange(len(faces)), (rot + k) % 3] for k in range(3)], axis=1)
-    _, first = np.unique(canon, axis=0, return_index=True)
-    faces = faces[np.sort(first)]
+    keep, _ = _unique_rows(canon)
+    faces = faces[np.sort(keep)]
     used, remap = np.unique(faces, return_inverse=True)
     return Mesh(unique[used], remap.reshape(-1, 3).astype(np.uint32))
 
