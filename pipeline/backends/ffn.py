@@ -5,7 +5,7 @@ Config keys (``backend: {name: ffn, ...}``), all optional::
     checkpoint: bundled          # or a path / file:// / http(s):// / gs:// / s3:// URL
     device: auto                 # auto | cpu | cuda
     precision: auto              # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
-    batch_size: null             # objects flooded at once; null: 1 on CPU, 32 on CUDA
+    batch_size: null             # objects flooded at once; null: 8 on CPU, 32 on CUDA
     step: null                   # FOV movement [z, y, x]; null: the checkpoint's
     move_threshold: 0.9          # move where the object map on a face reaches this
     segment_threshold: 0.6       # voxels at or above this belong to the object
@@ -17,6 +17,9 @@ Config keys (``backend: {name: ffn, ...}``), all optional::
     seed_min_depth: 2.0          # and at least this deep
     grid_spacing: null           # fallback seed grid; null: twice the step
     threads: null                # torch CPU threads per worker
+
+Images are uint8 (0..255) or float32 (0..1, as the other backends read float input); the model's
+own normalisation (mean and standard deviation of its training image) is applied on top.
 
 This module imports no torch: the model is loaded on the first :meth:`Backend.segment` call and
 cached per process (worker).
@@ -80,8 +83,9 @@ def _load_predictor(params: Params) -> Any:
 class Backend:
     name: ClassVar[str] = "ffn"
     input_dtypes: ClassVar[tuple[str, ...]] = ("uint8", "float32")
-    #: half the bundled model's FOV: an object crossing a seam is flooded on both sides
-    min_halo: ClassVar[int] = 8
+    #: the least overlap that stitching needs; give at least the FOV radius (8 for the bundled
+    #: model) so that an object crossing a seam is flooded with full context on both sides
+    min_halo: ClassVar[int] = 4
     default_stitch: ClassVar[dict[str, Any]] = {"min_overlap": 20, "min_iou": 0.2, "mutual_best": True}
 
     def __init__(self, params: Params, predictor: Any = None, model_config: Any = None) -> None:
@@ -107,12 +111,13 @@ class Backend:
             raise DtypeError(f"ffn takes a 3D (z, y, x) block, got shape {image.shape}")
         if image.dtype.name not in self.input_dtypes:
             raise DtypeError(
-                f"ffn takes uint8 or float32 images (0..255 scale), got {image.dtype}; convert the volume"
+                f"ffn takes uint8 (0..255) or float32 (0..1) images, got {image.dtype}; convert the volume"
             )
         predictor, config = self._model()
         p = self.params
         step = p.step or config.step
-        normalised = (image.astype(np.float32) - config.image_mean) / config.image_stddev
+        scaled = image.astype(np.float32) * (255.0 if image.dtype == np.float32 else 1.0)
+        normalised = (scaled - config.image_mean) / config.image_stddev
         seeds = seed_points(
             normalised,
             p.seed_sigma,
@@ -122,7 +127,7 @@ class Backend:
             p.grid_spacing or tuple(2 * s for s in step),
         )
         device = getattr(predictor, "device", None)
-        batch = p.batch_size or (32 if getattr(device, "type", "cpu") == "cuda" else 1)
+        batch = p.batch_size or (32 if getattr(device, "type", "cpu") == "cuda" else 8)
         settings = FloodSettings(
             fov_size=config.fov_size,
             step=step,

@@ -25,8 +25,9 @@ block. For each seed (:mod:`pipeline.ffn.seeds`) that no finished object has cla
    kept if it has at least ``min_size`` voxels, and its voxels are claimed for good.
 
 With ``batch_size > 1``, that many objects are flooded at once (one FOV of each per predictor call),
-which keeps a GPU busy. An object whose seed was claimed by another object that finished first is
-dropped as a duplicate. Results are deterministic for a given batch size.
+which keeps a GPU busy. A seed inside an object still being flooded waits until that object is
+done; an object whose seed was claimed by another object that finished first stops and is dropped as
+a duplicate. Results are deterministic for a given batch size.
 
 The predictor is any callable of the :class:`Predictor` protocol, so that tests can inject an ideal
 model; :class:`pipeline.ffn.model.TorchPredictor` wraps the network.
@@ -151,16 +152,31 @@ def flood_fill(
     def inner(c: Vec3) -> bool:
         return all(ri <= ci < ri + s for ci, ri, s in zip(c, r, shape))
 
+    deferred: list[Vec3] = []
+
+    def covered(c: Vec3) -> bool:
+        return any(canvases[f.canvas][c] >= seg_logit for f in active)
+
     def next_seed() -> Vec3 | None:
         nonlocal seeds_left
         for s in seed_iter:
             c = (int(s[0]) + r[0], int(s[1]) + r[1], int(s[2]) + r[2])
             if not inner(c) or claimed[c]:
                 continue
-            if any(canvases[f.canvas][c] >= seg_logit for f in active):
-                continue  # an object being flooded already covers it
+            if covered(c):
+                deferred.append(c)  # an object being flooded covers it: retry once that one is done
+                continue
             return c
-        seeds_left = False
+        i = 0
+        while i < len(deferred):
+            c = deferred[i]
+            if claimed[c]:
+                deferred.pop(i)
+            elif covered(c):
+                i += 1
+            else:
+                return deferred.pop(i)
+        seeds_left = bool(deferred)
         return None
 
     def finalise(f: _Flood) -> None:
@@ -209,6 +225,8 @@ def flood_fill(
             break
         batch: list[tuple[_Flood, Vec3]] = []
         for f in active:
+            if claimed[f.seed]:
+                f.done = True  # an object that finished meanwhile took the seed: a duplicate, stop
             while f.heap and not f.done:
                 _, _, c = heapq.heappop(f.heap)
                 if c not in f.visited:

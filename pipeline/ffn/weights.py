@@ -57,18 +57,27 @@ def save_checkpoint(path: str | os.PathLike[str], net: Any, meta: dict[str, Any]
 
 
 def _payload(net: Any, meta: dict[str, Any] | None) -> dict[str, Any]:
+    plain: dict[str, Any] = {}
     for key, value in (meta or {}).items():
-        if not isinstance(value, str | int | float | bool | type(None)):
-            raise CheckpointError(
-                f"checkpoint meta {key!r} is a {type(value).__name__}; store a str or a number so "
-                "that the file loads with weights_only=True"
-            )
+        # exact builtin types only: a str subclass (torch.__version__ is one) would be pickled as
+        # its class and refused by weights_only=True
+        for kind in (bool, int, float, str):
+            if isinstance(value, kind):
+                plain[str(key)] = kind(value)
+                break
+        else:
+            if value is not None:
+                raise CheckpointError(
+                    f"checkpoint meta {key!r} is a {type(value).__name__}; store a str or a number so "
+                    "that the file loads with weights_only=True"
+                )
+            plain[str(key)] = None
     payload = {
         "format": FORMAT,
         "version": VERSION,
         "model": net.config.model_dump(mode="json"),
         "state_dict": {k: v.detach().float().cpu() for k, v in net.state_dict().items()},
-        "meta": dict(meta or {}),
+        "meta": plain,
     }
     return payload
 
