@@ -22,6 +22,7 @@ import logging
 import mimetypes
 import os
 import posixpath
+import socket
 import threading
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -58,6 +59,8 @@ class DataServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
+        if host in ("0.0.0.0", "::", ""):  # bound to every interface: name this machine
+            host = socket.getfqdn()
         return f"http://{host}:{port}"
 
     def resolve(self, path: str) -> str | None:

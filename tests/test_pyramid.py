@@ -35,7 +35,7 @@ def pyramid_run(tmp_path_factory: pytest.TempPathFactory, dask_address: str) -> 
                      roi={"start": [4, 2, 7], "stop": [40, 45, 56]},
                      postprocess={"meshes": False, "seam_audit": False})
     run = segment(cfg, progress=False)
-    return {"root": root, "image": img, "run": run}
+    return {"root": root, "image": img, "run": run, "config": cfg}
 
 
 def _scales(store: Path) -> list[ts.TensorStore]:
@@ -99,6 +99,14 @@ def test_run_report_has_pyramid_timings(pyramid_run):
     assert post["pyramid"]["image"] == post["pyramid"]["segmentation"]
     stage = post["stages"]["5-pyramid"]
     assert stage["tasks"] > 0 and stage["megavoxels"] > 0 and stage["megavoxels_per_second"] > 0
+
+
+def test_rerun_skips_post_processing(pyramid_run):
+    info = (pyramid_run["root"] / "out/segmentation/info").read_text()
+    again = segment(pyramid_run["config"], progress=False)
+    assert again["postprocess"].get("skipped_done") is True
+    assert again["postprocess"]["pyramid"] == pyramid_run["run"]["postprocess"]["pyramid"]
+    assert (pyramid_run["root"] / "out/segmentation/info").read_text() == info
 
 
 def test_anisotropic_pyramid_halves_the_fine_axes_first():
