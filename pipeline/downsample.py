@@ -119,33 +119,27 @@ def source_box(target: Box, factor: Sequence[int], source_domain: Box) -> Box:
     return grown & source_domain
 
 
-def _cells(data: np.ndarray, target: Box, source: Box, factor: Vec) -> tuple[np.ndarray, np.ndarray]:
-    """Place ``data`` (covering ``source``) into the full cell grid of ``target``; return cells and mask.
-
-    Both returned arrays have shape ``(n_cells, prod(factor))``.
-    """
+def _views(data: np.ndarray, target: Box, source: Box, factor: Vec) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """The ``prod(factor)`` strided views of ``data`` that hold each cell's voxels, one per position
+    in the cell (C order), each of the target's shape; plus validity views where the source does not
+    fill every cell (volume edges on the absolute grid), else None."""
     if data.shape != source.shape:
         raise ValueError(f"data of shape {data.shape} does not match the source box {source}")
     full_shape = tuple(s * k for s, k in zip(target.shape, factor))
     origin = tuple(s * k for s, k in zip(target.start, factor))
-    inner = source.slices(origin)
-    if data.shape == full_shape:
-        padded = data
-        mask = None
-    else:
+    mask = None
+    if data.shape != full_shape:
+        inner = source.slices(origin)
         padded = np.zeros(full_shape, data.dtype)
         padded[inner] = data
         mask = np.zeros(full_shape, bool)
         mask[inner] = True
-    tz, ty, tx = target.shape
+        data = padded
+    offsets = list(np.ndindex(*factor))
     fz, fy, fx = factor
-
-    def cellify(a: np.ndarray) -> np.ndarray:
-        return a.reshape(tz, fz, ty, fy, tx, fx).transpose(0, 2, 4, 1, 3, 5).reshape(tz * ty * tx, fz * fy * fx)
-
-    cells = cellify(padded)
-    valid = np.ones(cells.shape, bool) if mask is None else cellify(mask)
-    return cells, valid
+    views = [data[i::fz, j::fy, k::fx] for i, j, k in offsets]
+    masks = None if mask is None else [mask[i::fz, j::fy, k::fx] for i, j, k in offsets]
+    return views, masks
 
 
 def downsample_labels(data: np.ndarray, target: Box, source: Box, factor: Sequence[int]) -> np.ndarray:
@@ -163,23 +157,28 @@ def downsample_labels(data: np.ndarray, target: Box, source: Box, factor: Sequen
     [[[4, 7]]]
     """
     f = tuple(int(v) for v in factor)
-    cells, valid = _cells(data, target, source, f)  # type: ignore[arg-type]
-    k = cells.shape[1]
-    if k == 1:
-        return cells[:, 0].reshape(target.shape)
-    first = cells[:, :1]
-    uniform = np.all((cells == first) | ~valid, axis=1) & valid[:, 0]
-    out = first[:, 0].copy()
-    todo = np.flatnonzero(~uniform)
-    if len(todo):
-        c = cells[todo]
-        v = valid[todo]
+    views, masks = _views(data, target, source, f)  # type: ignore[arg-type]
+    out = np.array(views[0], copy=True)
+    if len(views) == 1:
+        return out
+    # Most cells of a segmentation hold one label: only the others need a vote.
+    todo = np.zeros(target.shape, bool)
+    for v in views[1:]:
+        todo |= v != views[0]
+    if masks is not None:
+        for m in masks:
+            todo |= ~m
+    idx = np.flatnonzero(todo)
+    if len(idx):
+        c = np.stack([v.reshape(-1)[idx] if v.flags.c_contiguous else v[todo] for v in views], axis=1)
+        valid = (np.ones(c.shape, bool) if masks is None
+                 else np.stack([m.reshape(-1)[idx] if m.flags.c_contiguous else m[todo] for m in masks], axis=1))
         counts = np.zeros(c.shape, np.int16)
-        for j in range(k):
-            counts += (c == c[:, j : j + 1]) & v[:, j : j + 1]
-        counts[~v] = -1
-        out[todo] = c[np.arange(len(todo)), np.argmax(counts, axis=1)]
-    return out.reshape(target.shape)
+        for j in range(c.shape[1]):
+            counts += (c == c[:, j : j + 1]) & valid[:, j : j + 1]
+        counts[~valid] = -1
+        out.reshape(-1)[idx] = c[np.arange(len(idx)), np.argmax(counts, axis=1)]
+    return out
 
 
 def downsample_image(data: np.ndarray, target: Box, source: Box, factor: Sequence[int]) -> np.ndarray:
@@ -190,13 +189,18 @@ def downsample_image(data: np.ndarray, target: Box, source: Box, factor: Sequenc
     [[[5, 26]]]
     """
     f = tuple(int(v) for v in factor)
-    cells, valid = _cells(data, target, source, f)  # type: ignore[arg-type]
-    total = np.where(valid, cells.astype(np.float64), 0.0).sum(axis=1)
-    mean = total / np.maximum(valid.sum(axis=1), 1)
+    views, masks = _views(data, target, source, f)  # type: ignore[arg-type]
+    total = np.zeros(target.shape, np.float64)
+    for v in views:
+        total += v
+    if masks is None:
+        mean = total / len(views)
+    else:
+        mean = total / np.maximum(np.sum(masks, axis=0), 1)  # padded voxels are 0: they add nothing
     if np.issubdtype(data.dtype, np.integer):
         info = np.iinfo(data.dtype)
         mean = np.clip(np.floor(mean + 0.5), info.min, info.max)
-    return mean.astype(data.dtype).reshape(target.shape)
+    return mean.astype(data.dtype)
 
 
 def task_shape(scale: Scale, target_voxels: int = 128**3) -> Vec:

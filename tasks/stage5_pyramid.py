@@ -76,11 +76,12 @@ def base_scale(info: dict[str, Any]) -> Scale:
                  tuple(s["chunk_sizes"][0][::-1]))  # type: ignore[arg-type]
 
 
-def plan_layer(store: str, kind: Kind, levels: int | None, *, block_voxels: int = 128**3) -> PyramidLayer:
+def plan_layer(store: str, kind: Kind, levels: int | None, *, block_voxels: int = 64**3) -> PyramidLayer:
     """Create (or reopen) the coarser scales of the volume at ``store`` and describe the tasks.
 
     The new scales copy the base scale's encoding; when the base is sharded, each coarser scale is
-    sharded too, with shards that fit inside one task box.
+    sharded too, with shards that fit inside one task box. A task writes about ``block_voxels``
+    voxels (whole chunks) and reads eight times as many.
     """
     info = read_info(store)
     base = info["scales"][0]

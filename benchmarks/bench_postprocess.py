@@ -1,0 +1,269 @@
+"""Benchmark: emseg's pyramid and mesh stages next to igneous's downsample and mesh tasks.
+
+Both work on copies of the same volume in the same run: the ground-truth labels of an emseg phantom
+(neurite-like segments, uint64, compressed_segmentation, 64^3 chunks), with the same number of
+workers (emseg: a local Dask cluster of N single-threaded processes; igneous: LocalTaskQueue with N
+processes), the same block shape for meshing and the same simplification error bound (zmesh's
+quadric simplifier in both). Throughput is megavoxels of the full-resolution volume per second of
+wall time.
+
+    python benchmarks/bench_postprocess.py [--shape 256] [--block 128] [--workers 2]
+
+igneous pins versions that emseg's environment does not take (DracoPy < 2), so it runs in its own
+interpreter: ``--igneous-python`` or ``$EMSEG_IGNEOUS_PYTHON`` (for example a venv made with
+``python -m venv /tmp/igneous && /tmp/igneous/bin/pip install igneous-pipeline``), or this one when
+it imports igneous. Without it, the igneous rows say so and emseg's numbers are still reported.
+Results: ``benchmarks/results/postprocess_<shape>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+IGNEOUS_SCRIPT = textwrap.dedent("""
+    import json, sys, time
+    from taskqueue import LocalTaskQueue
+    import igneous, igneous.task_creation as tc
+    path, levels, block, workers, error_nm = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+    out = {"version": getattr(igneous, "__version__", "?")}
+    tq = LocalTaskQueue(parallel=workers, progress=False)
+    t = time.perf_counter()
+    tq.insert(tc.create_downsampling_tasks(path, mip=0, num_mips=levels, compress=False, factor=(2, 2, 2)))
+    tq.execute(progress=False)
+    out["downsample_seconds"] = time.perf_counter() - t
+    tq = LocalTaskQueue(parallel=workers, progress=False)
+    t = time.perf_counter()
+    tq.insert(tc.create_meshing_tasks(path, mip=0, shape=(block, block, block), simplification=True,
+                                      max_simplification_error=error_nm, mesh_dir="mesh", compress=False,
+                                      spatial_index=False))
+    tq.execute(progress=False)
+    out["mesh_tasks_seconds"] = time.perf_counter() - t
+    tq = LocalTaskQueue(parallel=workers, progress=False)
+    t = time.perf_counter()
+    tq.insert(tc.create_mesh_manifest_tasks(path, magnitude=3, mesh_dir="mesh"))
+    tq.execute(progress=False)
+    out["mesh_manifest_seconds"] = time.perf_counter() - t
+    print("IGNEOUS " + json.dumps(out))
+""")
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model or platform.processor(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "load_average_at_start": [round(v, 2) for v in os.getloadavg()]}
+
+
+def make_volume(work: Path, shape: int, workers: int) -> Path:
+    """The phantom's ground-truth labels as a single-scale precomputed segmentation (made once)."""
+    from pipeline.config import ClusterConfig, PhantomConfig
+    from tasks.phantom import write_phantom
+
+    labels = work / "phantom" / "labels"
+    if not (labels / "info").exists():
+        cfg = PhantomConfig(shape=(shape, shape, shape), seed=0, voxel_size_nm=(8.0, 8.0, 8.0))
+        write_phantom(cfg, f"precomputed://{work / 'phantom' / 'image'}", f"precomputed://{labels}",
+                      cluster=ClusterConfig(workers=workers))
+    return labels
+
+
+def fresh_copy(src: Path, dst: Path) -> Path:
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    return dst
+
+
+def run_emseg(store: Path, block: int, workers: int, error_voxels: float) -> dict[str, Any]:
+    """emseg's stage 5 (segmentation pyramid) and stage 6 (legacy meshes) on a local Dask cluster."""
+    import logging
+
+    import numpy as np
+    from distributed import Client, LocalCluster, wait
+
+    from pipeline import urls
+    from pipeline.volume import open_volume
+    from tasks import stage5_pyramid, stage6_meshes
+    from tasks.postprocess import submit_meshes, submit_pyramid
+
+    url = urls.store_url(str(store))
+    vol = open_volume(f"precomputed://{store}")
+    max_id = int(np.max(vol.read(vol.box)))
+    out: dict[str, Any] = {}
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        futures: list[Any] = []
+
+        def submit(stage: str, item: Any, fn: Any, *args: Any, deps: list[Any] = ()) -> Any:  # type: ignore[assignment]
+            f = client.submit(fn, *args, *deps, key=f"{stage}-{item}-bench", pure=False)
+            futures.append(f)
+            return f
+
+        client.run(lambda: None)  # workers up before timing
+        t = time.perf_counter()
+        layer = stage5_pyramid.plan_layer(url, "segmentation", None)
+        submit_pyramid(submit, layer, "bench")
+        wait(futures)
+        for f in futures:
+            f.result()
+        out["pyramid_seconds"] = time.perf_counter() - t
+        out["pyramid_scales"] = [s.key for s in layer.scales]
+        out["pyramid_tasks"] = len(futures)
+
+        futures.clear()
+        t = time.perf_counter()
+        scale = layer.scales[0]
+        shift, sharding = stage6_meshes.plan_groups(max_id, -(-scale.shape_zyx[0] // block) ** 3, "legacy")
+        plan = stage6_meshes.MeshPlan(
+            output=url, volume_spec={"driver": "neuroglancer_precomputed", "kvstore": urls.kvstore_spec(url),
+                                     "scale_metadata": {"key": scale.key}},
+            scale=scale, block_shape=(block, block, block), mesh_dir=urls.join(url, "mesh"), format="legacy",
+            shift=shift, sharding=sharding, reduction=10, max_error=error_voxels, lods=1, run_id="bench",
+        )
+        import tensorstore as ts
+
+        ts.KvStore.open(urls.kvstore_spec(plan.mesh_dir)).result().write(
+            "info", json.dumps(plan.info()).encode()).result()
+        merges = submit_meshes(submit, plan, max_id, [])
+        wait(futures)
+        results = [f.result() for f in futures]
+        out["mesh_seconds"] = time.perf_counter() - t
+        out["mesh_block_task_seconds"] = sum(r["seconds"] for r in results[: len(results) - len(merges)])
+        out["mesh_merge_task_seconds"] = sum(r["seconds"] for r in results[len(results) - len(merges):])
+        out["mesh_segments"] = sum(r["segments"] for r in results[len(results) - len(merges):])
+        out["mesh_faces"] = sum(r["faces"] for r in results[len(results) - len(merges):])
+        out["mesh_tasks"] = len(futures)
+    return out
+
+
+def igneous_python(arg: str | None) -> str | None:
+    for candidate in (arg, os.environ.get("EMSEG_IGNEOUS_PYTHON")):
+        if candidate:
+            return candidate
+    try:
+        import igneous  # noqa: F401
+    except ImportError:
+        return None
+    return sys.executable
+
+
+def run_igneous(python: str, store: Path, levels: int, block: int, workers: int, error_nm: float) -> dict[str, Any]:
+    proc = subprocess.run([python, "-c", IGNEOUS_SCRIPT, f"file://{store}", str(levels), str(block), str(workers),
+                           str(error_nm)], capture_output=True, text=True)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("IGNEOUS ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"igneous failed (status {proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return json.loads(line[len("IGNEOUS "):])
+
+
+def compare(emseg_store: Path, igneous_store: Path, levels: int) -> dict[str, Any]:
+    """How far the two mode pyramids agree, and whether either adds ids (read by cloud-volume)."""
+    import numpy as np
+    from cloudvolume import CloudVolume
+
+    out = {}
+    base = None
+    for mip in range(levels + 1):
+        arrays = []
+        for store in (emseg_store, igneous_store):
+            cv = CloudVolume(f"file://{store}", mip=mip, progress=False, fill_missing=False)
+            arrays.append(np.asarray(cv[cv.bounds]))
+        if base is None:
+            base = set(np.unique(arrays[0]).tolist())
+            continue
+        a, b = arrays
+        out[f"mip{mip}"] = {"same_voxels": round(float(np.mean(a == b)), 4),
+                            "emseg_new_ids": len(set(np.unique(a).tolist()) - base),
+                            "igneous_new_ids": len(set(np.unique(b).tolist()) - base)}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shape", type=int, default=256, help="edge of the cubic phantom (voxels)")
+    ap.add_argument("--block", type=int, default=128, help="mesh block edge (voxels)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--error", type=float, default=1.0, help="simplification error bound (voxels)")
+    ap.add_argument("--work", type=Path, default=REPO / "runs" / "bench-postprocess")
+    ap.add_argument("--igneous-python", help="python that imports igneous (default $EMSEG_IGNEOUS_PYTHON)")
+    ap.add_argument("--out", type=Path, help="results JSON (default benchmarks/results/postprocess_<shape>.json)")
+    args = ap.parse_args()
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    args.work.mkdir(parents=True, exist_ok=True)
+    started = machine()
+    labels = make_volume(args.work, args.shape, args.workers)
+    voxels = args.shape**3
+    mv = voxels / 1e6
+
+    emseg_store = fresh_copy(labels, args.work / "emseg" / "labels")
+    emseg = run_emseg(emseg_store, args.block, args.workers, args.error)
+    levels = len(emseg["pyramid_scales"]) - 1
+    print("emseg:", json.dumps(emseg), flush=True)
+
+    python = igneous_python(args.igneous_python)
+    igneous: dict[str, Any]
+    if python is None:
+        igneous = {"error": "igneous is not installed: pass --igneous-python or set EMSEG_IGNEOUS_PYTHON"}
+    else:
+        igneous_store = fresh_copy(labels, args.work / "igneous" / "labels")
+        try:
+            igneous = run_igneous(python, igneous_store, levels, args.block, args.workers, args.error * 8.0)
+        except RuntimeError as exc:
+            igneous = {"error": str(exc)}
+        else:
+            print("igneous:", json.dumps(igneous), flush=True)
+            try:
+                igneous["agreement"] = compare(emseg_store, igneous_store, levels)
+            except Exception as exc:  # noqa: BLE001 - a comparison failure must not lose the timings
+                igneous["agreement"] = {"error": f"{type(exc).__name__}: {exc}"}
+
+    rows = [("emseg 5-pyramid (mode, %d scales)" % levels, emseg["pyramid_seconds"]),
+            ("emseg 6-meshes (blocks + join per segment)", emseg["mesh_seconds"])]
+    if "error" not in igneous:
+        rows += [("igneous DownsampleTask (mode, %d mips)" % levels, igneous["downsample_seconds"]),
+                 ("igneous MeshTask", igneous["mesh_tasks_seconds"]),
+                 ("igneous MeshTask + MeshManifestTask", igneous["mesh_tasks_seconds"] + igneous["mesh_manifest_seconds"])]
+    print(f"\n{args.shape}^3 voxels ({mv:.1f} Mvoxel), {args.block}^3 mesh blocks, {args.workers} workers, "
+          f"simplification error {args.error} voxel; {started['cpu']}, {started['cores']} cores, "
+          f"load average at start {started['load_average_at_start']}")
+    print(f"{'stage':<48} {'seconds':>9} {'Mvoxel/s':>9}")
+    for name, seconds in rows:
+        print(f"{name:<48} {seconds:9.2f} {mv / seconds:9.2f}")
+    if "error" in igneous:
+        print(f"igneous: {igneous['error']}")
+    else:
+        print("mode pyramids, emseg vs igneous:", json.dumps(igneous["agreement"]))
+    print(f"emseg meshes: {emseg['mesh_segments']} segments, {emseg['mesh_faces']} triangles, block tasks "
+          f"{emseg['mesh_block_task_seconds']:.1f} task-s, joins {emseg['mesh_merge_task_seconds']:.1f} task-s")
+
+    result = {"shape": [args.shape] * 3, "block": args.block, "workers": args.workers,
+              "simplification_error_voxels": args.error, "machine": started,
+              "emseg": emseg, "igneous": igneous,
+              "megavoxels_per_second": {name: round(mv / s, 3) for name, s in rows}}
+    out = args.out or REPO / "benchmarks" / "results" / f"postprocess_{args.shape}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"results: {out}")
+
+
+if __name__ == "__main__":
+    main()
