@@ -49,3 +49,7 @@ class BlocksFailedError(EmsegError, RuntimeError):
 
 class OutputLockedError(EmsegError, RuntimeError):
     """Another run is writing the same output right now."""
+
+
+class ShapeMismatchError(EmsegError, ValueError):
+    """A segmentation and its ground truth do not cover the same voxels."""

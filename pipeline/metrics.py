@@ -39,16 +39,12 @@ from typing import Any
 import fastremap
 import numpy as np
 
-from pipeline.errors import DtypeError, EmsegError
+from pipeline.errors import DtypeError, ShapeMismatchError
 
 __all__ = ["Contingency", "ShapeMismatchError", "evaluate_arrays", "scores"]
 
 _LOW32 = np.uint64(0xFFFFFFFF)
 _SHIFT32 = np.uint64(32)
-
-
-class ShapeMismatchError(EmsegError, ValueError):
-    """A segmentation and its ground truth do not cover the same voxels."""
 
 
 def _as_uint64_labels(array: np.ndarray, what: str) -> np.ndarray:
