@@ -154,3 +154,18 @@ def test_blockwise_meshes_join_into_the_whole_volume_mesh(reduction):
     assert abs(volume / _signed_volume(whole.vertices, whole.faces) - 1) < 0.02
     if reduction == 0:
         assert len(joined.faces) == len(whole.faces)
+
+
+def test_meshes_from_a_coarser_scale(tmp_path, dask_address):
+    run = _run(tmp_path, dask_address,
+               postprocess={"pyramid_levels": 1, "mesh_scale": 1, "segment_properties": False, "seam_audit": False})
+    post = run["postprocess"]
+    assert post["failures"] == [] and post["meshes"]["scale"] == "16_16_16" and post["meshes"]["segments"] > 5
+    out = tmp_path / "out" / "segmentation" / "mesh"
+    manifests = [p for p in out.iterdir() if p.name.endswith(":0")]
+    assert len(manifests) == post["meshes"]["segments"]
+    for manifest in manifests:
+        name = json.loads(manifest.read_text())["fragments"][0]
+        v, f = meshes.decode_legacy((out / name).read_bytes())
+        assert len(meshes.boundary_edges(meshes.Mesh(v, f))) == 0
+        assert v.min() >= -16.0 and v.max() <= 56 * 8.0 + 16.0  # nanometres, inside the volume
