@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iou-objects", type=int, default=16, help="objects for bf16 vs fp32")
     parser.add_argument("--ops-objects", type=int, nargs="*", default=[1, 16],
                         help="object counts whose operations are counted (profiler, untimed)")
-    parser.add_argument("--batch-size", type=int, default=64, help="objects per batch (backend default)")
+    parser.add_argument("--batch-size", type=int, default=0,
+                        help="objects per batch (0: the backend's default for the device)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per path; the best counts")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out", help="JSON file (default: benchmarks/results/sam2_<...>.json)")
@@ -158,8 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     import sam2  # noqa: F401  (version below)
     from pipeline.sam2.weights import get_predictor
 
+    from pipeline.sam2.propagate import default_batch_size
+
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.batch_size = args.batch_size or default_batch_size(torch.device(args.device).type)
     predictor = get_predictor(
         args.model, args.checkpoint, args.checkpoint is None, args.image_size, args.device
     )

@@ -49,7 +49,7 @@ class Params(BackendParams):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     compile_image_encoder: bool = False
     offload: bool | None = None
-    batch_size: int = Field(64, ge=1)
+    batch_size: int | None = Field(None, ge=1)
     encoder_batch: int = Field(4, ge=1)
     axis: Literal["z", "y", "x"] = "z"
     memory_frames: int = Field(6, ge=1, le=6)

@@ -84,7 +84,7 @@ def segment_block(
     import torch
 
     from pipeline.sam2.frames import FrameFeatures
-    from pipeline.sam2.propagate import propagate_batch
+    from pipeline.sam2.propagate import default_batch_size, propagate_batch
     from pipeline.sam2.resolve import ObjectTable, Resolver, finish
 
     features = FrameFeatures(predictor, slices, offload=offload, encoder_batch=params.encoder_batch)
@@ -94,11 +94,12 @@ def segment_block(
     scores: list[np.ndarray] = []
     result_tracks: list[tuple[np.ndarray, Track]] = []
     prompted: list[int] = []
+    batch_size = params.batch_size or default_batch_size(features.device.type)
 
     def run(seeds: Seeds, masks: np.ndarray | None = None) -> None:
         prompted.append(seeds.frame)
-        for start in range(0, len(seeds), params.batch_size):
-            stop = min(start + params.batch_size, len(seeds))
+        for start in range(0, len(seeds), batch_size):
+            stop = min(start + batch_size, len(seeds))
             first = sum(len(p) for p in points) + 1
             ids = np.arange(first, first + stop - start)
             track = propagate_batch(

@@ -13,9 +13,11 @@ states would). The memory bank stays bounded: a frame's spatial memory is kept w
 the ``memory_frames`` nearest frames, its object pointer while it is among the ``max_pointers``
 nearest; older frames are dropped, so memory does not grow with the block.
 
-    frame:    k-3  k-2  k-1  [k]  k+1  k+2  k+3  ...
-    forward:                  P ──▶ ●  ──▶ ●  ──▶ ●       P prompt frame (conditioning memory)
-    backward:  ● ◀── ● ◀── ● ◀─ P                           ● one track_step for the whole batch
+    frame:     k-3    k-2    k-1    k     k+1    k+2    k+3
+    forward:                        P ──▶ ● ──▶ ● ──▶ ●
+    backward:     ● ◀── ● ◀── ● ◀── P
+
+    P: the prompt frame (conditioning memory)   ●: one track_step for the whole batch
 
 An object ends where it leaves: once its object-score logit has been negative on ``end_after``
 consecutive frames it is removed from the batch in that direction (its rows are dropped from every
@@ -34,6 +36,20 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from pipeline.sam2.frames import FrameFeatures
+
+#: objects per batch when the config does not say: large batches pay on a GPU; on a CPU the batch's
+#: activations leave the caches, and 8 measured fastest (benchmarks/results/sam2_cpu_*.json)
+DEFAULT_BATCH_SIZE: dict[str, int] = {"cuda": 64, "cpu": 8}
+
+
+def default_batch_size(device_type: str) -> int:
+    """Objects per batch on a device type (``"cuda"``, ``"cpu"``, ...).
+
+    >>> default_batch_size("cuda"), default_batch_size("cpu"), default_batch_size("mps")
+    (64, 8, 8)
+    """
+    return DEFAULT_BATCH_SIZE.get(device_type, DEFAULT_BATCH_SIZE["cpu"])
+
 
 #: called with (frame, rows, logits, object_score_logits): ``rows`` (n,) positions in the batch,
 #: ``logits`` (n, h, w) float32 mask logits at the block's resolution, scores (n,)
