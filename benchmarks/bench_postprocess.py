@@ -38,7 +38,8 @@ IGNEOUS_SCRIPT = textwrap.dedent("""
     from taskqueue import LocalTaskQueue
     import igneous, igneous.task_creation as tc
     path, levels, block, workers, error_nm = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
-    out = {"version": getattr(igneous, "__version__", "?")}
+    from importlib.metadata import version
+    out = {"version": version("igneous-pipeline")}
     tq = LocalTaskQueue(parallel=workers, progress=False)
     t = time.perf_counter()
     tq.insert(tc.create_downsampling_tasks(path, mip=0, num_mips=levels, compress=False, factor=(2, 2, 2)))
