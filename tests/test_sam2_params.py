@@ -98,3 +98,15 @@ def test_the_example_config_validates() -> None:
     path = Path(__file__).resolve().parents[1] / "configs" / "sam2.yaml"
     cfg = config.load(str(path), [])
     assert cfg.backend.name == "sam2" and cfg.backend.to_dict()["checkpoint"].endswith(".pt")
+
+
+def test_bad_blocks_are_refused_before_any_model_work() -> None:
+    from pipeline.errors import ConfigError, DtypeError, ShapeMismatchError
+
+    backend = Backend(Params(random_weights=True, device="cpu"))
+    with pytest.raises(ConfigError, match="3D blocks"):
+        backend.segment(np.zeros((4, 4), np.uint8))
+    with pytest.raises(DtypeError, match="uint8 or uint16 or float32 or float64"):
+        backend.segment(np.zeros((2, 4, 4), np.int16))
+    with pytest.raises(ShapeMismatchError, match="do not cover the block"):
+        backend.segment(np.zeros((2, 4, 4), np.uint8), prior=np.zeros((2, 4, 5), np.uint32))

@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from pipeline.backends.base import BackendParams
-from pipeline.errors import ConfigError, DtypeError
+from pipeline.errors import ConfigError, DtypeError, ShapeMismatchError
 
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.sam2.block import BlockResult
@@ -181,7 +181,10 @@ class Backend:
                 f"{image.dtype}; convert the volume"
             )
         if prior is not None and prior.shape != image.shape:
-            raise ConfigError(f"prior labels of shape {prior.shape} do not match the block {image.shape}")
+            raise ShapeMismatchError(
+                f"prior labels of shape {prior.shape} do not cover the block {image.shape}; pass the "
+                "neighbours' labels cut to this block's read box (0 where unknown)"
+            )
         import torch
 
         from pipeline.sam2.block import segment_block
