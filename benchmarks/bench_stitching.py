@@ -115,6 +115,7 @@ def main() -> None:
         "backend": {"name": "threshold-cc", "threshold": 128},
         "blocks": {"shape": [args.block] * 3, "halo": [args.halo] * 3},
         "write": {"chunk_shape": [args.chunk] * 3},
+        "postprocess": None,  # stages 1-4 only: pyramids and meshes have their own benchmark
     }
     # Cold: the run starts its own local cluster (what `emseg segment` does).
     t = time.perf_counter()
