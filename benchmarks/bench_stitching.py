@@ -29,7 +29,6 @@ import numpy as np
 from scipy import ndimage
 
 from pipeline.config import from_dict
-from pipeline.geometry import Box
 from pipeline.volume import create_precomputed, create_zarr, open_volume
 
 RESULTS = Path(__file__).parent / "results"

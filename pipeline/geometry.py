@@ -26,6 +26,10 @@ import functools
 import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 Vec = tuple[int, int, int]
 
@@ -171,7 +175,7 @@ class BlockGrid:
             if index[axis] < grid[axis]:
                 yield axis, self.block(self.block_id(index))
 
-    def forward_ids(self) -> "np.ndarray":
+    def forward_ids(self) -> np.ndarray:
         """For every block id, the ids of its forward face neighbours along z, y, x (-1 where none)."""
         import numpy as np
 

@@ -9,9 +9,7 @@ import sys
 import time
 
 import cc3d
-import numpy as np
 import pytest
-import tensorstore as ts
 
 from pipeline.volume import create_zarr, open_volume
 from tasks.run import segment
