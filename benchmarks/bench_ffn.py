@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -81,7 +82,14 @@ def cmd_speed(args: argparse.Namespace) -> int:
 
     image = open_volume(str(DATA / "raw")).read(Box(VAL_START, box_stop))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    base = {"checkpoint": args.checkpoint, "device": device, "threads": args.threads}
+    import yaml
+
+    # the backend keys of the validation config (step, thresholds...), on this device
+    configured = dict(yaml.safe_load((ROOT / "configs" / "ffn_fib25.yaml").read_text())["backend"])
+    configured.pop("name", None)
+    base = {**configured, "checkpoint": args.checkpoint, "device": device, "threads": args.threads}
+    if args.step is not None:
+        base["step"] = args.step
     runs: dict[str, Any] = {}
     outputs: dict[str, np.ndarray] = {}
     precisions = ["fp32", "bf16"] if device == "cuda" or args.cpu_bf16 else ["fp32"]
@@ -112,16 +120,19 @@ def cmd_speed(args: argparse.Namespace) -> int:
         "benchmark": "ffn inference, one block (backend.segment), fib25_ts2 validation crop",
         "crop": {"start": list(VAL_START), "shape": list(args.shape)},
         "checkpoint": args.checkpoint,
+        "backend_params": {k: v for k, v in base.items() if k not in ("precision", "batch_size")},
         "device": _device_name(device),
         "torch": torch.__version__,
         "runs": runs,
         "bf16_vs_fp32": comparison,
         "watershed_seconds_same_crop": round(ws_seconds, 3),
         "gpu": "measured" if device == "cuda" else "not measured: no GPU was available to this run",
+        "load_average_1_5_15min_at_end": [round(x, 2) for x in os.getloadavg()],
+        "machine_cpus": os.cpu_count(),
         "reference": "google/ffn: about 7 min for 250^3 on one P100, about 37k voxels/s",
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"ffn_speed_{device}.json"
+    out = RESULTS / f"ffn_speed_{device}{args.suffix}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
@@ -144,12 +155,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
         "adapted Rand error 0.158",
         "backends": {},
     }
-    for name, backend in (("ffn", "{name: ffn, checkpoint: %s}" % args.checkpoint), ("watershed", "{name: watershed}")):
+    backends_to_run = {"ffn": f"backend.checkpoint={args.checkpoint}", "watershed": "backend={name: watershed}"}
+    for name in args.backends:
         output = ROOT / "runs" / f"ffn_validation_{name}"
         t0 = time.perf_counter()
         _emseg(
             "segment", "configs/ffn_fib25.yaml", "--restart", "--no-progress",
-            "--set", f"backend={backend}", "--set", f"output={output}", "--set", f"cluster.workers={args.workers}",
+            "--set", backends_to_run[name], "--set", f"output={output}", "--set", f"cluster.workers={args.workers}",
         )
         seconds = time.perf_counter() - t0
         seg = str(output / "segmentation")
@@ -159,11 +171,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
                          str(DATA / "labels"), min_size=min_size)
             scored[label] = {k: (round(s[k], 4) if isinstance(s[k], float) else s[k]) for k in KEYS if k in s}
         run = json.loads((output / "run.json").read_text())
-        results["backends"][name] = {"wall_seconds": round(seconds, 1), "run_wall_seconds": run.get("wall_seconds"),
-                                     **scored}
+        results["backends"][name] = {"backend": run["config"]["backend"], "wall_seconds": round(seconds, 1),
+                                     "segments": run.get("segments"), **scored}
         print(name, json.dumps(results["backends"][name]), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "ffn_validation.json"
+    if out.exists() and set(args.backends) != {"ffn", "watershed"}:
+        previous = json.loads(out.read_text())
+        results["backends"] = {**previous.get("backends", {}), **results["backends"]}
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
@@ -177,10 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--checkpoint", default="bundled")
     p.add_argument("--cpu-bf16", action="store_true", help="also time bf16 autocast on the CPU")
+    p.add_argument("--step", type=int, nargs=3, help="FOV step (default: configs/ffn_fib25.yaml's)")
+    p.add_argument("--suffix", default="", help="appended to the result file's name")
     p.set_defaults(func=cmd_speed)
     p = sub.add_parser("validate")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--checkpoint", default="bundled")
+    p.add_argument("--backends", nargs="+", default=["ffn", "watershed"], choices=["ffn", "watershed"])
     p.set_defaults(func=cmd_validate)
     args = parser.parse_args(argv)
     return int(args.func(args))
