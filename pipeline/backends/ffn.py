@@ -17,6 +17,11 @@ Config keys (``backend: {name: ffn, ...}``), all optional::
     seed_min_depth: 2.0          # and at least this deep
     grid_spacing: null           # fallback seed grid; null: twice the step
     threads: null                # torch CPU threads per worker
+    hybrid: null                 # {sam2: {...}}: FFN objects become SAM2's mask prompts (below)
+
+``hybrid``: the FFN's objects are handed to the ``sam2`` backend as mask prompts (its ``prior``,
+with ``neighbour_prompts`` on), and SAM2 carries them through z as video frames; SAM2 also seeds
+what they leave uncovered with its own seed backend. ``hybrid.sam2`` takes the sam2 backend's keys.
 
 Images are uint8 (0..255) or float32 (0..1, as the other backends read float input); the model's
 own normalisation (mean and standard deviation of its training image) is applied on top.
@@ -31,12 +36,34 @@ import threading
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, ValidationError, model_validator
 
 from pipeline.backends.base import BackendParams
 from pipeline.errors import DtypeError
 
 Vec3 = tuple[int, int, int]
+
+
+class HybridParams(BackendParams):
+    """``hybrid: {sam2: {...}}``: SAM2 carries the FFN's objects through z."""
+
+    sam2: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _sam2_keys(self) -> HybridParams:
+        self.sam2_params()  # refuse bad sam2 keys when the config is read, not on a worker
+        return self
+
+    def sam2_params(self) -> Any:
+        """The sam2 backend's validated params, with the FFN's objects as mask prompts."""
+        from pipeline import backends
+
+        try:
+            return backends.validate_params("sam2", {**self.sam2, "neighbour_prompts": True})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ValueError(f"hybrid.sam2.{where}: {first['msg']} (keys of the sam2 backend)") from None
 
 
 class Params(BackendParams):
@@ -55,6 +82,7 @@ class Params(BackendParams):
     seed_min_depth: float = Field(2.0, ge=0)
     grid_spacing: Vec3 | None = None
     threads: int | None = Field(None, ge=1)
+    hybrid: HybridParams | None = None
 
 
 _CACHE: dict[tuple[str, str, str], Any] = {}
@@ -88,11 +116,13 @@ class Backend:
     min_halo: ClassVar[int] = 4
     default_stitch: ClassVar[dict[str, Any]] = {"min_overlap": 20, "min_iou": 0.2, "mutual_best": True}
 
-    def __init__(self, params: Params, predictor: Any = None, model_config: Any = None) -> None:
-        """Build the backend; ``predictor`` and ``model_config`` inject a stand-in model (tests)."""
+    def __init__(self, params: Params, predictor: Any = None, model_config: Any = None, sam2: Any = None) -> None:
+        """Build the backend; ``predictor`` and ``model_config`` inject a stand-in model, ``sam2`` a
+        stand-in for the hybrid's SAM2 stage (tests)."""
         self.params = params
         self._predictor = predictor
         self._model_config = model_config
+        self._sam2 = sam2
         #: :class:`pipeline.ffn.inference.FloodStats` of the last :meth:`segment` call
         self.last_stats: Any = None
 
@@ -140,4 +170,10 @@ class Backend:
             batch_size=batch,
         )
         labels, self.last_stats = flood_fill(normalised, seeds, predictor, settings)
+        if p.hybrid is not None:
+            if self._sam2 is None:
+                from pipeline import backends
+
+                self._sam2 = backends.create("sam2", p.hybrid.sam2_params())
+            labels = np.asarray(self._sam2.segment(image, prior=labels), dtype=np.uint32)
         return labels
