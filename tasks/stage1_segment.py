@@ -35,12 +35,15 @@ def segment_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
     if not np.issubdtype(labels.dtype, np.integer):
         raise RuntimeError(f"backend {ctx.backend_name} returned {labels.dtype} labels; it must return integers")
     core = block.write_box.slices(block.read_box.start)
-    labels, n_core, n_total = renumber_core_first(labels, core)
+    neighbours = list(grid.neighbours(block))
+    overlaps = [block.read_box & nb.read_box for _, _, nb in neighbours]
+    core_labels, faces, n_core, n_total = renumber_core_first(
+        labels[core], [labels[o.slices(block.read_box.start)] for o in overlaps]
+    )
     store = runtime.scratch(ctx.output)
-    for axis, direction, neighbour in grid.neighbours(block):
-        overlap = block.read_box & neighbour.read_box
-        store.put_arrays(face_key(block_id, axis, direction), {"labels": labels[overlap.slices(block.read_box.start)]})
-    store.put_arrays(f"labels/{block_id}", {"core": labels[core], "n": np.array([n_core, n_total], np.int64)})
+    for (axis, direction, _), face in zip(neighbours, faces):
+        store.put_arrays(face_key(block_id, axis, direction), {"labels": face})
+    store.put_arrays(f"labels/{block_id}", {"core": core_labels, "n": np.array([n_core, n_total], np.int64)})
     info = {"n_core": n_core, "n_total": n_total, "seconds": time.perf_counter() - t0}
     store.mark_done(STAGE, block_id, info)
     return info
