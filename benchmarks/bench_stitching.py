@@ -69,6 +69,7 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=64)
     ap.add_argument("--halo", type=int, default=1)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="threads per worker process")
     ap.add_argument("--workdir", default=None, help="where the stores go (default: a temp dir)")
     args = ap.parse_args()
     logging.getLogger("distributed").setLevel(logging.ERROR)
@@ -118,11 +119,12 @@ def main() -> None:
     }
     # Cold: the run starts its own local cluster (what `emseg segment` does).
     t = time.perf_counter()
-    run_cold = segment(from_dict({**cfg, "cluster": {"workers": args.workers}}), restart=True, progress=False)
+    run_cold = segment(from_dict({**cfg, "cluster": {"workers": args.workers, "threads_per_worker": args.threads}}),
+                       restart=True, progress=False)
     t_cold = time.perf_counter() - t
     rows.append((f"emseg threshold-cc, {args.block}³ blocks, incl. cluster start", t_cold))
     # Warm: the same run on an already running cluster of the same size.
-    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+    with LocalCluster(n_workers=args.workers, threads_per_worker=args.threads, processes=True, dashboard_address=":0",
                       silence_logs=logging.ERROR) as cluster:
         warm_cfg = from_dict({**cfg, "cluster": {"address": cluster.scheduler_address}})
         segment(warm_cfg, restart=True, progress=False)  # workers import and warm up
@@ -137,7 +139,8 @@ def main() -> None:
     ids = np.unique(seg)
     sequential = bool(ids[0] == 0 and np.array_equal(ids[1:], np.arange(1, len(ids))))
 
-    print(f"\n{n}³ = {voxels / 1e6:.1f} Mvoxels, {int(ref.max())} objects, {args.workers} workers, "
+    print(f"\n{n}³ = {voxels / 1e6:.1f} Mvoxels, {int(ref.max())} objects, {args.workers} workers x "
+          f"{args.threads} threads, "
           f"{cpu_name()}, {os.cpu_count()} cores")
     print(f"{'what':<58} {'seconds':>8} {'Mvoxel/s':>9}")
     for name, secs in rows:
@@ -155,6 +158,7 @@ def main() -> None:
         "halo": args.halo,
         "chunk": args.chunk,
         "workers": args.workers,
+        "threads_per_worker": args.threads,
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()},
         "seconds": {name: round(secs, 3) for name, secs in rows},
         "mvoxels_per_second": {name: round(voxels / 1e6 / secs, 2) for name, secs in rows},
