@@ -22,7 +22,10 @@ block. For each seed (:mod:`pipeline.ffn.seeds`) that no finished object has cla
 
 4. when the queue is empty (or ``max_fovs_per_object`` is reached), the object is the connected
    component containing the seed of ``canvas >= logit(segment_threshold)`` minus claimed voxels; it is
-   kept if it has at least ``min_size`` voxels, and its voxels are claimed for good.
+   kept if it has at least ``min_size`` voxels, and its voxels are claimed for good. A flood whose
+   seed falls below ``segment_threshold`` stops at once (its object could not contain the seed). The
+   voxels of an object too small to keep are marked as tried: no later seed starts there, though a
+   later object may still take them.
 
 With ``batch_size > 1``, that many objects are flooded at once (one FOV of each per predictor call),
 which keeps a GPU busy. A seed inside an object still being flooded waits until that object is
@@ -82,6 +85,7 @@ class FloodStats:
     fovs: int = 0
     seeds_tried: int = 0
     rejected_small: int = 0
+    rejected_seed_lost: int = 0
     rejected_duplicate: int = 0
     seconds: float = 0.0
 
@@ -137,6 +141,7 @@ def flood_fill(
     pshape = tuple(s + 2 * ri for s, ri in zip(shape, r))
     pimage = _pad_image(image.astype(np.float32, copy=False), r)
     claimed = np.zeros(pshape, dtype=bool)
+    tried = np.zeros(pshape, dtype=bool)  # voxels of objects too small to keep: no new seeds there
     labels = np.zeros(pshape, dtype=np.uint32)
     move_logit = _logit(settings.move_threshold)
     seg_logit = _logit(settings.segment_threshold)
@@ -161,7 +166,7 @@ def flood_fill(
         nonlocal seeds_left
         for s in seed_iter:
             c = (int(s[0]) + r[0], int(s[1]) + r[1], int(s[2]) + r[2])
-            if not inner(c) or claimed[c]:
+            if not inner(c) or claimed[c] or tried[c]:
                 continue
             if covered(c):
                 deferred.append(c)  # an object being flooded covers it: retry once that one is done
@@ -170,7 +175,7 @@ def flood_fill(
         i = 0
         while i < len(deferred):
             c = deferred[i]
-            if claimed[c]:
+            if claimed[c] or tried[c]:
                 deferred.pop(i)
             elif covered(c):
                 i += 1
@@ -191,7 +196,7 @@ def flood_fill(
             if claimed[f.seed]:
                 stats.rejected_duplicate += 1
             elif not mask[local_seed]:
-                stats.rejected_small += 1
+                stats.rejected_seed_lost += 1
             else:
                 import cc3d
 
@@ -203,11 +208,15 @@ def flood_fill(
                     next_id += 1
                     stats.objects += 1
                 else:
+                    tried[box] |= obj
                     stats.rejected_small += 1
             canvas[tuple(slice(a, b) for a, b in zip(f.lo, f.hi))] = settings.init_logit
         else:
             canvas[f.seed] = settings.init_logit
         free.append(f.canvas)
+
+    def canvas_seed_lost(f: _Flood) -> bool:
+        return bool(canvases[f.canvas][f.seed] < seg_logit)
 
     next_id = 1
     while True:
@@ -257,8 +266,8 @@ def flood_fill(
             f.fovs += 1
             f.lo = [bb.start for bb in b] if not f.lo else [min(a, bb.start) for a, bb in zip(f.lo, b)]
             f.hi = [bb.stop for bb in b] if not f.hi else [max(a, bb.stop) for a, bb in zip(f.hi, b)]
-            if f.fovs >= settings.max_fovs_per_object:
-                f.heap.clear()
+            if f.fovs >= settings.max_fovs_per_object or canvas_seed_lost(f):
+                f.heap.clear()  # capped, or the seed fell out of its own object: stop
                 continue
             free_here = ~claimed[b]
             for axis in range(3):
