@@ -36,6 +36,7 @@ from pipeline.scratch import Scratch
 from pipeline.unionfind import components
 from tasks import graph, runtime
 from tasks import stage3_unionfind as stage3
+from tasks.cluster import configure_workers
 from tasks.context import RunContext
 
 RESULTS = Path(__file__).parent / "results"
@@ -209,6 +210,7 @@ def main() -> None:
     ap.add_argument("--graph-seconds", type=float, default=60.0)
     args = ap.parse_args()
     logging.getLogger("distributed").setLevel(logging.ERROR)
+    configure_workers()
     out: dict = {"unionfind": [], "graph": None}
     print(f"{'blocks':>9} {'edges':>11} {'tasks':>7} {'write s':>8} {'UF s':>7} {'driver MB':>10} {'worker MB':>16} {'= global':>8}")
     for pair in args.sizes.split(","):

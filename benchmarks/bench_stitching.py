@@ -76,6 +76,7 @@ def main() -> None:
 
     from distributed import LocalCluster
 
+    from tasks.cluster import configure_workers
     from tasks.run import segment
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="emseg-bench-"))
@@ -123,7 +124,8 @@ def main() -> None:
                        restart=True, progress=False)
     t_cold = time.perf_counter() - t
     rows.append((f"emseg threshold-cc, {args.block}³ blocks, incl. cluster start", t_cold))
-    # Warm: the same run on an already running cluster of the same size.
+    # Warm: the same run on an already running cluster of the same size, configured as emseg's own.
+    configure_workers()
     with LocalCluster(n_workers=args.workers, threads_per_worker=args.threads, processes=True, dashboard_address=":0",
                       silence_logs=logging.ERROR) as cluster:
         warm_cfg = from_dict({**cfg, "cluster": {"address": cluster.scheduler_address}})

@@ -20,6 +20,9 @@ def dask_address() -> Any:
     """One real local cluster of two worker processes for the whole session."""
     from distributed import LocalCluster
 
+    from tasks.cluster import configure_workers
+
+    configure_workers()
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                       silence_logs=logging.ERROR) as cluster:
         yield cluster.scheduler_address
