@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -40,9 +39,9 @@ KEYS = ("voi_split", "voi_merge", "voi", "adapted_rand_error", "precision", "rec
 def _device_name(device: str) -> str:
     import torch
 
-    if device == "cuda":
-        return torch.cuda.get_device_name(0)
-    return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} torch thread(s))"
+    from pipeline.ffn.model import describe_device
+
+    return describe_device(torch.device(device))
 
 
 def _segment_timed(image: np.ndarray, params: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
@@ -94,7 +93,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
     outputs: dict[str, np.ndarray] = {}
     precisions = ["fp32", "bf16"] if device == "cuda" or args.cpu_bf16 else ["fp32"]
     for precision in precisions:
-        batches = [1] if device == "cpu" else [1, 32]
+        batches = args.batches or ([1, 8] if device == "cpu" else [1, 32])
         for batch in batches:
             name = f"{precision}_batch{batch}"
             labels, result = _segment_timed(image, {**base, "precision": precision, "batch_size": batch})
@@ -102,12 +101,16 @@ def cmd_speed(args: argparse.Namespace) -> int:
             outputs[name] = labels
             print(name, json.dumps(result), flush=True)
     comparison = None
-    if "bf16_batch1" in outputs:
-        s = evaluate_arrays(outputs["bf16_batch1"], outputs["fp32_batch1"], ignore_gt_zero=False)
+    pair = next((f"_batch{b}" for b in sorted({int(k.rsplit("batch", 1)[1]) for k in outputs})
+                 if f"bf16_batch{b}" in outputs and f"fp32_batch{b}" in outputs), None)
+    if pair is not None:
+        bf16, fp32 = outputs["bf16" + pair], outputs["fp32" + pair]
+        s = evaluate_arrays(bf16, fp32, ignore_gt_zero=False)
         comparison = {
+            "batch": int(pair.removeprefix("_batch")),
             "voi_split": round(s["voi_split"], 4),
             "voi_merge": round(s["voi_merge"], 4),
-            "voxels_differing": int((outputs["bf16_batch1"] != outputs["fp32_batch1"]).sum()),
+            "voxels_differing": int((bf16 != fp32).sum()),
             "note": "bf16 output scored against the fp32 output as if it were ground truth",
         }
     from pipeline import backends
@@ -194,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu-bf16", action="store_true", help="also time bf16 autocast on the CPU")
     p.add_argument("--step", type=int, nargs=3, help="FOV step (default: configs/ffn_fib25.yaml's)")
     p.add_argument("--suffix", default="", help="appended to the result file's name")
+    p.add_argument("--batches", type=int, nargs="+", help="objects flooded at once (default: 1 8 on CPU, 1 32 on CUDA)")
     p.set_defaults(func=cmd_speed)
     p = sub.add_parser("validate")
     p.add_argument("--workers", type=int, default=1)

@@ -141,3 +141,31 @@ def test_backend_module_imports_no_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_train_ffn_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tasks.cli import main
+    from tests.conftest import write_zarr
+
+    image, labels = _toy_labels((24, 24, 24))
+    raw = np.clip(128 + 60 * image, 0, 255).astype(np.uint8)
+    image_url = write_zarr(tmp_path / "img.zarr", raw)
+    labels_url = write_zarr(tmp_path / "lab.zarr", labels)
+    config = tmp_path / "train.yaml"
+    config.write_text(
+        f"image: {image_url}\nlabels: {labels_url}\noutput: {tmp_path / 'run'}\n"
+        "model: {fov_size: [9, 9, 9], step: [2, 2, 2], depth: 1, width: 4}\n"
+        "train_region: {start: [0, 0, 0], stop: [24, 24, 24]}\n"
+        "val_region: {start: [0, 0, 0], stop: [24, 24, 24]}\n"
+        "batch_size: 2\nval_samples: 2\nlog_every: 1\nval_every: 2\nthreads: 1\n"
+    )
+    assert main(["train-ffn", str(config), "--set", "steps=3", "--no-progress"]) == 0
+    log = (tmp_path / "run" / "train.log").read_text().splitlines()
+    assert any(line.startswith("step 3/3 loss ") and " acc " in line for line in log)
+    assert any(line.startswith("val step 2 loss ") for line in log)
+    checkpoint = load_checkpoint(tmp_path / "run" / "ffn_last.pt")  # weights_only=True inside
+    assert checkpoint["meta"]["steps"] == 3 and checkpoint["model"].width == 4
+    assert abs(checkpoint["model"].image_mean - float(raw.mean())) < 0.01  # normalised from the data
+    # unknown keys are refused with a one-line error
+    assert main(["train-ffn", str(config), "--set", "stepz=3"]) == 2
+    assert "stepz" in capsys.readouterr().err

@@ -97,6 +97,28 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def describe_device(device: torch.device) -> str:
+    """The hardware in words, for logs and results: GPU name, or CPU model, cores and threads."""
+    if device.type == "cuda":
+        return f"GPU: {torch.cuda.get_device_name(device)}"
+    import os
+    import platform
+
+    model, flags = platform.processor() or platform.machine(), []
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = f.read().splitlines()
+        model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), model)
+        flags = next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), [])
+    except OSError:
+        pass
+    extras = " ".join(f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags)
+    return (
+        f"CPU: {model}{f' ({extras})' if extras else ''}, {os.cpu_count()} cores, "
+        f"{torch.get_num_threads()} torch thread(s)"
+    )
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` → ``bf16`` on CUDA, ``fp32`` elsewhere."""
     if precision == "auto":

@@ -14,7 +14,6 @@ to a progress bar; checkpoints to ``<output>/ffn_step{N}.pt`` and ``<output>/ffn
 from __future__ import annotations
 
 import math
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.ffn.config import ModelConfig, Region, TrainConfig
-from pipeline.ffn.model import FFN, autocast, resolve_device, resolve_precision
+from pipeline.ffn.model import FFN, autocast, describe_device, resolve_device, resolve_precision
 from pipeline.ffn.sampling import Batch, PatchSampler
 from pipeline.ffn.weights import save_checkpoint
 
@@ -152,12 +151,6 @@ def run_fovs(
     return torch.stack(losses).mean(), correct, counted
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s)"
-
-
 def train(
     config: TrainConfig,
     progress: bool = True,
@@ -219,7 +212,7 @@ def train(
     emit(
         f"start: {n_params} parameters, fov {list(model.fov_size)}, step {list(model.step)}, depth "
         f"{model.depth}, width {model.width}, patch {list(patch)}, batch {config.batch_size}, "
-        f"{config.steps} steps, device {_device_name(device)}, precision {precision}, "
+        f"{config.steps} steps, device {describe_device(device)}, precision {precision}, "
         f"image mean {model.image_mean} std {model.image_stddev}, train region {list(raw.shape)}"
     )
 
@@ -298,7 +291,7 @@ def _meta(config: TrainConfig, summary: dict[str, Any], step: int, start: float,
     return {
         "steps": step,
         "wall_s": round(time.monotonic() - start, 1),
-        "hardware": _device_name(device),
+        "hardware": describe_device(device),
         "torch": torch.__version__,
         "image": config.image,
         "labels": config.labels,
