@@ -123,17 +123,22 @@ def main() -> None:
     run_cold = segment(from_dict({**cfg, "cluster": {"workers": args.workers, "threads_per_worker": args.threads}}),
                        restart=True, progress=False)
     t_cold = time.perf_counter() - t
-    rows.append((f"emseg threshold-cc, {args.block}³ blocks, incl. cluster start", t_cold))
-    # Warm: the same run on an already running cluster of the same size, configured as emseg's own.
+    rows.append((f"emseg threshold-cc, {args.block}³ blocks, incl. cluster start, {args.workers} worker(s)", t_cold))
+    # Warm: the same run on an already running cluster, configured as emseg's own; also with the
+    # other worker count, side by side (on 2 cores one worker process can beat two: tensorstore's
+    # own threads encode and decode on the second core).
     configure_workers()
-    with LocalCluster(n_workers=args.workers, threads_per_worker=args.threads, processes=True, dashboard_address=":0",
-                      silence_logs=logging.ERROR) as cluster:
-        warm_cfg = from_dict({**cfg, "cluster": {"address": cluster.scheduler_address}})
-        segment(warm_cfg, restart=True, progress=False)  # workers import and warm up
-        t = time.perf_counter()
-        run = segment(warm_cfg, restart=True, progress=False)
-        t_warm = time.perf_counter() - t
-    rows.append((f"emseg threshold-cc, {args.block}³ blocks, running cluster", t_warm))
+    runs = {}
+    for workers in dict.fromkeys([args.workers, 1 if args.workers != 1 else 2]):
+        with LocalCluster(n_workers=workers, threads_per_worker=args.threads, processes=True,
+                          dashboard_address=":0", silence_logs=logging.ERROR) as cluster:
+            warm_cfg = from_dict({**cfg, "cluster": {"address": cluster.scheduler_address}})
+            segment(warm_cfg, restart=True, progress=False)  # workers import and warm up
+            t = time.perf_counter()
+            runs[workers] = segment(warm_cfg, restart=True, progress=False)
+            t_warm = time.perf_counter() - t
+        rows.append((f"emseg threshold-cc, {args.block}³ blocks, running cluster, {workers} worker(s)", t_warm))
+    run = runs[args.workers]
 
     out = open_volume(f"precomputed://{work}/out/segmentation")
     seg = out.read(out.box)
@@ -144,11 +149,11 @@ def main() -> None:
     print(f"\n{n}³ = {voxels / 1e6:.1f} Mvoxels, {int(ref.max())} objects, {args.workers} workers x "
           f"{args.threads} threads, "
           f"{cpu_name()}, {os.cpu_count()} cores")
-    print(f"{'what':<58} {'seconds':>8} {'Mvoxel/s':>9}")
+    print(f"{'what':<72} {'seconds':>8} {'Mvoxel/s':>9}")
     for name, secs in rows:
-        print(f"{name:<58} {secs:8.2f} {voxels / 1e6 / secs:9.1f}")
+        print(f"{name:<72} {secs:8.2f} {voxels / 1e6 / secs:9.1f}")
     print(f"partition equal to cc3d: {equal}; final ids sequential: {sequential}; segments {len(ids) - 1}")
-    print("per-stage task-seconds (running cluster): "
+    print(f"per-stage task-seconds (running cluster, {args.workers} worker(s)): "
           + ", ".join(f"{k} {v['task_seconds']:.1f}" for k, v in run["stages"].items()))
 
     result = {
