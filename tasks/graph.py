@@ -155,6 +155,10 @@ class Streamer:
 
     def _drain(self, *, block: bool) -> None:
         for f in self.completed.next_batch(block=block and bool(self.inflight)):
+            if f.status in ("lost", "pending"):
+                # Its worker died after (or while) running it: Dask recomputes it; wait again.
+                self.completed.add(f)
+                continue
             item = self.by_key.pop(f.key)
             _, task = self.inflight.pop(item)
             if f.status == "finished":
@@ -166,6 +170,8 @@ class Streamer:
                     self.kept[item] = info
             elif any(d in self.failed for d in task.deps):
                 self.failed[item] = "skipped: an upstream task failed"
+            elif f.status == "cancelled":
+                self.failed[item] = "cancelled by the scheduler (a worker died too often?)"
             else:
                 exc = f.exception()
                 self.failed[item] = f"{type(exc).__name__}: {exc}"
