@@ -91,11 +91,6 @@ def children(group: Vec, level: int, grid_shape: Sequence[int]) -> list[Vec]:
     return out
 
 
-def group_of_blocks(block_index: np.ndarray, level: int) -> np.ndarray:
-    """Group index at ``level`` of each row of a (n, 3) array of block indices."""
-    return np.asarray(block_index) >> level
-
-
 # -- bottom-up -----------------------------------------------------------------------------------
 def components(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Connected components of the graph with edges ``a[i] - b[i]`` (uint64 keys).

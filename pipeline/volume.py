@@ -58,8 +58,13 @@ class Volume:
         self.array[box.slices()].write(data).result()
 
 
+def ts_message(exc: Exception) -> str:
+    """A tensorstore error's message without the (long) spec it appends."""
+    return str(exc).split(" [tensorstore_spec")[0]
+
+
 def _open_error(source: str, exc: Exception) -> EmsegError:
-    text = str(exc).split(" [tensorstore_spec")[0]
+    text = ts_message(exc)
     if "NOT_FOUND" in text:
         return VolumeNotFoundError(
             f"no volume at {source}: {text}; check the URL (for zarr, point at the array inside the "
@@ -218,7 +223,7 @@ def create_precomputed(
     try:
         arr = ts.open(spec, open=True, create=True, read=True, write=True).result()
     except ValueError as exc:
-        text = str(exc).split(" [tensorstore_spec")[0]
+        text = ts_message(exc)
         raise ConfigError(
             f"cannot create a precomputed {layer_type} at {store}: {text}; an existing layer there has "
             "other metadata — remove it or choose another output"

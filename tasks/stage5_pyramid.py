@@ -24,7 +24,7 @@ from pipeline.downsample import Scale, downsample_image, downsample_labels, pyra
 from pipeline.errors import ConfigError
 from pipeline.geometry import Block, BlockGrid, Box
 from pipeline.sharding import choose_bits, shard_shape
-from pipeline.volume import sharding_spec
+from pipeline.volume import sharding_spec, ts_message
 from tasks import runtime
 
 STAGE = "5-pyramid"
@@ -114,7 +114,7 @@ def plan_layer(store: str, kind: Kind, levels: int | None, *, block_voxels: int 
         try:
             ts.open(spec, create=True, open=True).result()
         except ValueError as exc:
-            text = str(exc).split(" [tensorstore_spec")[0]
+            text = ts_message(exc)
             raise ConfigError(
                 f"cannot add scale {scale.key} to {store}: {text}; a scale with that resolution and other "
                 "metadata exists — rerun with --restart (segmentation) or remove the extra scales (image)"

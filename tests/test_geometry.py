@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.geometry import Box, BlockGrid
-from pipeline.sharding import choose_bits, shard_shape
+from pipeline.sharding import choose_bits, shard_chunks, shard_shape
 from pipeline.volume import create_precomputed, sharding_spec
 
 
@@ -59,5 +59,8 @@ def test_shard_shape_matches_tensorstore(tmp_path, grid_chunks, block_chunks):
 def test_choose_bits_prefers_the_largest_aligned_shard():
     assert choose_bits((8, 8, 8), (4, 4, 4)) == (3, 3, 3)  # 64 chunks per shard = one block
     for grid, block in itertools.product([(8, 8, 8), (2, 16, 16)], [(2, 2, 2), (1, 4, 4)]):
-        pre, mini, shard = choose_bits(grid, block)
-        assert pre + mini + shard == sum(int(np.ceil(np.log2(g))) for g in grid)
+        pre, mini, _ = choose_bits(grid, block)
+        fits = [b % s == 0 or b >= g for b, s, g in zip(block, shard_chunks(grid, pre + mini), grid)]
+        assert all(fits)  # the shard lies inside one block ...
+        bigger = shard_chunks(grid, pre + mini + 1)
+        assert not all(b % s == 0 or b >= g for b, s, g in zip(block, bigger, grid))  # ... and is the largest
