@@ -22,7 +22,7 @@ import tensorstore as ts
 from pipeline import urls
 from pipeline.downsample import Scale, downsample_image, downsample_labels, pyramid, source_box, task_shape
 from pipeline.errors import ConfigError
-from pipeline.geometry import Block, BlockGrid, Box
+from pipeline.geometry import Block, BlockGrid
 from pipeline.sharding import choose_bits, shard_shape
 from pipeline.volume import sharding_spec, ts_message
 from tasks import runtime
