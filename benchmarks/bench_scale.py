@@ -5,16 +5,19 @@ Part 1, union-find. For a grid of B blocks, E merge edges are generated between 
 would; stage 3 then runs through a real local Dask cluster. Reported: seconds, peak memory (RSS) of
 the driver and of each worker, and whether the ids equal a single global connected-components pass
 (the number of segments, and the partition of the labels of 50 sampled blocks). The edges are
-generated and checked in a child process, so the driver's peak memory is the driver's own.
+generated and checked in a child process, so the driver's peak memory is the driver's own; each case
+runs in a fresh driver process.
 
-Part 2, graph. A dry run (backend ``noop``) over a 200³ volume in 2³ blocks — a million blocks, about
-3.3 million tasks — is streamed to a local cluster for ``--graph-seconds``: reported are the time to
-the first finished task, tasks submitted and finished, and the driver's peak memory.
+Part 2, graph. A dry run (backend ``noop``) over a 200³ volume in 2³ blocks: a million blocks, about
+3.5 million tasks. (a) Every task of it is generated in the driver without being submitted: the
+time and the driver's peak memory. (b) It is streamed to a local cluster for ``--graph-seconds``:
+the time to the first finished task, tasks submitted and finished, and the driver's peak memory.
 
-    python benchmarks/bench_scale.py                       # 1e4/1e6 and 1e5/1e7 (blocks/edges)
-    python benchmarks/bench_scale.py --sizes 1e6:1e8       # needs ~1e6 files and much longer
+    python benchmarks/bench_scale.py                       # 1e4/1e6 and 1e5/1e7 (blocks/edges), graph
+    python benchmarks/bench_scale.py --sizes 1e6:1e8 --graph-seconds 0 --generate-blocks 0
+                                                           # ~2e6 scratch files, ~1 h on 2 cores
 
-Writes ``benchmarks/results/scale.json``.
+Rows are merged into ``benchmarks/results/scale.json`` (a rerun of one size replaces its row).
 """
 
 from __future__ import annotations
@@ -29,11 +32,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from pipeline.geometry import Box
 from pipeline.labels import key
 from pipeline.scratch import Scratch
-from pipeline.unionfind import components
 from tasks import graph, runtime
 from tasks import stage3_unionfind as stage3
 from tasks.cluster import configure_workers
@@ -51,25 +55,37 @@ def grid_for(blocks: int) -> tuple[int, int, int]:
     return (side, side, max(1, round(blocks / side / side)))
 
 
-def make_edges(ctx: RunContext, n_edges: int, labels_per_block: int, seed: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    grid = ctx.grid
-    rng = np.random.default_rng(seed)
-    gz, gy, gx = grid.grid_shape
-    n = grid.num_blocks
-    ids = np.arange(n)
-    pairs = []
+def face_pairs(grid_shape: tuple[int, int, int], lo: int, hi: int) -> np.ndarray:
+    """The (source, forward neighbour) block pairs whose source lies in ``[lo, hi)``."""
+    gz, gy, gx = grid_shape
+    ids = np.arange(lo, hi)
+    out = []
     for step, ok in ((1, ids % gx + 1 < gx), (gx, (ids // gx) % gy + 1 < gy), (gx * gy, ids // (gx * gy) + 1 < gz)):
         src = ids[ok]
-        pairs.append(np.stack([src, src + step], axis=1))
-    pairs = np.concatenate(pairs)
-    pick = pairs[rng.integers(0, len(pairs), n_edges)]
-    la = rng.integers(1, labels_per_block + 1, n_edges)
-    lb = rng.integers(1, labels_per_block + 1, n_edges)
-    order = np.argsort(pick[:, 0], kind="stable")
-    pick, la, lb = pick[order], la[order], lb[order]
-    bounds = np.searchsorted(pick[:, 0], np.arange(n + 1))
-    dst = (pick[:, 1].astype(np.uint64) << np.uint64(32)) | lb.astype(np.uint64)
-    return {b: (key(b, la[bounds[b]:bounds[b + 1]]), dst[bounds[b]:bounds[b + 1]]) for b in range(n)}
+        out.append(np.stack([src, src + step], axis=1))
+    return np.concatenate(out)
+
+
+def edge_chunks(grid_shape: tuple[int, int, int], n_edges: int, labels_per_block: int, seed: int,
+                chunk_blocks: int = 20_000):
+    """Random merge edges between face neighbours, generated a range of source blocks at a time.
+
+    Yields ``(lo, hi, src, la, dst, lb)`` with edges sorted by source block; the edge count of each
+    range is drawn in proportion to its number of face pairs, so the total is exactly ``n_edges``.
+    """
+    rng = np.random.default_rng(seed)
+    n = int(np.prod(grid_shape))
+    starts = list(range(0, n, chunk_blocks))
+    sizes = np.array([len(face_pairs(grid_shape, lo, min(n, lo + chunk_blocks))) for lo in starts])
+    counts = rng.multinomial(n_edges, sizes / sizes.sum())
+    for lo, count in zip(starts, counts.tolist()):
+        hi = min(n, lo + chunk_blocks)
+        pairs = face_pairs(grid_shape, lo, hi)
+        pick = pairs[rng.integers(0, len(pairs), count)]
+        pick = pick[np.argsort(pick[:, 0], kind="stable")]
+        la = rng.integers(1, labels_per_block + 1, count)
+        lb = rng.integers(1, labels_per_block + 1, count)
+        yield lo, hi, pick[:, 0], la, pick[:, 1], lb
 
 
 def _context(work: Path, n_blocks: int) -> RunContext:
@@ -79,40 +95,47 @@ def _context(work: Path, n_blocks: int) -> RunContext:
 
 
 def write_edge_set(work: Path, n_blocks: int, n_edges: int, sample: int) -> dict:
-    """In a child process: write the edges as stage 2 would, and the reference partition of a sample."""
+    """In a child process: write the edges as stage 2 would, and the reference partition of a sample.
+
+    The reference is one global connected-components pass over every (block, label) node, indexed
+    densely as ``block * labels_per_block + label - 1`` (int32 indices: 10^8 edges take ~1 GB).
+    """
     ctx = _context(work, n_blocks)
     n = ctx.grid.num_blocks
     labels_per_block = max(4, 2 * n_edges // n)
+    n_nodes = n * labels_per_block
+    index = np.int32 if n_nodes < 2**31 else np.int64
+    ia = np.empty(n_edges, index)
+    ib = np.empty(n_edges, index)
     t = time.perf_counter()
-    edges = make_edges(ctx, n_edges, labels_per_block, seed=n)
     store = Scratch(ctx.output)
-    for b, (a, bb) in edges.items():
-        store.put_arrays(f"edges/{b}", {"a": a, "b": bb, "merge": np.ones(len(a), bool)})
-        store.mark_done("1-segment", b, {"n_core": labels_per_block, "n_total": labels_per_block})
+    at = 0
+    for lo, hi, src, la, dst, lb in edge_chunks(ctx.grid.grid_shape, n_edges, labels_per_block, seed=n):
+        ia[at:at + len(src)] = src * labels_per_block + la - 1
+        ib[at:at + len(src)] = dst * labels_per_block + lb - 1
+        at += len(src)
+        bounds = np.searchsorted(src, np.arange(lo, hi + 1))
+        for i, blk in enumerate(range(lo, hi)):
+            s = slice(bounds[i], bounds[i + 1])
+            b = (dst[s].astype(np.uint64) << np.uint64(32)) | lb[s].astype(np.uint64)
+            store.put_arrays(f"edges/{blk}", {"a": key(blk, la[s]), "b": b, "merge": np.ones(len(b), bool)})
+            store.mark_done("1-segment", blk, {"n_core": labels_per_block, "n_total": labels_per_block})
     seconds = time.perf_counter() - t
-    a = np.concatenate([e[0] for e in edges.values()])
-    b = np.concatenate([e[1] for e in edges.values()])
-    nodes, comp = components(a, b)
-    segments = int(comp.max()) + 1 + n * labels_per_block - len(nodes)
+    graph_ = coo_matrix((np.ones(n_edges, np.int8), (ia, ib)), shape=(n_nodes, n_nodes))
+    del ia, ib
+    segments, comp = connected_components(graph_, directed=False)
+    del graph_
     blocks = np.random.default_rng(0).choice(n, size=min(n, sample), replace=False).tolist()
-    reference = {}
-    for blk in blocks:
-        keys = key(blk, np.arange(1, labels_per_block + 1))
-        pos = np.clip(np.searchsorted(nodes, keys), 0, len(nodes) - 1)
-        found = nodes[pos] == keys
-        reference[blk] = np.where(found, comp[pos], -1 - np.arange(len(keys))).tolist()  # -k: alone
-    return {"labels_per_block": labels_per_block, "write_seconds": seconds, "segments": segments,
-            "reference": reference}
+    reference = {blk: comp[blk * labels_per_block:(blk + 1) * labels_per_block].tolist() for blk in blocks}
+    return {"labels_per_block": labels_per_block, "write_seconds": seconds, "segments": int(segments),
+            "reference": reference, "peak_mb": rss_mb()}
 
 
 def unionfind_case(n_blocks: int, n_edges: int, workers: int) -> dict:
-    import multiprocessing
-
     from distributed import Client, LocalCluster
 
     work = Path(tempfile.mkdtemp(prefix="emseg-uf-"))
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        made = pool.apply(write_edge_set, (work, n_blocks, n_edges, 50))
+    made = _in_child(write_edge_set, work, n_blocks, n_edges, 50)
     ctx = _context(work, n_blocks)
     driver_before = rss_mb()
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
@@ -203,32 +226,87 @@ def graph_case(seconds: float, workers: int) -> dict:
             "driver_peak_mb": round(rss_mb(), 1), "driver_mb_before": round(before, 1)}
 
 
+def generate_case(n_blocks: int) -> dict:
+    """Generate every task of a dry run's graph in the driver, without submitting: time and memory.
+
+    This is the driver's side of the whole graph (about 3.5 million tasks for a million blocks): the
+    streamed submission above holds this plus at most ``window`` futures.
+    """
+    from pipeline.config import from_dict
+    from tasks.run import plan, prepare_output, _todo
+
+    work = Path(tempfile.mkdtemp(prefix="emseg-gen-"))
+    side = round(n_blocks ** (1 / 3)) * 2
+    from pipeline.volume import create_zarr
+
+    vol = create_zarr(str(work / "in.zarr"), dtype="uint8", shape_zyx=(side,) * 3, chunk_zyx=(20, 20, 20),
+                      voxel_size_nm=(8, 8, 8))
+    vol.write(vol.box, np.zeros((side,) * 3, np.uint8))
+    before = rss_mb()
+    t0 = time.perf_counter()
+    cfg = from_dict({"input": f"zarr://{work}/in.zarr", "output": str(work / "out"), "backend": {"name": "noop"},
+                     "blocks": {"shape": [2, 2, 2], "halo": [0, 0, 0]}, "write": {"chunk_shape": [2, 2, 2]},
+                     "postprocess": None})
+    p = plan(cfg)
+    todo = _todo(prepare_output(p, restart=True), p.ctx.grid)
+    counts: dict[str, int] = {}
+    for task in graph.streaming_tasks(p.ctx, todo):
+        counts[task.stage] = counts.get(task.stage, 0) + 1
+    for task in graph.resolving_tasks(p.ctx):
+        counts[task.stage] = counts.get(task.stage, 0) + 1
+    for task in graph.relabel_tasks(p.ctx, todo["4-relabel"], "token"):
+        counts[task.stage] = counts.get(task.stage, 0) + 1
+    seconds = time.perf_counter() - t0
+    return {"blocks": p.ctx.grid.num_blocks, "tasks": sum(counts.values()) + 1, "tasks_by_stage": counts,
+            "plan_and_generate_seconds": round(seconds, 1), "driver_peak_mb": round(rss_mb(), 1),
+            "driver_mb_before": round(before, 1)}
+
+
+def _in_child(fn, *args):
+    """Run ``fn`` in a fresh process, so that its peak memory is its own."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # Not a multiprocessing.Pool: its workers are daemons, which may not start a Dask cluster.
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="1e4:1e6,1e5:1e7", help="blocks:edges pairs")
+    ap.add_argument("--sizes", default="1e4:1e6,1e5:1e7", help="blocks:edges pairs ('' for none)")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--graph-seconds", type=float, default=60.0)
+    ap.add_argument("--graph-seconds", type=float, default=60.0, help="0 skips the streamed dry run")
+    ap.add_argument("--generate-blocks", type=float, default=1e6, help="0 skips generating a whole graph")
     args = ap.parse_args()
     logging.getLogger("distributed").setLevel(logging.ERROR)
     configure_workers()
-    out: dict = {"unionfind": [], "graph": None}
+    path = RESULTS / "scale.json"
+    out: dict = json.loads(path.read_text()) if path.exists() else {}
+    rows = {(r["blocks"], r["edges"]): r for r in out.get("unionfind", [])}
     print(f"{'blocks':>9} {'edges':>11} {'tasks':>7} {'write s':>8} {'UF s':>7} {'driver MB':>10} {'worker MB':>16} {'= global':>8}")
-    for pair in args.sizes.split(","):
+    for pair in filter(None, args.sizes.split(",")):
         b, e = (int(float(v)) for v in pair.split(":"))
-        r = unionfind_case(b, e, args.workers)
-        out["unionfind"].append(r)
+        r = _in_child(unionfind_case, b, e, args.workers)
+        rows[(r["blocks"], r["edges"])] = r
         print(f"{r['blocks']:>9} {r['edges']:>11} {r['tasks']:>7} {r['write_edges_seconds']:>8} {r['unionfind_seconds']:>7} "
-              f"{r['driver_peak_mb']:>10} {str(r['worker_peak_mb']):>16} {str(r['equals_global']):>8}")
+              f"{r['driver_peak_mb']:>10} {str(r['worker_peak_mb']):>16} {str(r['equals_global']):>8}", flush=True)
+    out["unionfind"] = [rows[k] for k in sorted(rows)]
+    if args.generate_blocks > 0:
+        g = _in_child(generate_case, int(args.generate_blocks))
+        out["generate"] = g
+        print(f"\nwhole graph generated in the driver: {g['blocks']} blocks, {g['tasks']} tasks in "
+              f"{g['plan_and_generate_seconds']} s, driver peak {g['driver_peak_mb']} MB", flush=True)
     if args.graph_seconds > 0:
-        g = graph_case(args.graph_seconds, args.workers)
+        g = _in_child(graph_case, args.graph_seconds, args.workers)
         out["graph"] = g
         print(f"\ngraph: {g['blocks']} blocks (~{g['tasks_in_run_about']} tasks): plan + resume scan "
               f"{g['plan_and_resume_scan_seconds']} s, first task done after {g['seconds_to_first_finished_task']} s, "
               f"{g['finished']} tasks in {g['streamed_seconds']} s ({g['tasks_per_second']}/s), driver peak "
               f"{g['driver_peak_mb']} MB")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "scale.json").write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {RESULTS / 'scale.json'}")
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
