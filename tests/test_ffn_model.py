@@ -169,3 +169,38 @@ def test_train_ffn_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     # unknown keys are refused with a one-line error
     assert main(["train-ffn", str(config), "--set", "stepz=3"]) == 2
     assert "stepz" in capsys.readouterr().err
+
+
+def test_training_starts_from_a_checkpoint(tmp_path: Path) -> None:
+    from pipeline.ffn.config import TrainConfig
+    from pipeline.ffn.training import train
+    from tests.conftest import write_zarr
+
+    image, labels = _toy_labels((24, 24, 24))
+    image_url = write_zarr(tmp_path / "img.zarr", np.clip(128 + 60 * image, 0, 255).astype(np.uint8))
+    labels_url = write_zarr(tmp_path / "lab.zarr", labels)
+    start = SMALL.model_copy(update={"image_mean": 17.0, "image_stddev": 3.0})
+    torch.manual_seed(5)
+    save_checkpoint(tmp_path / "start.pt", FFN(start), {"steps": 40})
+    base = {"image": image_url, "labels": labels_url, "steps": 1, "batch_size": 2, "learning_rate": 1e-9,
+            "threads": 1, "val_samples": 2}
+
+    meta = train(TrainConfig(**base, output=str(tmp_path / "a"), init_checkpoint=str(tmp_path / "start.pt")),
+                 progress=False, log=lambda line: None)
+    tuned = load_checkpoint(tmp_path / "a" / "ffn_last.pt")
+    assert tuned["model"] == start  # the checkpoint's network and normalisation, not the data's
+    first = load_checkpoint(tmp_path / "start.pt")["state_dict"]
+    for name, tensor in tuned["state_dict"].items():  # one step at lr 1e-9 leaves the weights in place
+        assert torch.allclose(tensor, first[name], atol=1e-6), name
+    assert meta["init_checkpoint"] == str(tmp_path / "start.pt")
+    assert "(40 steps)" in (tmp_path / "a" / "train.log").read_text()
+
+    # A fresh start from the same seed differs: the test above did load the checkpoint.
+    train(TrainConfig(**base, output=str(tmp_path / "b"), model=SMALL), progress=False, log=lambda line: None)
+    fresh = load_checkpoint(tmp_path / "b" / "ffn_last.pt")["state_dict"]
+    assert any(not torch.allclose(fresh[k], first[k], atol=1e-3) for k in first)
+
+    # `model` naming another network than the checkpoint's is refused, naming the difference.
+    with pytest.raises(ConfigError, match="width 4 vs 8"):
+        train(TrainConfig(**base, output=str(tmp_path / "c"), init_checkpoint=str(tmp_path / "start.pt"),
+                          model=start.model_copy(update={"width": 8})), progress=False, log=lambda line: None)

@@ -105,8 +105,13 @@ class TrainConfig(_Strict):
         Boxes of the volume to train and to validate on; the whole volume and none by default.
     model
         The network (see :class:`ModelConfig`).
+    init_checkpoint
+        Start from this checkpoint's weights (a path or URL, as ``backend.checkpoint``; ``bundled``
+        for the bundled model): fine-tuning. The network, its normalisation included, is then the
+        checkpoint's; keys given under ``model`` must equal the checkpoint's.
     normalise_from_data
-        Set ``model.image_mean`` / ``image_stddev`` from the training region's image.
+        Set ``model.image_mean`` / ``image_stddev`` from the training region's image (not with
+        ``init_checkpoint``, whose weights were trained with the checkpoint's normalisation).
     steps, batch_size, learning_rate, lr_final_fraction
         Adam for ``steps`` steps; the rate decays on a cosine to ``lr_final_fraction`` of its start.
     interior_fraction
@@ -132,6 +137,7 @@ class TrainConfig(_Strict):
     train_region: Region | None = None
     val_region: Region | None = None
     model: ModelConfig = ModelConfig()
+    init_checkpoint: str | None = None
     normalise_from_data: bool = True
     steps: int = Field(2000, ge=1)
     batch_size: int = Field(8, ge=1)

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from pipeline.ffn.config import ModelConfig, Region, TrainConfig
 from pipeline.ffn.model import FFN, autocast, describe_device, resolve_device, resolve_precision
 from pipeline.ffn.sampling import Batch, PatchSampler
-from pipeline.ffn.weights import save_checkpoint
+from pipeline.errors import ConfigError
+from pipeline.ffn.weights import bundled_path, load_checkpoint, load_state, save_checkpoint
 
 #: a face whose predicted object probability reaches this is where the FOV moves in training
 MOVE_THRESHOLD = 0.9
@@ -187,7 +188,20 @@ def train(
     raw = read_region(config.image, config.train_region)
     labels = read_region(config.labels, config.train_region)
     model = config.model
-    if config.normalise_from_data:
+    init = None
+    if config.init_checkpoint is not None:
+        location = str(bundled_path()) if config.init_checkpoint == "bundled" else config.init_checkpoint
+        init = load_checkpoint(location)
+        theirs, ours = init["model"].model_dump(), config.model.model_dump()
+        diff = ", ".join(f"{k} {theirs[k]} vs {ours[k]}" for k in sorted(config.model.model_fields_set)
+                         if theirs[k] != ours[k])  # only the keys the config names
+        if diff:
+            raise ConfigError(
+                f"init_checkpoint {config.init_checkpoint} holds another network than `model` ({diff}, "
+                "checkpoint vs config); drop those keys to fine-tune the checkpoint's network"
+            )
+        model = init["model"]
+    elif config.normalise_from_data:
         model = model.model_copy(
             update={"image_mean": round(float(raw.mean()), 3), "image_stddev": round(float(raw.std()) or 1.0, 3)}
         )
@@ -206,7 +220,10 @@ def train(
             val_batches.append(val_sampler.sample(min(left, config.batch_size)))
             left -= config.batch_size
 
-    net = FFN(model).to(device)
+    net = FFN(model)
+    if init is not None:
+        load_state(net, init)
+    net = net.to(device)
     opt = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
     n_params = sum(p.numel() for p in net.parameters())
     emit(
@@ -214,6 +231,7 @@ def train(
         f"{model.depth}, width {model.width}, patch {list(patch)}, batch {config.batch_size}, "
         f"{config.steps} steps, device {describe_device(device)}, precision {precision}, "
         f"image mean {model.image_mean} std {model.image_stddev}, train region {list(raw.shape)}"
+        + ("" if init is None else f", from {init['path']} ({init['meta'].get('steps', '?')} steps)")
     )
 
     def lr_at(step: int) -> float:
@@ -300,5 +318,6 @@ def _meta(config: TrainConfig, summary: dict[str, Any], step: int, start: float,
         "batch_size": config.batch_size,
         "moves": config.moves,
         "seed": config.seed,
+        "init_checkpoint": config.init_checkpoint,
         **summary,
     }
