@@ -187,6 +187,28 @@ class BlockGrid:
             axis=1,
         )
 
+    def backward_ids(self) -> np.ndarray:
+        """For every block id, the ids of its backward face neighbours along z, y, x (-1 where none)."""
+        import numpy as np
+
+        gz, gy, gx = self.grid_shape
+        ids = np.arange(self.num_blocks, dtype=np.int64)
+        z, y, x = ids // (gy * gx), (ids // gx) % gy, ids % gx
+        return np.stack(
+            [np.where(z > 0, ids - gy * gx, -1), np.where(y > 0, ids - gx, -1), np.where(x > 0, ids - 1, -1)], axis=1
+        )
+
+    def odd(self) -> np.ndarray:
+        """For every block id, its checkerboard colour: whether ``i + j + k`` is odd.
+
+        Face neighbours always differ in colour.
+        """
+        import numpy as np
+
+        gz, gy, gx = self.grid_shape
+        ids = np.arange(self.num_blocks, dtype=np.int64)
+        return (ids // (gy * gx) + (ids // gx) % gy + ids % gx) % 2 == 1
+
     def neighbours(self, block: Block) -> Iterator[tuple[int, int, Block]]:
         """All face neighbours as ``(axis, direction, neighbour)`` with direction -1 or +1."""
         grid = self.grid_shape

@@ -21,6 +21,8 @@ class RunContext:
     backend_name: str
     backend_params: dict[str, Any] = field(hash=False)
     stitch: dict[str, Any] = field(hash=False)
+    #: odd blocks (checkerboard) take their face neighbours' labels in the overlap as prompts
+    neighbour_prompts: bool = False
     #: distinguishes runs, so that worker caches never hand a store opened by an earlier run
     run_id: str = ""
 

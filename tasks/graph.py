@@ -41,8 +41,8 @@ class Task:
     deps: list[Item] = field(default_factory=list)
 
 
-def _group_positions(grid: BlockGrid, seam_pos: np.ndarray) -> list[np.ndarray]:
-    """Per octree level (index 0 = level 1), each group's position: the latest of its blocks' seams."""
+def _group_positions(grid: BlockGrid, block_pos: np.ndarray) -> list[np.ndarray]:
+    """Per octree level (index 0 = level 1), each group's position: the latest of its blocks'."""
     gz, gy, gx = grid.grid_shape
     ids = np.arange(grid.num_blocks)
     index = np.stack([ids // (gy * gx), (ids // gx) % gy, ids % gx], axis=1)
@@ -52,35 +52,57 @@ def _group_positions(grid: BlockGrid, seam_pos: np.ndarray) -> list[np.ndarray]:
         g = index >> level
         flat = (g[:, 0] * shape[1] + g[:, 1]) * shape[2] + g[:, 2]
         level_pos = np.zeros(shape[0] * shape[1] * shape[2], np.int64)
-        np.maximum.at(level_pos, flat, seam_pos)
+        np.maximum.at(level_pos, flat, block_pos)
         out.append(level_pos)
     return out
 
 
-def _group_stream(level: int, level_pos: np.ndarray, shape: tuple[int, int, int]) -> Iterator[tuple[int, int, Any]]:
+def _group_stream(level: int, level_pos: np.ndarray, shape: tuple[int, int, int]) -> Iterator[tuple[int, float, Any]]:
     for f in np.argsort(level_pos, kind="stable").tolist():
         group = (f // (shape[1] * shape[2]), f // shape[2] % shape[1], f % shape[2])
         yield int(level_pos[f]), 1 + level, ("up", level, group)
 
 
+def _latest(pos: np.ndarray, own: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """``max(own, pos[others])`` per row, ignoring the -1 entries of ``others``."""
+    return np.maximum(own, np.where(others >= 0, pos[np.maximum(others, 0)], -1).max(axis=1))
+
+
 def streaming_tasks(ctx: RunContext, todo: dict[str, list[Any]]) -> Iterator[Task]:
-    """The bottom-up part of a run (stages 1, 2 and stage 3's ``up``), dependencies first."""
+    """The bottom-up part of a run (stages 1, 2 and stage 3's ``up``), dependencies first.
+
+    Every task gets a position, the latest position of its dependencies (a stage-1 block's is its
+    id, or with neighbour prompts an odd block's is that of its latest face neighbour), and the
+    tasks are merged in position order: so a task is always yielded after everything it needs.
+    """
     grid = ctx.grid
     gz, gy, gx = grid.grid_shape
     n = grid.num_blocks
+    ids = np.arange(n)
     fwd = grid.forward_ids()
-    seam_pos = np.maximum(np.arange(n), fwd.max(axis=1))
-    seg = np.flatnonzero(np.isin(np.arange(n), todo["1-segment"]))
-    seams = np.flatnonzero(np.isin(np.arange(n), todo["2-seams"]))
-    streams: list[Iterator[tuple[int, int, Any]]] = [((int(b), 0, ("seg", int(b))) for b in seg)]
+    bwd = grid.backward_ids()
+    odd = grid.odd() if ctx.neighbour_prompts else np.zeros(n, bool)
+    seg_pos = np.where(odd, _latest(ids, ids, fwd), ids)  # odd blocks wait for their forward neighbours
+    seam_pos = _latest(seg_pos, seg_pos, fwd)
+    group_pos = _latest(seam_pos, seam_pos, bwd)  # a level-1 group also reads its backward neighbours' edges
+    seg = np.flatnonzero(np.isin(ids, todo["1-segment"]))
+    seams = np.flatnonzero(np.isin(ids, todo["2-seams"]))
+    seg = seg[np.lexsort((odd[seg], seg_pos[seg]))]  # at one position: the even block, then the odd
+    streams: list[Iterator[tuple[int, float, Any]]] = [
+        ((int(seg_pos[b]), 0.5 if odd[b] else 0, ("seg", int(b))) for b in seg)
+    ]
     order = seams[np.argsort(seam_pos[seams], kind="stable")]
     streams.append((int(seam_pos[c]), 1, ("seams", int(c))) for c in order)
     if todo["3-unionfind"]:
-        for level, level_pos in enumerate(_group_positions(grid, seam_pos), start=1):
+        for level, level_pos in enumerate(_group_positions(grid, group_pos), start=1):
             streams.append(_group_stream(level, level_pos, group_shape(grid.grid_shape, level)))
     for _, _, what in heapq.merge(*streams, key=lambda e: (e[0], e[1])):
         if what[0] == "seg":
-            yield Task("1-segment", what[1], segment_block, (ctx, what[1]))
+            b = what[1]
+            deps = []
+            if odd[b]:
+                deps = [("1-segment", int(j)) for j in sorted(np.concatenate([bwd[b], fwd[b]]).tolist()) if j >= 0]
+            yield Task("1-segment", b, segment_block, (ctx, b), deps)
         elif what[0] == "seams":
             c = what[1]
             deps = [("1-segment", c)] + [("1-segment", int(j)) for j in fwd[c] if j >= 0]
@@ -90,10 +112,7 @@ def streaming_tasks(ctx: RunContext, todo: dict[str, list[Any]]) -> Iterator[Tas
             kids = children(group, level, grid.grid_shape)
             if level == 1:
                 members = {(k[0] * gy + k[1]) * gx + k[2] for k in kids}
-                backward = {
-                    m - step for m in members for step, ok in
-                    ((gy * gx, m // (gy * gx) > 0), (gx, m // gx % gy > 0), (1, m % gx > 0)) if ok
-                }
+                backward = {int(j) for m in members for j in bwd[m] if j >= 0}
                 deps = [("2-seams", i) for i in sorted(members | backward)]
             else:
                 deps = [("3-unionfind", stage3.up_item(level - 1, k)) for k in kids]

@@ -114,6 +114,7 @@ def plan(config: Config) -> Plan:
         backend_name=config.backend.name,
         backend_params=config.backend.params.model_dump(mode="json"),
         stitch=config.stitch_rule().model_dump(),
+        neighbour_prompts=bool(getattr(config.backend.params, "neighbour_prompts", False)),
     )
     data = config.to_json()
     fingerprint = {k: data[k] for k in ("input", "roi", "blocks", "backend", "write")}
@@ -157,8 +158,12 @@ def prepare_output(p: Plan, *, restart: bool) -> Scratch:
     return scratch
 
 
-def _todo(scratch: Scratch, grid: BlockGrid) -> dict[str, list[int | str]]:
-    """What must run, given the done-markers; the dependants of redone work are redone too."""
+def _todo(scratch: Scratch, grid: BlockGrid, neighbour_prompts: bool = False) -> dict[str, list[int | str]]:
+    """What must run, given the done-markers; the dependants of redone work are redone too.
+
+    With ``neighbour_prompts``, an odd block whose (even) face neighbour is redone is redone too,
+    since it took its prompts from that neighbour's labels.
+    """
     n = grid.num_blocks
     done = {s: scratch.done_items(s) for s in STAGES}
 
@@ -170,6 +175,10 @@ def _todo(scratch: Scratch, grid: BlockGrid) -> dict[str, list[int | str]]:
 
     redo_seg = ~finished("1-segment")
     fwd = grid.forward_ids()
+    if neighbour_prompts:
+        nbs = np.concatenate([fwd, grid.backward_ids()], axis=1)
+        prompted_by_redo = (redo_seg[np.maximum(nbs, 0)] & (nbs >= 0)).any(axis=1)
+        redo_seg |= grid.odd() & prompted_by_redo
     redo_nb = np.zeros(n, bool)
     for axis in range(3):
         has = fwd[:, axis] >= 0
@@ -214,7 +223,7 @@ def _execute(p: Plan, *, restart: bool, stages: Sequence[str], progress: bool) -
                 raise ConfigError(
                     f"stage {stage} needs stage {earlier} to be complete first; run `emseg stage {earlier}` before it"
                 )
-    todo = _todo(scratch, grid)
+    todo = _todo(scratch, grid, ctx.neighbour_prompts)
     # Invalidate the markers of everything that is to be redone (now or by a later stage command)
     # before anything runs, so that a kill at any point leaves consistent markers.
     scratch.clear_done("2-seams", todo["2-seams"])

@@ -2,6 +2,11 @@
 
 Per block it stores the core labels (renumbered, core labels first) and, for each face neighbour,
 its labels on the overlap of the two read boxes, which stage 2 matches.
+
+With ``neighbour_prompts`` (a backend option, sam2), blocks are coloured like a checkerboard by the
+parity of ``i + j + k``: even blocks run first and alone; an odd block runs after its face
+neighbours (all even) and gets their labels in the shared overlaps as ``prior``, read from the faces
+they stored. The task graph (:mod:`tasks.graph`) holds the dependencies.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.geometry import Block
 from pipeline.labels import renumber_core_first
 from tasks import runtime
 from tasks.context import RunContext
@@ -22,12 +28,14 @@ def face_key(block_id: int, axis: int, direction: int) -> str:
     return f"faces/{block_id}/{'zyx'[axis]}{'+' if direction > 0 else '-'}"
 
 
-def segment_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
+def segment_block(ctx: RunContext, block_id: int, *upstream: Any) -> dict[str, Any]:
     t0 = time.perf_counter()
     grid = ctx.grid
     block = grid.block(block_id)
     image = runtime.volume(ctx.input_key).read(block.read_box)
-    labels = runtime.backend(ctx.backend_key).segment(image)
+    prior = neighbour_prior(ctx, block) if ctx.neighbour_prompts and sum(block.index) % 2 == 1 else None
+    backend = runtime.backend(ctx.backend_key)
+    labels = backend.segment(image) if prior is None else backend.segment(image, prior=prior)
     if labels.shape != image.shape:
         raise RuntimeError(
             f"backend {ctx.backend_name} returned labels of shape {labels.shape} for an image of {image.shape}"
@@ -45,5 +53,31 @@ def segment_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
         store.put_arrays(face_key(block_id, axis, direction), {"labels": face})
     store.put_arrays(f"labels/{block_id}", {"core": core_labels, "n": np.array([n_core, n_total], np.int64)})
     info = {"n_core": n_core, "n_total": n_total, "seconds": time.perf_counter() - t0}
+    if prior is not None:
+        info["neighbour_labels"] = int(len(np.unique(prior)) - (prior.min() == 0))
     store.mark_done(STAGE, block_id, info)
     return info
+
+
+def neighbour_prior(ctx: RunContext, block: Block) -> np.ndarray:
+    """The finished face neighbours' labels on this block's read box (0 where none is known).
+
+    Each neighbour stored its labels on the overlap of the two read boxes in stage 1; they are made
+    distinct across neighbours by an offset. Where two neighbours' overlaps meet (along the block's
+    edges), the first neighbour's labels are kept.
+    """
+    store = runtime.scratch(ctx.output)
+    box = block.read_box
+    prior = np.zeros(box.shape, np.uint64)
+    offset = 0
+    for axis, direction, nb in ctx.grid.neighbours(block):
+        key = face_key(nb.id, axis, -direction)
+        if store.done_info(STAGE, nb.id) is None:
+            raise RuntimeError(f"block {block.id} takes prompts from block {nb.id}, which has no stage-1 result yet")
+        face = store.get_arrays(key)["labels"].astype(np.uint64)
+        where = (box & nb.read_box).slices(box.start)
+        view = prior[where]
+        fill = (view == 0) & (face > 0)
+        view[fill] = face[fill] + np.uint64(offset)
+        offset += int(face.max(initial=0))
+    return prior

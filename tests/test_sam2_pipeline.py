@@ -30,7 +30,9 @@ def cells(shape: tuple[int, int, int], count: int, seed: int) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def test_emseg_segment_with_the_sam2_backend(tmp_path: Path) -> None:
+@pytest.mark.parametrize("neighbour_prompts", [False, True], ids=["alone", "neighbour-prompts"])
+def test_emseg_segment_with_the_sam2_backend(tmp_path: Path, neighbour_prompts: bool) -> None:
+    from pipeline.scratch import Scratch
     from pipeline.sam2.weights import build_model, save_checkpoint
     from pipeline.volume import create_zarr, open_volume
     from tasks.cli import main
@@ -59,7 +61,7 @@ def test_emseg_segment_with_the_sam2_backend(tmp_path: Path) -> None:
         "backend": {
             "name": "sam2", "model": "sam2.1_hiera_t", "checkpoint": str(tmp_path / "tiny.pt"),
             "image_size": 128, "device": "cpu", "max_objects": 6, "reprompt_slices": 1,
-            "min_size": 20, "min_score": 0.0,
+            "min_size": 20, "min_score": 0.0, "neighbour_prompts": neighbour_prompts,
         },
         "blocks": {"shape": [12, 32, 64], "halo": [0, 8, 0]},
         "write": {"chunk_shape": [12, 16, 32]},
@@ -81,3 +83,11 @@ def test_emseg_segment_with_the_sam2_backend(tmp_path: Path) -> None:
     assert ids[0] == 0 and len(ids) > 2
     np.testing.assert_array_equal(ids[1:], np.arange(1, len(ids)))  # sequential from 1
     assert run["segments"] == len(ids) - 1
+
+    # Block 1 (odd) ran after block 0 and took block 0's labels in the overlap as prompts.
+    infos = [Scratch(f"file://{output}").done_info("1-segment", b) for b in (0, 1)]
+    assert "neighbour_labels" not in infos[0]
+    if neighbour_prompts:
+        assert infos[1]["neighbour_labels"] > 0
+    else:
+        assert "neighbour_labels" not in infos[1]
