@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -87,6 +88,7 @@ def main() -> None:
     path = RESULTS / f"fib25_{args.backend}.json"
     path.write_text(json.dumps({"backend": args.backend, "block": args.block, "halo": args.halo, **res}, indent=2) + "\n")
     print(f"wrote {path}")
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -180,6 +181,8 @@ def main() -> None:
     path = RESULTS / f"stitching_{n}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
     if not equal:
         raise SystemExit("FAILED: the chunked result is not the whole-volume partition")
 

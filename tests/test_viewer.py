@@ -15,7 +15,6 @@ import queue
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -152,7 +151,7 @@ def test_seam_audit_annotations(legacy_output):
 
 # -- the browser -------------------------------------------------------------------------------
 
-def _browser():
+def _browser(profile: Path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
     if chromium is None or driver is None:
@@ -165,7 +164,7 @@ def _browser():
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--use-angle=swiftshader",
                 "--enable-unsafe-swiftshader", "--disable-background-networking", "--disable-component-update",
                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage", "--window-size=1000,800",
-                f"--user-data-dir={tempfile.mkdtemp(prefix='emseg-chromium-')}"):
+                f"--user-data-dir={profile}"):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service(driver), options=options)
@@ -186,7 +185,7 @@ def segment_colours(png: bytes) -> tuple[float, int]:
 
 
 def _view(output: Path, fmt: str) -> None:
-    driver = _browser()
+    driver = _browser(output.parent / f"chromium-profile-{fmt}")  # in pytest's tmp dir
     proc = subprocess.Popen([sys.executable, "-m", "tasks.cli", "view", str(output), "--log-requests"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
     lines: queue.Queue[str] = queue.Queue()
