@@ -25,8 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import resource
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -47,7 +47,16 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def rss_mb() -> float:
+    """Peak resident memory of this process so far, MB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_mb() -> float:
+    """Resident memory of this process now, MB."""
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def grid_for(blocks: int) -> tuple[int, int, int]:
@@ -134,6 +143,7 @@ def write_edge_set(work: Path, n_blocks: int, n_edges: int, sample: int) -> dict
 def unionfind_case(n_blocks: int, n_edges: int, workers: int) -> dict:
     from distributed import Client, LocalCluster
 
+    configure_workers()  # in this (child) process: dask settings are not inherited through spawn
     work = Path(tempfile.mkdtemp(prefix="emseg-uf-"))
     made = _in_child(write_edge_set, work, n_blocks, n_edges, 50)
     ctx = _context(work, n_blocks)
@@ -163,6 +173,7 @@ def unionfind_case(n_blocks: int, n_edges: int, workers: int) -> dict:
         ours = runtime.final_ids(ctx.output, token, int(blk), np.arange(1, lpb + 1), lpb)
         pairs = np.unique(np.stack([ours.astype(np.int64), np.asarray(ref)]), axis=1)
         same &= pairs.shape[1] == len(np.unique(ours)) == len(np.unique(ref))
+    shutil.rmtree(work, ignore_errors=True)
     return {"blocks": ctx.grid.num_blocks, "edges": n_edges, "labels_per_block": lpb, "tasks": tasks,
             "write_edges_seconds": round(made["write_seconds"], 1), "unionfind_seconds": round(seconds, 2),
             "driver_peak_mb": round(rss_mb(), 1), "driver_mb_before_run": round(driver_before, 1),
@@ -183,6 +194,7 @@ def graph_case(seconds: float, workers: int) -> dict:
     from pipeline.volume import create_zarr
     from tasks.run import plan, prepare_output, _todo
 
+    configure_workers()  # in this (child) process: dask settings are not inherited through spawn
     work = Path(tempfile.mkdtemp(prefix="emseg-graph-"))
     vol = create_zarr(str(work / "in.zarr"), dtype="uint8", shape_zyx=(200, 200, 200), chunk_zyx=(20, 20, 20),
                       voxel_size_nm=(8, 8, 8))
@@ -210,20 +222,25 @@ def graph_case(seconds: float, workers: int) -> dict:
         stream = graph.Streamer(client, run_id="graph", retries=0, window=2000, on_done=done)
         submitted = 0
         deadline = t1 + seconds
+        samples: list[tuple[float, int, float]] = []  # (seconds, tasks finished, driver MB now)
         for task in graph.streaming_tasks(p.ctx, todo):
             stream.submit(task)
             submitted += 1
-            if time.perf_counter() > deadline:
+            now = time.perf_counter()
+            if now - t1 >= 30 * (len(samples) + 1):
+                samples.append((round(now - t1), counter["done"], round(current_mb(), 1)))
+            if now > deadline:
                 break
         elapsed = time.perf_counter() - t1
         for f, _ in list(stream.inflight.values()):
             f.cancel()
-    total = sum(len(v) for v in todo.values()) + 2 * math.ceil(p.ctx.grid.num_blocks / 8)
-    return {"blocks": p.ctx.grid.num_blocks, "tasks_in_run_about": total, "plan_and_resume_scan_seconds": round(t_plan, 2),
+    shutil.rmtree(work, ignore_errors=True)
+    return {"blocks": p.ctx.grid.num_blocks, "plan_and_resume_scan_seconds": round(t_plan, 2),
             "seconds_to_first_finished_task": round(first[0], 2) if first else None,
             "streamed_seconds": round(elapsed, 1), "submitted": submitted, "finished": counter["done"],
             "tasks_per_second": round(counter["done"] / elapsed, 1),
-            "driver_peak_mb": round(rss_mb(), 1), "driver_mb_before": round(before, 1)}
+            "driver_peak_mb": round(rss_mb(), 1), "driver_mb_before": round(before, 1),
+            "driver_mb_every_30s": samples}
 
 
 def generate_case(n_blocks: int) -> dict:
@@ -257,6 +274,7 @@ def generate_case(n_blocks: int) -> dict:
     for task in graph.relabel_tasks(p.ctx, todo["4-relabel"], "token"):
         counts[task.stage] = counts.get(task.stage, 0) + 1
     seconds = time.perf_counter() - t0
+    shutil.rmtree(work, ignore_errors=True)
     return {"blocks": p.ctx.grid.num_blocks, "tasks": sum(counts.values()) + 1, "tasks_by_stage": counts,
             "plan_and_generate_seconds": round(seconds, 1), "driver_peak_mb": round(rss_mb(), 1),
             "driver_mb_before": round(before, 1)}
@@ -300,10 +318,10 @@ def main() -> None:
     if args.graph_seconds > 0:
         g = _in_child(graph_case, args.graph_seconds, args.workers)
         out["graph"] = g
-        print(f"\ngraph: {g['blocks']} blocks (~{g['tasks_in_run_about']} tasks): plan + resume scan "
+        print(f"\ngraph: {g['blocks']} blocks: plan + resume scan "
               f"{g['plan_and_resume_scan_seconds']} s, first task done after {g['seconds_to_first_finished_task']} s, "
               f"{g['finished']} tasks in {g['streamed_seconds']} s ({g['tasks_per_second']}/s), driver peak "
-              f"{g['driver_peak_mb']} MB")
+              f"{g['driver_peak_mb']} MB; driver MB now, every 30 s: {[m for _, _, m in g['driver_mb_every_30s']]}")
     RESULTS.mkdir(exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {path}")
