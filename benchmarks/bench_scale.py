@@ -186,27 +186,37 @@ def stage3_segments(store: Scratch) -> int:
     return int(info.get("num_segments", -1))
 
 
-def graph_case(seconds: float, workers: int) -> dict:
-    """Stream a million-block dry run for a while; report start-up, throughput and driver memory."""
-    from distributed import Client, LocalCluster
-
-    from pipeline.config import from_dict
+def write_dry_input(work: Path, side: int) -> None:
+    """A zero image of ``side``³ voxels for a dry run in 2³ blocks."""
     from pipeline.volume import create_zarr
+
+    vol = create_zarr(str(work / "in.zarr"), dtype="uint8", shape_zyx=(side,) * 3, chunk_zyx=(20, 20, 20),
+                      voxel_size_nm=(8, 8, 8))
+    vol.write(vol.box, np.zeros((side,) * 3, np.uint8))
+
+
+def plan_dry_run(work: Path):
+    """Plan a dry run (backend ``noop``, 2³ blocks) of ``work/in.zarr``: the plan and what is to do."""
+    from pipeline.config import from_dict
     from tasks.run import plan, prepare_output, _todo
 
-    configure_workers()  # in this (child) process: dask settings are not inherited through spawn
-    work = Path(tempfile.mkdtemp(prefix="emseg-graph-"))
-    vol = create_zarr(str(work / "in.zarr"), dtype="uint8", shape_zyx=(200, 200, 200), chunk_zyx=(20, 20, 20),
-                      voxel_size_nm=(8, 8, 8))
-    vol.write(vol.box, np.zeros((200, 200, 200), np.uint8))
-    before = rss_mb()
-    t0 = time.perf_counter()
     cfg = from_dict({"input": f"zarr://{work}/in.zarr", "output": str(work / "out"), "backend": {"name": "noop"},
                      "blocks": {"shape": [2, 2, 2], "halo": [0, 0, 0]}, "write": {"chunk_shape": [2, 2, 2]},
                      "postprocess": None})
     p = plan(cfg)
-    scratch = prepare_output(p, restart=True)
-    todo = _todo(scratch, p.ctx.grid)
+    return p, _todo(prepare_output(p, restart=True), p.ctx.grid)
+
+
+def graph_case(seconds: float, workers: int) -> dict:
+    """Stream a million-block dry run for a while; report start-up, throughput and driver memory."""
+    from distributed import Client, LocalCluster
+
+    configure_workers()  # in this (child) process: dask settings are not inherited through spawn
+    work = Path(tempfile.mkdtemp(prefix="emseg-graph-"))
+    write_dry_input(work, 200)
+    before = rss_mb()
+    t0 = time.perf_counter()
+    p, todo = plan_dry_run(work)
     t_plan = time.perf_counter() - t0
     first: list[float] = []
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
@@ -246,26 +256,14 @@ def graph_case(seconds: float, workers: int) -> dict:
 def generate_case(n_blocks: int) -> dict:
     """Generate every task of a dry run's graph in the driver, without submitting: time and memory.
 
-    This is the driver's side of the whole graph (about 3.5 million tasks for a million blocks): the
+    This is the driver's side of the whole graph (3.3 million tasks for a million blocks): the
     streamed submission above holds this plus at most ``window`` futures.
     """
-    from pipeline.config import from_dict
-    from tasks.run import plan, prepare_output, _todo
-
     work = Path(tempfile.mkdtemp(prefix="emseg-gen-"))
-    side = round(n_blocks ** (1 / 3)) * 2
-    from pipeline.volume import create_zarr
-
-    vol = create_zarr(str(work / "in.zarr"), dtype="uint8", shape_zyx=(side,) * 3, chunk_zyx=(20, 20, 20),
-                      voxel_size_nm=(8, 8, 8))
-    vol.write(vol.box, np.zeros((side,) * 3, np.uint8))
+    write_dry_input(work, round(n_blocks ** (1 / 3)) * 2)
     before = rss_mb()
     t0 = time.perf_counter()
-    cfg = from_dict({"input": f"zarr://{work}/in.zarr", "output": str(work / "out"), "backend": {"name": "noop"},
-                     "blocks": {"shape": [2, 2, 2], "halo": [0, 0, 0]}, "write": {"chunk_shape": [2, 2, 2]},
-                     "postprocess": None})
-    p = plan(cfg)
-    todo = _todo(prepare_output(p, restart=True), p.ctx.grid)
+    p, todo = plan_dry_run(work)
     counts: dict[str, int] = {}
     for task in graph.streaming_tasks(p.ctx, todo):
         counts[task.stage] = counts.get(task.stage, 0) + 1
