@@ -21,9 +21,10 @@ def configure_workers() -> None:
       that cost a quarter of the stitching benchmark's throughput (17.8 vs 23.2 Mvoxel/s, 512³).
     - A short ``distributed.admin.low-level-log-length`` (Dask's default is 1000): every batched
       comm keeps that many recent batches, and the driver's batches to the scheduler carry whole
-      pickled tasks. Streaming a million-block dry run, the driver grew by about 1 KB per task, to
-      552 MB after 74,000 tasks. With a log of 20, a stream of 40,000 small tasks left it flat, at
-      125 to 132 MB.
+      pickled tasks. Streaming a million-block dry run on a local cluster, the driver grew by
+      about 1.1 KB per task (449 to 543 MB over 85,000 tasks); with a log of 20, by about 0.5 KB
+      (425 to 473 MB over 90,000). The rest is mostly the in-process scheduler's; see "How far it
+      scales" in docs/cluster.md.
     """
     import dask
 
