@@ -143,9 +143,17 @@ def cmd_link(args: argparse.Namespace) -> int:
 def cmd_view(args: argparse.Namespace) -> int:
     from tasks import view
 
-    echo = (lambda line: print(f"emseg view: {line}", flush=True)) if args.log_requests else None
+    lock = threading.Lock()
+
+    def echo(line: str) -> None:
+        # The data server answers on many threads: a lock and one write per line keep the lines whole
+        # (a plain print writes the text and the newline separately, and two requests interleave).
+        with lock:
+            sys.stdout.write(f"emseg view: {line}\n")
+            sys.stdout.flush()
+
     session = view.serve(args.output, image=args.image, host=args.host, port=args.port,
-                         data_port=args.data_port, echo=echo)
+                         data_port=args.data_port, echo=echo if args.log_requests else None)
     print(f"neuroglancer: {session.url}", flush=True)
     print(f"data:         {session.data.url}/output/  (Ctrl-C stops)", flush=True)
     try:

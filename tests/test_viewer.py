@@ -221,8 +221,11 @@ def _view(output: Path, fmt: str) -> None:
             fraction, distinct = segment_colours(png)
             meshes_done = any("/segmentation/mesh/" in p and s in (200, 206) and not p.endswith("/info")
                               for s, p in requests)
+            audit_seen = any("seam_audit" in p and p.endswith("/info") for s, p in requests)
             coloured = fraction > 0.03 and distinct >= 8
-            if coloured and meshes_done and previous is not None and abs(previous - fraction) < 0.01:
+            # Wait for every expected request, not only for the picture: under load the annotation
+            # layer's info can come after the segments are drawn.
+            if coloured and meshes_done and audit_seen and previous is not None and abs(previous - fraction) < 0.01:
                 ok = True
                 break
             previous = fraction
@@ -230,7 +233,8 @@ def _view(output: Path, fmt: str) -> None:
         shot = ARTIFACTS / f"viewer-{fmt}.png"
         shot.write_bytes(png)
         drain()
-        assert ok, f"no segment colours or no meshes after 90 s (fraction {fraction:.3f}, {distinct} colours); see {shot}"
+        assert ok, (f"no segment colours, meshes or seam-audit layer after 90 s (fraction {fraction:.3f}, "
+                    f"{distinct} colours, meshes {meshes_done}, audit info {audit_seen}); see {shot}")
         mesh = [(s, p) for s, p in requests if "/segmentation/mesh/" in p]
         assert mesh and all(s in (200, 206) for s, p in mesh), f"mesh requests failed: {[m for m in mesh if m[0] >= 400]}"
         if fmt == "legacy":
