@@ -175,13 +175,20 @@ class BlockGrid:
             if index[axis] < grid[axis]:
                 yield axis, self.block(self.block_id(index))
 
+    def _index_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every block id and its grid index along z, y, x, as arrays."""
+        import numpy as np
+
+        _, gy, gx = self.grid_shape
+        ids = np.arange(self.num_blocks, dtype=np.int64)
+        return ids, ids // (gy * gx), (ids // gx) % gy, ids % gx
+
     def forward_ids(self) -> np.ndarray:
         """For every block id, the ids of its forward face neighbours along z, y, x (-1 where none)."""
         import numpy as np
 
         gz, gy, gx = self.grid_shape
-        ids = np.arange(self.num_blocks, dtype=np.int64)
-        z, y, x = ids // (gy * gx), (ids // gx) % gy, ids % gx
+        ids, z, y, x = self._index_arrays()
         return np.stack(
             [np.where(z + 1 < gz, ids + gy * gx, -1), np.where(y + 1 < gy, ids + gx, -1), np.where(x + 1 < gx, ids + 1, -1)],
             axis=1,
@@ -191,9 +198,8 @@ class BlockGrid:
         """For every block id, the ids of its backward face neighbours along z, y, x (-1 where none)."""
         import numpy as np
 
-        gz, gy, gx = self.grid_shape
-        ids = np.arange(self.num_blocks, dtype=np.int64)
-        z, y, x = ids // (gy * gx), (ids // gx) % gy, ids % gx
+        _, gy, gx = self.grid_shape
+        ids, z, y, x = self._index_arrays()
         return np.stack(
             [np.where(z > 0, ids - gy * gx, -1), np.where(y > 0, ids - gx, -1), np.where(x > 0, ids - 1, -1)], axis=1
         )
@@ -203,11 +209,8 @@ class BlockGrid:
 
         Face neighbours always differ in colour.
         """
-        import numpy as np
-
-        gz, gy, gx = self.grid_shape
-        ids = np.arange(self.num_blocks, dtype=np.int64)
-        return (ids // (gy * gx) + (ids // gx) % gy + ids % gx) % 2 == 1
+        _, z, y, x = self._index_arrays()
+        return (z + y + x) % 2 == 1
 
     def neighbours(self, block: Block) -> Iterator[tuple[int, int, Block]]:
         """All face neighbours as ``(axis, direction, neighbour)`` with direction -1 or +1."""
