@@ -142,8 +142,9 @@ class PostprocessConfig(Strict):
 
     #: coarser scales of the segmentation (mode) and image (average); null = until one chunk, 0 = none
     pyramid_levels: int | None = Field(None, ge=0)
-    #: also add averaged scales to the input image when it is a single-scale precomputed volume on local disk
-    image_pyramid: bool = True
+    #: also write <output>/image: a precomputed copy of the input over the region of interest with
+    #: averaged coarser scales, for viewing (costs the image's size again); the input is never written
+    image_pyramid: bool = False
     meshes: bool = True
     #: pyramid scale the meshes are made from (0 = full resolution)
     mesh_scale: int = Field(0, ge=0)

@@ -166,3 +166,74 @@ def open_kvstore(store: str) -> Any:
     import tensorstore as ts
 
     return ts.KvStore.open(kvstore_spec(store_url(store)), context=ts.Context(CONTEXT)).result()
+
+
+def source_store(source: str | dict[str, Any]) -> str | None:
+    """The store URL that holds a volume source (URL, path or tensorstore spec), without checking
+    that anything exists there; None when it cannot be told (a spec with a non-URL kvstore).
+
+    For a zarr or n5 array this is the array's own directory; :func:`overlaps` compares it.
+
+    >>> source_store("zarr://file:///data/em.zarr/raw")
+    'file:///data/em.zarr/raw'
+    >>> source_store({"driver": "zarr", "kvstore": {"driver": "file", "path": "/d/x.zarr/"}, "path": "raw"})
+    'file:///d/x.zarr/raw'
+    """
+    if isinstance(source, dict):
+        kv = source.get("kvstore")
+        if isinstance(kv, dict) and kv.get("driver") == "file" and isinstance(kv.get("path"), str):
+            base = "file://" + os.path.abspath(kv["path"])
+        elif isinstance(kv, str):
+            base = kv
+        else:
+            return None
+        return join(base, source["path"]) if isinstance(source.get("path"), str) and source["path"] else base.rstrip("/")
+    head, sep, rest = source.strip().partition("://")
+    if sep and head in FORMATS:
+        return store_url(rest).rstrip("/")
+    if sep:
+        return source.strip().rstrip("/")
+    return store_url(source.strip()).rstrip("/")
+
+
+def container(store: str) -> str:
+    """The enclosing zarr/n5 container of an array's store URL (the first path part named
+    ``*.zarr`` or ``*.n5``), else ``store`` itself.
+
+    >>> container("file:///data/em.zarr/raw/s0")
+    'file:///data/em.zarr'
+    >>> container("gs://b/image")
+    'gs://b/image'
+    """
+    scheme, sep, rest = store.partition("://")
+    parts = rest.split("/")
+    for i, part in enumerate(parts):
+        if part.endswith((".zarr", ".n5", ".ome.zarr")) and i > 0:
+            return scheme + sep + "/".join(parts[: i + 1])
+    return store
+
+
+def _canonical(store: str) -> str:
+    """``store`` with a resolved local path (symlinks, ``..``) and one trailing slash."""
+    path = local_path(store)
+    if path is not None:
+        store = "file://" + os.path.realpath(path)
+    return store.rstrip("/") + "/"
+
+
+def overlaps(a: str, b: str) -> str | None:
+    """How two store URLs overlap: ``"same"``, ``"a in b"``, ``"b in a"`` or None.
+
+    >>> overlaps("file:///data/em", "file:///data/em/out")
+    'b in a'
+    >>> overlaps("gs://bucket/em", "gs://bucket/em2") is None
+    True
+    """
+    ca, cb = _canonical(a), _canonical(b)
+    if ca == cb:
+        return "same"
+    if cb.startswith(ca):
+        return "b in a"
+    if ca.startswith(cb):
+        return "a in b"
+    return None

@@ -43,14 +43,6 @@ def _kv(url: str) -> ts.KvStore:
     return ts.KvStore.open(urls.kvstore_spec(url), context=ts.Context(urls.CONTEXT)).result()
 
 
-def _local_precomputed(spec: dict[str, Any]) -> str | None:
-    """The store URL of a precomputed input on local disk, else None."""
-    kv = spec.get("kvstore")
-    if spec.get("driver") != "neuroglancer_precomputed" or not isinstance(kv, str) or not kv.startswith("file://"):
-        return None
-    return kv.rstrip("/")
-
-
 def update_info(segmentation: str, **keys: str | None) -> None:
     """Set (or, with None, remove) top-level keys of the segmentation's ``info`` (``mesh``, ...)."""
     kv = _kv(segmentation)
@@ -63,21 +55,16 @@ def update_info(segmentation: str, **keys: str | None) -> None:
     kv.write("info", json.dumps(info).encode()).result()
 
 
-def _image_layer(p: Plan, levels: int | None, scratch: Scratch) -> tuple[Any, str]:
-    store = _local_precomputed(p.ctx.input_spec)
-    if store is None:
-        return None, "the input is not a precomputed volume on local disk; it is left as it is"
-    info = stage5_pyramid.read_info(store)
-    if len(info["scales"]) > 1:
-        mine = scratch.done_info(MARKER, "image")
-        if mine is not None and mine.get("store") == store:
-            return None, "done by an earlier run"
-        from pipeline.downsample import pyramid
+def image_store(output: str) -> str:
+    """Where the image pyramid goes: ``<output>/image`` (never the input)."""
+    return urls.join(output, "image")
 
-        planned = [s.key for s in pyramid(stage5_pyramid.base_scale(info), levels)[1:]]
-        if [s["key"] for s in info["scales"][1:]] != planned:
-            return None, f"the input already has {len(info['scales'])} scales"
-    return stage5_pyramid.plan_layer(store, "image", levels), ""
+
+def _image_layer(p: Plan, levels: int | None) -> stage5_pyramid.PyramidLayer:
+    ctx = p.ctx
+    return stage5_pyramid.plan_image(ctx.input_spec, ctx.roi, tuple(p.input.offset_zyx), p.input.voxel_size_nm,
+                                     p.input.dtype.name, image_store(ctx.output), levels,
+                                     chunk_zyx=tuple(p.config.write.chunk_shape))  # type: ignore[arg-type]
 
 
 def submit_pyramid(submit: Any, layer: stage5_pyramid.PyramidLayer, run_id: str) -> dict[tuple[str, int], dict[int, Any]]:
@@ -86,6 +73,11 @@ def submit_pyramid(submit: Any, layer: stage5_pyramid.PyramidLayer, run_id: str)
     ``submit(stage, item, fn, *args, deps=[...])`` submits one task; returns ``{(kind, level): {box: future}}``.
     """
     out: dict[tuple[str, int], dict[int, Any]] = {}
+    if layer.source is not None:
+        out[(layer.kind, 0)] = {
+            block.id: submit(stage5_pyramid.STAGE, f"{layer.kind}-0-{block.id}", stage5_pyramid.copy_task, layer,
+                             block.id, run_id)
+            for block in layer.grid(0)}
     for level in range(1, len(layer.scales)):
         below = out.get((layer.kind, level - 1), {})
         mine: dict[int, Any] = {}
@@ -152,16 +144,14 @@ def postprocess(client: Any, p: Plan, *, progress: bool = True) -> dict[str, Any
         seg_layer = stage5_pyramid.plan_layer(ctx.segmentation, "segmentation", levels)
         layers.append(seg_layer)
         if cfg.image_pyramid:
-            image_layer, why = _image_layer(p, levels, scratch)
-            if image_layer is not None:
-                layers.append(image_layer)
-            else:
-                summary["image_pyramid"] = f"skipped: {why}"
+            layers.append(_image_layer(p, levels))
     level_futures: dict[tuple[str, int], dict[int, Any]] = {}
     for layer in layers:
         level_futures.update(submit_pyramid(submit, layer, run_id))
     if seg_layer is not None:
         summary["pyramid"] = {layer.kind: [s.key for s in layer.scales] for layer in layers}
+    if any(layer.kind == "image" for layer in layers):
+        summary["image"] = "precomputed://" + image_store(ctx.output)
 
     seg_spec = {"driver": "neuroglancer_precomputed", "kvstore": urls.kvstore_spec(ctx.segmentation)}
     abs_grid = BlockGrid(ctx.roi.shift(p.input.offset_zyx), ctx.block_shape, (0, 0, 0))  # absolute voxels
@@ -281,9 +271,6 @@ def postprocess(client: Any, p: Plan, *, progress: bool = True) -> dict[str, Any
         update_info(ctx.segmentation,
                     mesh="mesh" if mesh_plan is not None else None,
                     segment_properties="segment_properties" if reduce is not None else None)
-        if any(layer.kind == "image" for layer in layers):
-            image_store = next(layer.store for layer in layers if layer.kind == "image")
-            scratch.mark_done(MARKER, "image", {"store": image_store})
         scratch.mark_done(MARKER, "all", {"token": token, "settings": settings, "summary": summary})
     return summary
 
@@ -312,5 +299,7 @@ def postprocess_config(config: Any, *, progress: bool = True) -> dict[str, Any]:
     run = report.read(p.ctx.output)
     if run is not None:
         run["postprocess"] = summary
+        if summary.get("image"):
+            run["neuroglancer"] = report.viewer_state(p, image=summary["image"])
         report.write(p.ctx.output, run)
     return summary

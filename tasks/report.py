@@ -30,11 +30,12 @@ def versions(client: Any = None) -> dict[str, str]:
     return out
 
 
-def viewer_state(p: Plan) -> dict[str, Any]:
+def viewer_state(p: Plan, image: str | None = None) -> dict[str, Any]:
+    """The run's Neuroglancer state; ``image`` replaces the input as the image layer's source."""
     centre = [s + (e - s) / 2 for s, e in zip(p.ctx.roi.start, p.ctx.roi.stop)]
     centre = [c + o for c, o in zip(centre, p.input.offset_zyx)]
     seg = neuroglancer.layer_source("precomputed://" + p.ctx.segmentation)
-    img = neuroglancer.layer_source(p.config.input)
+    img = neuroglancer.layer_source(image or p.config.input)
     return neuroglancer.state(
         image=img,
         segmentation=seg,

@@ -75,8 +75,34 @@ def region(config: Config, vol: Volume) -> Box:
     return box
 
 
+def check_hands_off(config: Config) -> None:
+    """Refuse an output that is the input, lies inside it, or holds it: emseg never writes into its input.
+
+    Raises :class:`~pipeline.errors.ConfigError` (before anything is written); a ``--restart`` would
+    otherwise delete the input, and resume markers would land among the user's files.
+    """
+    src = urls.source_store(config.input)
+    if src is None:
+        return
+    out = urls.store_url(config.output)
+    how = urls.overlaps(src, out)
+    if how is None and urls.overlaps(urls.container(src), out) in ("same", "b in a"):
+        raise ConfigError(f"output {config.output!r} lies inside {urls.container(src)}, the container of the input; "
+                          "emseg never writes into its input — choose an output outside it")
+    if how == "same":
+        raise ConfigError(f"output {config.output!r} is the input itself; emseg never writes into its input — "
+                          "choose another output directory")
+    if how == "b in a":
+        raise ConfigError(f"output {config.output!r} lies inside the input {src}; emseg never writes into its "
+                          "input — choose an output outside it")
+    if how == "a in b":
+        raise ConfigError(f"the input {src} lies inside the output {config.output!r}, which emseg writes and "
+                          "--restart clears — choose an output that does not contain the input")
+
+
 def plan(config: Config) -> Plan:
     """Validate everything that can be checked before any work, and describe the run."""
+    check_hands_off(config)
     if config.phantom is not None:
         from tasks.phantom import ensure_phantom
 
@@ -134,6 +160,7 @@ def prepare_output(p: Plan, *, restart: bool) -> Scratch:
     if restart:
         log.info("--restart: removing the previous segmentation and scratch data in %s", ctx.output)
         _delete_prefix(ctx.segmentation)
+        _delete_prefix(urls.join(ctx.output, "image"))  # the image pyramid (postprocess.image_pyramid)
         scratch.clear()
         report_mod.remove(ctx.output)
     previous = scratch.fingerprint()
@@ -284,6 +311,8 @@ def _execute(p: Plan, *, restart: bool, stages: Sequence[str], progress: bool) -
     run = report_mod.build(p, todo, totals, results, failures, started=t_start, versions=versions)
     if post is not None:
         run["postprocess"] = post
+        if post.get("image"):  # the pyramid copy under the output shows better than a single-scale input
+            run["neuroglancer"] = report_mod.viewer_state(p, image=post["image"])
     report_mod.write(ctx.output, run)
     real = [f for f in failures if not f["error"].startswith("skipped")]
     if real:

@@ -7,6 +7,10 @@ kernels are :func:`pipeline.downsample.downsample_labels` and ``downsample_image
 
 The scales are created in the ``info`` by the driver (:func:`plan_layer`) before any task runs; they
 sit beside the base scale in the same precomputed volume, keyed by resolution (``16_16_16``).
+
+The image pyramid never touches the input: :func:`plan_image` makes ``<output>/image``, a
+precomputed copy of the input over the region of interest (level-0 tasks copy it box by box, from
+any format emseg reads), and its coarser scales are made from that copy like the segmentation's.
 """
 
 from __future__ import annotations
@@ -40,7 +44,11 @@ class PyramidLayer:
     store: str  # kvstore URL of the volume directory
     kind: Kind
     scales: tuple[Scale, ...]
-    task_shapes: tuple[tuple[int, int, int], ...]  # per scale; unused for the base
+    task_shapes: tuple[tuple[int, int, int], ...]  # per scale; for the base, the copy tasks' boxes
+    #: when set, scale 0 is copied first from this volume (a tensorstore spec as JSON, zero-origin),
+    #: whose voxel 0 lies at absolute voxel ``source_origin_zyx`` of scale 0
+    source: str | None = None
+    source_origin_zyx: tuple[int, int, int] = (0, 0, 0)
 
     def spec(self, level: int) -> dict[str, Any]:
         return {"driver": "neuroglancer_precomputed", "kvstore": urls.kvstore_spec(self.store),
@@ -52,7 +60,7 @@ class PyramidLayer:
 
     def upstream(self, level: int, block: Block) -> list[int]:
         """Ids of the ``level - 1`` tasks whose boxes feed ``block`` of ``level`` (none for level 1)."""
-        if level <= 1:
+        if level < 1 or (level == 1 and self.source is None):
             return []
         src = source_box(block.write_box, self.scales[level].factor_zyx, self.scales[level - 1].box)
         grid = self.grid(level - 1)
@@ -76,7 +84,33 @@ def base_scale(info: dict[str, Any]) -> Scale:
                  tuple(s["chunk_sizes"][0][::-1]))  # type: ignore[arg-type]
 
 
-def plan_layer(store: str, kind: Kind, levels: int | None, *, block_voxels: int = 64**3) -> PyramidLayer:
+def plan_image(source_spec: dict[str, Any], roi_zyx: Any, origin_zyx: tuple[int, int, int], voxel_size_nm: Any,
+               dtype: str, store: str, levels: int | None, *, chunk_zyx: tuple[int, int, int] = (64, 64, 64),
+               block_voxels: int = 64**3) -> PyramidLayer:
+    """Create ``store`` as a precomputed image covering ``roi_zyx`` of the input, and plan its pyramid.
+
+    ``source_spec`` is the input's tensorstore spec; ``roi_zyx`` the region in zero-origin input
+    voxels; ``origin_zyx`` the absolute voxel of the input's voxel 0 (its offset). The copy has raw
+    encoding, ``chunk_zyx`` chunks and the input's dtype (float64 is stored as float32, which
+    precomputed can hold). Raises :class:`ConfigError` for a dtype precomputed cannot store.
+    """
+    from pipeline.volume import create_precomputed
+
+    stored = "float32" if dtype == "float64" else dtype
+    if stored not in ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "float32"):
+        raise ConfigError(f"the image pyramid cannot store dtype {dtype} as precomputed; set "
+                          "postprocess.image_pyramid: false")
+    offset = tuple(o + s for o, s in zip(origin_zyx, roi_zyx.start))
+    create_precomputed(store, layer_type="image", dtype=stored, shape_zyx=roi_zyx.shape, voxel_size_nm=voxel_size_nm,
+                       offset_zyx=offset, chunk_zyx=tuple(min(c, s) for c, s in zip(chunk_zyx, roi_zyx.shape)),
+                       encoding="raw")
+    spec = {k: v for k, v in source_spec.items() if k != "context"}
+    return plan_layer(store, "image", levels, block_voxels=block_voxels,
+                      source=json.dumps(spec), source_origin_zyx=tuple(origin_zyx))  # type: ignore[arg-type]
+
+
+def plan_layer(store: str, kind: Kind, levels: int | None, *, block_voxels: int = 64**3, source: str | None = None,
+               source_origin_zyx: tuple[int, int, int] = (0, 0, 0)) -> PyramidLayer:
     """Create (or reopen) the coarser scales of the volume at ``store`` and describe the tasks.
 
     The new scales copy the base scale's encoding; when the base is sharded, each coarser scale is
@@ -86,7 +120,7 @@ def plan_layer(store: str, kind: Kind, levels: int | None, *, block_voxels: int 
     info = read_info(store)
     base = info["scales"][0]
     scales = pyramid(base_scale(info), levels)
-    shapes: list[tuple[int, int, int]] = [scales[0].chunk_zyx]
+    shapes: list[tuple[int, int, int]] = [task_shape(scales[0], block_voxels) if source else scales[0].chunk_zyx]
     for scale in scales[1:]:
         shape = task_shape(scale, block_voxels)
         meta: dict[str, Any] = {
@@ -120,7 +154,19 @@ def plan_layer(store: str, kind: Kind, levels: int | None, *, block_voxels: int 
                 "metadata exists — rerun with --restart (segmentation) or remove the extra scales (image)"
             ) from None
         shapes.append(shape)  # type: ignore[arg-type]
-    return PyramidLayer(store, kind, tuple(scales), tuple(shapes))
+    return PyramidLayer(store, kind, tuple(scales), tuple(shapes), source, source_origin_zyx)
+
+
+def copy_task(layer: PyramidLayer, block_id: int, run_id: str) -> dict[str, Any]:
+    """Copy box ``block_id`` of scale 0 from the layer's source (the input) into the layer."""
+    t0 = time.perf_counter()
+    base = layer.scales[0]
+    target = layer.grid(0).block(block_id).write_box
+    src = runtime.volume(layer.source, False, run_id)
+    data = src.read(target.shift([-o for o in layer.source_origin_zyx]))
+    dst = runtime.volume(json.dumps(dict(layer.spec(0), store_data_equal_to_fill_value=True)), True, run_id)
+    dst.write(target.shift([-o for o in base.offset_zyx]), data.astype(dst.dtype, copy=False))
+    return {"seconds": time.perf_counter() - t0, "voxels": int(target.size)}
 
 
 def downsample_task(layer: PyramidLayer, level: int, block_id: int, run_id: str, *upstream: Any) -> dict[str, Any]:

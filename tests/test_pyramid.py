@@ -33,7 +33,7 @@ def pyramid_run(tmp_path_factory: pytest.TempPathFactory, dask_address: str) -> 
     vol.write(vol.box, img)
     cfg = run_config(f"precomputed://{root / 'image'}", root / "out", dask_address,
                      roi={"start": [4, 2, 7], "stop": [40, 45, 56]},
-                     postprocess={"meshes": False, "seam_audit": False})
+                     postprocess={"meshes": False, "seam_audit": False, "image_pyramid": True})
     run = segment(cfg, progress=False)
     return {"root": root, "image": img, "run": run, "config": cfg}
 
@@ -48,7 +48,7 @@ def _scales(store: Path) -> list[ts.TensorStore]:
 def test_every_scale_read_by_tensorstore_and_cloudvolume(pyramid_run):
     from cloudvolume import CloudVolume
 
-    for name in ("out/segmentation", "image"):
+    for name in ("out/segmentation", "out/image"):
         store = pyramid_run["root"] / name
         arrays = _scales(store)
         assert len(arrays) >= 3, f"{name}: expected a pyramid, got {len(arrays)} scales"
@@ -81,13 +81,18 @@ def test_segmentation_pyramid_is_mode_without_new_ids(pyramid_run):
 
 
 def test_image_pyramid_averages_on_the_absolute_grid(pyramid_run):
-    arrays = _scales(pyramid_run["root"] / "image")
-    base = pyramid_run["image"].astype(np.float64)
+    """The image pyramid is a copy of the region of interest under the output, with averaged scales."""
+    arrays = _scales(pyramid_run["root"] / "out/image")
+    assert len(json.loads((pyramid_run["root"] / "image/info").read_text())["scales"]) == 1, "the input was written"
+    roi_offset = (4, 2, 7)  # the roi's start, in the input's coordinates (offset included)
+    roi = tuple(slice(s - o, None) for s, o in zip(roi_offset, IMAGE_OFFSET))
+    base = pyramid_run["image"][roi].astype(np.float64)
+    assert np.array_equal(arrays[0].read().result()[..., 0].transpose(2, 1, 0), pyramid_run["image"][roi])
     level1 = arrays[1].read().result()[..., 0].transpose(2, 1, 0)
     lo = [int(v) for v in arrays[1].domain.inclusive_min[:3][::-1]]
-    assert lo == [o // 2 for o in IMAGE_OFFSET]
+    assert lo == [o // 2 for o in roi_offset]
     for idx in [(0, 0, 0), (5, 7, 9), tuple(s - 1 for s in level1.shape)]:
-        a = [2 * (i + o) - f for i, o, f in zip(idx, lo, IMAGE_OFFSET)]
+        a = [2 * (i + o) - f for i, o, f in zip(idx, lo, roi_offset)]
         cell = base[max(a[0], 0):a[0] + 2, max(a[1], 0):a[1] + 2, max(a[2], 0):a[2] + 2]
         assert level1[idx] == int(np.floor(cell.mean() + 0.5))
 
