@@ -10,6 +10,7 @@ The keys, with their defaults::
     write: {chunk_shape: [64, 64, 64], sharded: false}
     roi: null                                # {start: [z, y, x], stop: [z, y, x], units: voxels | nm}
     stitch: null                             # {min_overlap, min_iou, mutual_best}; null = backend's rule
+    agglomeration: {threshold: null}         # boundary backends: merge edges with score <= threshold
     retries: 2                               # extra attempts per task before the block counts as failed
     evaluate: null                           # {groundtruth: URL, iou_threshold: 0.5, min_size: 0, ...}
     phantom: null                            # make a synthetic input (and ground truth) if none exists
@@ -119,6 +120,18 @@ class RegionConfig(Strict):
     units: Literal["voxels", "nm"] = "voxels"
 
 
+class AgglomerationConfig(Strict):
+    """Boundary backends (``affinities``): where the global agglomeration stops.
+
+    Changing ``threshold`` on a finished output reruns only union-find and relabel (stages 3-4),
+    never inference: the scored edges are kept in scratch.
+    """
+
+    #: merge every fragment edge whose score (1 - mean affinity, see backend.scoring) is at most
+    #: this; null = the model's recommended threshold (its model card), 0.5 for model.kind labels
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
+
+
 class EvaluateConfig(Strict):
     groundtruth: str | dict[str, Any]
     iou_threshold: float = Field(0.5, gt=0.0, le=1.0)
@@ -171,6 +184,7 @@ class Config(Strict):
     write: WriteConfig = WriteConfig()
     roi: RegionConfig | None = None
     stitch: StitchRule | None = None
+    agglomeration: AgglomerationConfig = AgglomerationConfig()
     retries: int = Field(2, ge=0)
     evaluate: EvaluateConfig | None = None
     phantom: PhantomConfig | None = None

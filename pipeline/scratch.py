@@ -4,7 +4,9 @@ Layout under ``<output>/scratch/`` (any kvstore: local, gs://, s3://)::
 
     run.json                  the fingerprint of the config the scratch data belongs to
     labels/<block>            stage 1: the block's core labels (uint32, local ids, core-first)
-    faces/<block>             stage 1: its labels on the overlap with each face neighbour
+    faces/<block>             stage 1: its labels on the overlap with each face neighbour (boundary
+                              backends: its first/last fragment planes, and the affinities across)
+    tree/<block>              stage 1, boundary backends: the fragments' merge tree with scores
     edges/<block>             stage 2: scored candidate edges to its forward neighbours
     mapping                   stage 3: the union-find result (offsets + non-root table)
     done/<stage>/<block>      done-markers (JSON with small per-task facts), written last

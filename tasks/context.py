@@ -25,6 +25,10 @@ class RunContext:
     neighbour_prompts: bool = False
     #: distinguishes runs, so that worker caches never hand a store opened by an earlier run
     run_id: str = ""
+    #: boundary backends (affinities): fragments + scored edges; ``threshold`` is the agglomeration
+    #: threshold (edges with score <= threshold merge); None for instance backends
+    boundary: bool = False
+    threshold: float | None = None
 
     @property
     def grid(self) -> BlockGrid:

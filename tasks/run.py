@@ -119,6 +119,10 @@ def plan(config: Config) -> Plan:
                 f"blocks.halo {list(blocks.halo)} is too small along {'zyx'[axis]}: neighbouring blocks must "
                 f"overlap for stitching; backend {config.backend.name!r} needs a halo of at least {min_halo}"
             )
+    boundary = backends.is_boundary(config.backend.name)
+    threshold = None
+    if boundary:
+        threshold = _check_boundary(config, vol, grid)
     write = config.write
     check_alignment(blocks.shape, write.chunk_shape, roi.shape, "chunk")
     sharding = None
@@ -141,11 +145,35 @@ def plan(config: Config) -> Plan:
         backend_params=config.backend.params.model_dump(mode="json"),
         stitch=config.stitch_rule().model_dump(),
         neighbour_prompts=bool(getattr(config.backend.params, "neighbour_prompts", False)),
+        boundary=boundary,
+        threshold=threshold,
     )
     data = config.to_json()
     fingerprint = {k: data[k] for k in ("input", "roi", "blocks", "backend", "write")}
     fingerprint["stitch"] = ctx.stitch
     return Plan(config, ctx, vol, sharding, fingerprint)
+
+
+def _check_boundary(config: Config, vol: Volume, grid: BlockGrid) -> float:
+    """A boundary backend's checks before any work; returns the agglomeration threshold.
+
+    The halo must cover the model's context plus one voxel (the affinity to the voxel before the
+    write box), or the affinities in a block's core would depend on where the block was cut.
+    """
+    backend = backends.create(config.backend.name, config.backend.params)
+    backend.check_input(vol.dtype)
+    need = [c + 1 for c in backend.context_zyx]
+    halo = config.blocks.halo
+    short = [axis for axis in range(3) if grid.grid_shape[axis] > 1 and halo[axis] < need[axis]]
+    if short:
+        fix = [max(h, n) if grid.grid_shape[a] > 1 else h for a, (h, n) in enumerate(zip(halo, need))]
+        raise ConfigError(
+            f"blocks.halo {list(halo)} is smaller than the {config.backend.params.model.kind} model's context "
+            f"{list(backend.context_zyx)} + 1 along {', '.join('zyx'[a] for a in short)}: blocks would see "
+            f"different affinities depending on where they were cut; set blocks.halo to {fix} or more"
+        )
+    t = config.agglomeration.threshold
+    return float(backend.default_threshold if t is None else t)
 
 
 def _delete_prefix(store: str) -> None:
@@ -185,11 +213,13 @@ def prepare_output(p: Plan, *, restart: bool) -> Scratch:
     return scratch
 
 
-def _todo(scratch: Scratch, grid: BlockGrid, neighbour_prompts: bool = False) -> dict[str, list[int | str]]:
+def _todo(scratch: Scratch, grid: BlockGrid, neighbour_prompts: bool = False,
+          threshold: float | None = None) -> dict[str, list[int | str]]:
     """What must run, given the done-markers; the dependants of redone work are redone too.
 
     With ``neighbour_prompts``, an odd block whose (even) face neighbour is redone is redone too,
-    since it took its prompts from that neighbour's labels.
+    since it took its prompts from that neighbour's labels. With a boundary backend's agglomeration
+    ``threshold``, union-find and relabel are redone when the finished union-find used another one.
     """
     n = grid.num_blocks
     done = {s: scratch.done_items(s) for s in STAGES}
@@ -212,7 +242,9 @@ def _todo(scratch: Scratch, grid: BlockGrid, neighbour_prompts: bool = False) ->
         redo_nb[has] |= redo_seg[fwd[has, axis]]
     redo_seams = ~finished("2-seams") | redo_seg | redo_nb
     uf_items = unionfind_items(grid.grid_shape)
-    uf: list[int | str] = list(uf_items) if redo_seams.any() or not set(uf_items) <= done["3-unionfind"] else []
+    stale = threshold is not None and (scratch.done_info("3-unionfind", "finish") or {}).get("threshold") != threshold
+    uf: list[int | str] = (list(uf_items) if stale or redo_seams.any() or not set(uf_items) <= done["3-unionfind"]
+                           else [])
     redo_relabel = np.ones(n, bool) if uf else ~finished("4-relabel")
     return {
         "1-segment": np.flatnonzero(redo_seg).tolist(),
@@ -250,7 +282,7 @@ def _execute(p: Plan, *, restart: bool, stages: Sequence[str], progress: bool) -
                 raise ConfigError(
                     f"stage {stage} needs stage {earlier} to be complete first; run `emseg stage {earlier}` before it"
                 )
-    todo = _todo(scratch, grid, ctx.neighbour_prompts)
+    todo = _todo(scratch, grid, ctx.neighbour_prompts, ctx.threshold)
     # Invalidate the markers of everything that is to be redone (now or by a later stage command)
     # before anything runs, so that a kill at any point leaves consistent markers.
     scratch.clear_done("2-seams", todo["2-seams"])

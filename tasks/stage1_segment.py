@@ -29,6 +29,8 @@ def face_key(block_id: int, axis: int, direction: int) -> str:
 
 
 def segment_block(ctx: RunContext, block_id: int, *upstream: Any) -> dict[str, Any]:
+    if ctx.boundary:
+        return fragment_block(ctx, block_id)
     t0 = time.perf_counter()
     grid = ctx.grid
     block = grid.block(block_id)
@@ -55,6 +57,53 @@ def segment_block(ctx: RunContext, block_id: int, *upstream: Any) -> dict[str, A
     info = {"n_core": n_core, "n_total": n_total, "seconds": time.perf_counter() - t0}
     if prior is not None:
         info["neighbour_labels"] = int(len(np.unique(prior)) - (prior.min() == 0))
+    store.mark_done(STAGE, block_id, info)
+    return info
+
+
+def fragment_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
+    """Stage 1 of a boundary backend: affinities, fragments and the merge tree of one block.
+
+    ::
+
+        read box   ┌────────────────────┐   the model sees the whole read box (core + halo >= context + 1)
+                   │  write box ┌────┐  │   fragments and the merge tree cover the write box only;
+                   │            │    │  │   the faces keep the first and last planes of fragments,
+                   │            └────┘  │   and on the first plane along each axis the affinities to
+                   └────────────────────┘   the voxel before it (in the previous block's core)
+
+    Scratch: ``labels/<block>`` (fragments, ``n``), ``tree/<block>`` (merge tree: local ``a``, ``b``,
+    ``score``), ``faces/<block>/<axis><sign>`` (``labels`` plane; ``affs`` too on the ``-`` side).
+    """
+    from pipeline.agglomeration import agglomerate_block
+
+    t0 = time.perf_counter()
+    grid = ctx.grid
+    block = grid.block(block_id)
+    image = runtime.volume(ctx.input_key).read(block.read_box)
+    backend = runtime.backend(ctx.backend_key)
+    affs, mask = backend.affinities(image)
+    t_model = time.perf_counter() - t0
+    core = block.write_box.slices(block.read_box.start)
+    core_affs = affs[(slice(None), *core)]
+    core_mask = None if mask is None else mask[core]
+    params = backend.params
+    result = agglomerate_block(core_affs, core_mask, scoring=params.scoring,
+                               aff_threshold_low=params.aff_threshold_low,
+                               aff_threshold_high=params.aff_threshold_high)
+    frags = result.fragments
+    store = runtime.scratch(ctx.output)
+    for axis, direction, _ in grid.neighbours(block):
+        plane = [slice(None)] * 3
+        plane[axis] = slice(-1, None) if direction > 0 else slice(0, 1)
+        arrays = {"labels": frags[tuple(plane)]}
+        if direction < 0:
+            arrays["affs"] = core_affs[(axis, *plane)]
+        store.put_arrays(face_key(block_id, axis, direction), arrays)
+    store.put_arrays(f"tree/{block_id}", {"a": result.a, "b": result.b, "score": result.score})
+    store.put_arrays(f"labels/{block_id}", {"core": frags, "n": np.array([result.n, result.n], np.int64)})
+    info = {"n_core": result.n, "n_total": result.n, "model_seconds": t_model,
+            "seconds": time.perf_counter() - t0}
     store.mark_done(STAGE, block_id, info)
     return info
 

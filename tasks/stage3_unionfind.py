@@ -35,6 +35,7 @@ from pipeline.unionfind import (
     split_by,
     table_from,
 )
+from pipeline.labels import key
 from tasks import runtime
 from tasks.context import RunContext
 from tasks.stage1_segment import STAGE as SEGMENT
@@ -89,11 +90,19 @@ def up(ctx: RunContext, level: int, group: Vec, *upstream: Any) -> dict[str, Any
                     sources.add(nb.id)
         for source in sorted(sources):
             edges = store.get_arrays(f"edges/{source}")
-            keep = edges["merge"]
+            # boundary backends: the edge's score against the agglomeration threshold (so that a new
+            # threshold needs no new edges); instance backends: the stitching rule's decision
+            keep = edges["score"] <= ctx.threshold if ctx.boundary else edges["merge"]
             if source not in members:
                 keep = keep & np.isin(plain_block(edges["b"]).astype(np.int64), list(members))
             a_parts.append(edges["a"][keep])
             b_parts.append(edges["b"][keep])
+        if ctx.boundary:  # the merge trees inside the group's blocks
+            for block_id in sorted(members):
+                tree = store.get_arrays(f"tree/{block_id}")
+                keep = tree["score"] <= ctx.threshold
+                a_parts.append(key(block_id, tree["a"][keep]))
+                b_parts.append(key(block_id, tree["b"][keep]))
     else:
         for child in children(group, level, grid.grid_shape):
             passed = store.get_arrays(f"uf/up/{level - 1}/{_name(child)}")
@@ -170,7 +179,7 @@ def finish(ctx: RunContext, *upstream: Any) -> dict[str, Any]:
     store.put_arrays("uf/offsets", {"offsets": offs, "num_segments": np.array([num_segments], np.int64),
                                     "token": np.frombuffer(token.encode("ascii"), np.uint8)})
     info = {"token": token, "num_segments": num_segments, "merged_labels": int(nonroot.sum()),
-            "seconds": time.perf_counter() - t0}
+            "threshold": ctx.threshold, "seconds": time.perf_counter() - t0}
     store.mark_done(STAGE, "finish", info)
     return info
 

@@ -16,6 +16,7 @@ from pipeline.errors import ConfigError, DtypeError
 
 _MODULES: dict[str, str] = {
     "threshold-cc": "pipeline.backends.threshold_cc",
+    "affinities": "pipeline.backends.affinities",
     "watershed": "pipeline.backends.watershed",
     "sam2": "pipeline.backends.sam2",
     "ffn": "pipeline.backends.ffn",
@@ -46,6 +47,11 @@ def validate_params(name: str, params: dict[str, Any]) -> Any:
 def create(name: str, params: Any) -> Any:
     """Build backend ``name`` from validated params (loads no model yet)."""
     return module(name).Backend(params)
+
+
+def is_boundary(name: str) -> bool:
+    """Whether backend ``name`` predicts affinities (stitched through fragments and scored edges)."""
+    return getattr(module(name).Backend, "kind", "instance") == "boundary"
 
 
 def check_input_dtype(name: str, dtype: np.dtype | str) -> None:

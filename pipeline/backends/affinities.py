@@ -1,0 +1,173 @@
+"""``affinities``: a boundary model predicts affinities; fragments + agglomeration segment them.
+
+This is the field's blockwise method (MALA / LSD; Funke et al. 2019, Sheridan et al. 2023), done the
+way the engine stitches boundary backends (see :mod:`pipeline.agglomeration`)::
+
+    image (z, y, x) ─▶ intensities to [0, 1] (value_range; NaN = no data)
+          ─▶ model: affinities (3, z, y, x) on the read box
+          ─▶ crop to the write box ─▶ fragments + merge tree (waterz)        stage 1
+          ─▶ seam edges from the affinities on each block face                stage 2
+          ─▶ union-find over the edges with score <= agglomeration.threshold  stage 3
+
+Models (``model.kind``):
+
+- ``forest``: a pixel classifier on multiscale filter features (the ilastik recipe; scikit-learn);
+- ``unet``: a 3D U-Net (PyTorch) predicting affinities directly;
+- ``labels``: the input is a label volume; its affinities are 1 inside an object and 0 across a
+  boundary. It re-agglomerates an existing segmentation and is the exactness oracle: chunked, it
+  gives back the input's partition (6-connected components) for any block shape.
+
+The halo must cover the model's context (:attr:`Backend.context_zyx`) plus one voxel, so that the
+affinities in a block's write box do not depend on where the block was cut; a run with a smaller halo
+is refused before any work.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pipeline.agglomeration import SCORING, affinities_from_labels, segment
+from pipeline.backends.base import BackendParams
+from pipeline.errors import ConfigError, DtypeError
+
+_DTYPE_RANGE: dict[str, tuple[float, float]] = {"uint8": (0.0, 255.0), "uint16": (0.0, 65535.0)}
+_LABEL_DTYPES = ("uint8", "uint16", "uint32", "uint64", "int32", "int64")
+
+
+class ModelParams(BaseModel):
+    """``backend.model``: which boundary model predicts the affinities."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: forest | unet | labels (see the module docstring)
+    kind: Literal["forest", "unet", "labels"] = "forest"
+    #: a local path, an http(s)/gs/s3 URL, or "bundled" (the model trained on FIB-25 that ships with emseg)
+    weights: str = "bundled"
+    #: "auto" (cuda when there is one, else cpu), "cpu", "cuda" or "cuda:N" (unet only)
+    device: str = "auto"
+    #: "auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16" or "fp32" (unet only)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+
+
+class Params(BackendParams):
+    """Config keys of the ``affinities`` backend (``backend: {name: affinities, ...}``)."""
+
+    model: ModelParams = ModelParams()
+    #: intensities mapped to 0 and 1 before the model; None: the dtype's range (uint8 0..255,
+    #: uint16 0..65535), float32 is taken as already in [0, 1]
+    value_range: tuple[float, float] | None = None
+    #: edge score: "mean" (1 - mean affinity on the shared face, waterz's default) or "quantile_N"
+    scoring: str = "mean"
+    #: zwatershed's thresholds for fragments (waterz defaults)
+    aff_threshold_low: float = Field(0.0001, ge=0.0, lt=1.0)
+    aff_threshold_high: float = Field(0.9999, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> Params:
+        if self.scoring not in SCORING:
+            raise ConfigError(
+                f"backend.scoring {self.scoring!r} is unknown; choose 'mean' or 'quantile_N' with N in 10, 15, ..., 95"
+            )
+        if not self.aff_threshold_low < self.aff_threshold_high:
+            raise ConfigError(
+                f"backend.aff_threshold_low ({self.aff_threshold_low}) must be below aff_threshold_high "
+                f"({self.aff_threshold_high})"
+            )
+        if self.value_range is not None and not self.value_range[0] < self.value_range[1]:
+            raise ConfigError(
+                f"backend.value_range must be [low, high] with low < high, got {list(self.value_range)}; "
+                "e.g. [0, 255] for uint8 images"
+            )
+        return self
+
+
+class Backend:
+    """A boundary backend: :meth:`affinities` per block; the engine makes fragments and edges."""
+
+    name: ClassVar[str] = "affinities"
+    #: boundary backends are stitched through fragments and scored edges, not overlap IoU
+    kind: ClassVar[str] = "boundary"
+    input_dtypes: ClassVar[tuple[str, ...]] = ("uint8", "uint16", "float32", "uint32", "uint64", "int32", "int64")
+    min_halo: ClassVar[int] = 1
+    default_stitch: ClassVar[dict[str, Any]] = {"min_overlap": 1, "min_iou": 0.0, "mutual_best": False}
+
+    def __init__(self, params: Params) -> None:
+        self.params = params
+        self._model: Any = None
+
+    # the model ---------------------------------------------------------------------------------
+    @property
+    def model(self) -> Any:
+        if self._model is None and self.params.model.kind != "labels":
+            from pipeline.boundary import load_model
+
+            m = self.params.model
+            self._model = load_model(m.kind, m.weights, device=m.device, precision=m.precision)
+        return self._model
+
+    @property
+    def context_zyx(self) -> tuple[int, int, int]:
+        """Voxels of image context (z, y, x) on each side that a voxel's affinities depend on."""
+        if self.params.model.kind == "labels":
+            return (0, 0, 0)
+        return tuple(int(c) for c in self.model.context_zyx)  # type: ignore[return-value]
+
+    @property
+    def default_threshold(self) -> float:
+        """The model's recommended agglomeration threshold (from its card), else 0.5."""
+        if self.params.model.kind == "labels":
+            return 0.5
+        return float(getattr(self.model, "threshold", 0.5))
+
+    def check_input(self, dtype: np.dtype | str) -> None:
+        """Refuse an input dtype the chosen model cannot take, before any work."""
+        name = np.dtype(dtype).name
+        kind = self.params.model.kind
+        ok = _LABEL_DTYPES if kind == "labels" else ("uint8", "uint16", "float32")
+        if name not in ok:
+            raise DtypeError(
+                f"backend 'affinities' with model.kind {kind!r} takes {' or '.join(ok)} input, but the input is "
+                f"{name}; " + ("choose model.kind labels for a label volume" if kind != "labels"
+                               else "give a label volume, or choose model.kind forest or unet for an image")
+            )
+
+    # per block ---------------------------------------------------------------------------------
+    def normalise(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Intensities to float32 [0, 1] and the data mask (False where NaN); (image, None) if all data."""
+        if image.dtype.kind == "f":
+            x = image.astype(np.float32, copy=False)
+            nan = np.isnan(x)
+            low, high = self.params.value_range or (0.0, 1.0)
+        else:
+            nan = None
+            low, high = self.params.value_range or _DTYPE_RANGE.get(image.dtype.name, (0.0, 1.0))
+            x = image.astype(np.float32)
+        if (low, high) != (0.0, 1.0):
+            x = (x - np.float32(low)) / np.float32(high - low)
+        x = np.clip(x, 0.0, 1.0)
+        if nan is not None and nan.any():
+            x = np.where(nan, np.float32(np.nan), x)
+            return x, ~nan
+        return x, None
+
+    def affinities(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``image`` (z, y, x) in; affinities ``(3, z, y, x)`` float32 and the data mask (or None) out."""
+        if self.params.model.kind == "labels":
+            return affinities_from_labels(image), image != 0
+        x, mask = self.normalise(image)
+        affs = np.asarray(self.model.predict(x), np.float32)
+        if affs.shape != (3, *image.shape):
+            raise RuntimeError(f"the {self.params.model.kind} model returned affinities of shape {affs.shape} "
+                               f"for an image of {image.shape}; expected {(3, *image.shape)}")
+        if mask is not None:
+            affs[:, ~mask] = 0.0
+        return affs, mask
+
+    def segment(self, image: np.ndarray) -> np.ndarray:
+        """The whole block at the default threshold (the instance-backend protocol; the engine uses
+        :meth:`affinities` and stitches through fragments instead)."""
+        affs, mask = self.affinities(image)
+        return segment(affs, self.default_threshold, mask, scoring=self.params.scoring)

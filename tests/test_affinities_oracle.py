@@ -1,0 +1,111 @@
+"""The boundary path's oracle: affinities made from ground-truth labels give the labels back.
+
+The ``affinities`` backend with ``model.kind: labels`` derives affinities from the input label
+volume (1 inside an object, 0 across a boundary). Fragments + agglomeration + seam edges + union-find
+must then reproduce the labels' 6-connected components exactly, for any block shape and halo.
+"""
+
+from __future__ import annotations
+
+import cc3d
+import numpy as np
+import pytest
+
+from pipeline.agglomeration import affinities_from_labels, face_edges, segment as segment_whole
+from tasks.run import segment
+from tests.conftest import read_output, run_config, same_partition, write_zarr
+
+SHAPE = (45, 53, 39)  # divisible by none of the block shapes
+
+
+def _touching_cells(shape: tuple[int, int, int], seed: int) -> np.ndarray:
+    """Space filled by touching cells (Voronoi regions of random points), a few background gaps,
+    a diagonal snake that crosses block corners, and one-voxel objects."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    seeds = np.zeros(shape, np.uint32)
+    pts = [tuple(rng.integers(0, s) for s in shape) for _ in range(60)]
+    for i, p in enumerate(pts, 1):
+        seeds[p] = i
+    _, idx = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
+    labels = seeds[tuple(idx)].astype(np.uint32)
+    labels[rng.random(shape) < 0.01] = 0  # unlabelled voxels
+    d = np.arange(min(shape))
+    labels[d, d, d] = 1000  # 26-connected only: 6-connected it is one object per voxel
+    labels[16, 16, 16] = 2000
+    labels[31, 31, 31] = 2001
+    return labels
+
+
+@pytest.fixture(scope="module")
+def cells(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, np.ndarray]:
+    labels = _touching_cells(SHAPE, seed=3)
+    url = write_zarr(tmp_path_factory.mktemp("cells") / "labels.zarr", labels, chunks=(16, 16, 16))
+    return url, labels
+
+
+@pytest.mark.parametrize(
+    ("block", "halo"),
+    [((16, 16, 16), (1, 1, 1)), ((32, 16, 24), (2, 1, 3)), ((8, 8, 8), (4, 4, 4)), ((48, 56, 40), (0, 0, 0))],
+)
+def test_labels_come_back_for_any_block_shape(cells, tmp_path, dask_address, block, halo):
+    url, labels = cells
+    cfg = run_config(url, tmp_path / "out", dask_address,
+                     backend={"name": "affinities", "model": {"kind": "labels"}},
+                     blocks={"shape": list(block), "halo": list(halo)})
+    run = segment(cfg, progress=False)
+    out = read_output(tmp_path / "out")
+    expected = cc3d.connected_components(labels, connectivity=6)
+    assert expected.max() > 60
+    assert same_partition(out, expected)
+    assert run["segments"] == expected.max() and run["status"] == "complete"
+
+
+def test_whole_volume_reference_equals_components(cells):
+    _, labels = cells
+    out = segment_whole(affinities_from_labels(labels), 0.5, mask=labels != 0)
+    assert same_partition(out, cc3d.connected_components(labels, connectivity=6))
+
+
+def test_threshold_change_reruns_only_unionfind_and_relabel(tmp_path, dask_address):
+    # Two cells whose shared face has affinity 0.6: merged at threshold 0.5, apart at 0.3.
+    img = np.zeros((16, 16, 16), np.uint8)
+    img[:, :, :8] = 1
+    img[:, :, 8:] = 2
+    url = write_zarr(tmp_path / "two.zarr", img, chunks=(8, 8, 8))
+    out = tmp_path / "out"
+    base = dict(backend={"name": "affinities", "model": {"kind": "labels"}},
+                blocks={"shape": [8, 8, 8], "halo": [1, 1, 1]})
+    run = segment(run_config(url, out, dask_address, **base), progress=False)
+    assert run["segments"] == 2
+    # every edge keeps its score: the seam between the two cells scores 1 (affinity 0)
+    rerun = segment(run_config(url, out, dask_address, agglomeration={"threshold": 1.0}, **base), progress=False)
+    assert rerun["stages"]["1-segment"]["ran"] == 0 and rerun["stages"]["2-seams"]["ran"] == 0
+    assert rerun["stages"]["4-relabel"]["ran"] == 8
+    assert rerun["segments"] == 1  # at threshold 1 even affinity-0 faces merge
+    again = segment(run_config(url, out, dask_address, agglomeration={"threshold": 0.5}, **base), progress=False)
+    assert again["segments"] == 2 and again["stages"]["1-segment"]["ran"] == 0
+
+
+def test_halo_smaller_than_context_is_refused(tmp_path):
+    from pipeline.errors import ConfigError
+    from tasks.run import plan
+
+    img = np.ones((16, 16, 16), np.uint8)
+    url = write_zarr(tmp_path / "one.zarr", img, chunks=(8, 8, 8))
+    cfg = run_config(url, tmp_path / "out", None,
+                     backend={"name": "affinities", "model": {"kind": "labels"}},
+                     blocks={"shape": [8, 8, 8], "halo": [0, 1, 1]})
+    with pytest.raises(ConfigError, match=r"blocks.halo"):
+        plan(cfg)
+
+
+def test_face_edges_mean_and_quantile():
+    mine = np.array([[1, 1, 1, 1]])
+    theirs = np.array([[4, 4, 4, 4]])
+    affs = np.array([[0.9, 0.8, 0.1, 0.9]], np.float32)
+    _, _, n, mean = face_edges(mine, theirs, affs)
+    _, _, _, median = face_edges(mine, theirs, affs, scoring="quantile_50")
+    assert n.tolist() == [4]
+    assert mean[0] == pytest.approx(1 - 0.675) and median[0] == pytest.approx(1 - 0.85)
