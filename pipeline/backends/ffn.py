@@ -16,6 +16,8 @@ Config keys (``backend: {name: ffn, ...}``), all optional::
     seed_min_distance: 3         # distance-transform peaks this far apart
     seed_min_depth: 2.0          # and at least this deep
     grid_spacing: null           # fallback seed grid; null: twice the step
+    seed_backend: null           # "affinities": interior estimate from a boundary model's
+    seed_params: {}              #   segmentation (seed_params: that backend's keys) instead of the image
     threads: null                # torch CPU threads per worker
     hybrid: null                 # {sam2: {...}}: FFN objects become SAM2's mask prompts (below)
 
@@ -38,6 +40,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, ValidationError, model_validator
 
+from pipeline import backends
 from pipeline.backends.base import BackendParams
 from pipeline.errors import DtypeError
 
@@ -81,8 +84,23 @@ class Params(BackendParams):
     seed_min_distance: int = Field(3, ge=1)
     seed_min_depth: float = Field(2.0, ge=0)
     grid_spacing: Vec3 | None = None
+    #: None: the interior estimate is the thresholded image; "affinities": the interior of a boundary
+    #: model's segments (fragments + agglomeration at its default threshold)
+    seed_backend: Literal["affinities"] | None = None
+    seed_params: dict[str, Any] = Field(default_factory=dict)
     threads: int | None = Field(None, ge=1)
     hybrid: HybridParams | None = None
+
+    @model_validator(mode="after")
+    def _seed_keys(self) -> Params:
+        if self.seed_backend is not None:  # the seed backend's own keys, checked before any work
+            try:
+                backends.validate_params(self.seed_backend, self.seed_params)
+            except ValueError as exc:
+                raise ValueError(f"seed_params for {self.seed_backend}: {exc}") from None
+        elif self.seed_params:
+            raise ValueError("seed_params needs seed_backend: affinities")
+        return self
 
 
 _CACHE: dict[tuple[str, str, str], Any] = {}
@@ -123,6 +141,7 @@ class Backend:
         self._predictor = predictor
         self._model_config = model_config
         self._sam2 = sam2
+        self._seeder: Any = None
         #: :class:`pipeline.ffn.inference.FloodStats` of the last :meth:`segment` call
         self.last_stats: Any = None
 
@@ -131,6 +150,25 @@ class Backend:
             self._predictor = _load_predictor(self.params)
             self._model_config = self._predictor.net.config
         return self._predictor, self._model_config
+
+    def _boundary_seeds(self, image: np.ndarray, grid: tuple[int, ...]) -> np.ndarray:
+        """Seeds from a boundary model: distance-transform peaks inside its segments, then the grid."""
+        from pipeline.ffn.seeds import grid_seeds, peak_seeds
+
+        if self._seeder is None:
+            name = self.params.seed_backend
+            self._seeder = backends.create(name, backends.validate_params(name, self.params.seed_params))
+        labels = self._seeder.segment(image)
+        inner = labels != 0
+        for axis in range(3):  # voxels whose face neighbours all carry their label
+            lo = [slice(None)] * 3
+            hi = [slice(None)] * 3
+            lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+            same = labels[tuple(lo)] == labels[tuple(hi)]
+            inner[tuple(lo)] &= same
+            inner[tuple(hi)] &= same
+        peaks = peak_seeds(inner, self.params.seed_min_distance, self.params.seed_min_depth)
+        return np.concatenate([peaks, grid_seeds(image.shape, grid)], axis=0)  # type: ignore[arg-type]
 
     def segment(self, image: np.ndarray) -> np.ndarray:
         """Flood-fill every object of ``image`` (z, y, x); uint32 labels of the same shape."""
@@ -148,14 +186,12 @@ class Backend:
         step = p.step or config.step
         scaled = image.astype(np.float32) * (255.0 if image.dtype == np.float32 else 1.0)
         normalised = (scaled - config.image_mean) / config.image_stddev
-        seeds = seed_points(
-            normalised,
-            p.seed_sigma,
-            p.seed_threshold,
-            p.seed_min_distance,
-            p.seed_min_depth,
-            p.grid_spacing or tuple(2 * s for s in step),
-        )
+        grid = p.grid_spacing or tuple(2 * s for s in step)
+        if p.seed_backend is None:
+            seeds = seed_points(normalised, p.seed_sigma, p.seed_threshold, p.seed_min_distance, p.seed_min_depth,
+                                grid)
+        else:
+            seeds = self._boundary_seeds(image, grid)
         device = getattr(predictor, "device", None)
         batch = p.batch_size or (32 if getattr(device, "type", "cpu") == "cuda" else 8)
         settings = FloodSettings(

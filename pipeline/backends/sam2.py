@@ -55,7 +55,9 @@ class Params(BackendParams):
     memory_frames: int = Field(6, ge=1, le=6)
     max_pointers: int = Field(16, ge=1, le=16)
     end_after_absent: int | None = Field(2, ge=1)
-    seed_backend: Literal["watershed", "threshold-cc"] = "watershed"
+    #: the cheap labelling whose segment centres become prompts; "affinities" takes them from a
+    #: boundary model's fragments + agglomeration (``seed_params`` holds that backend's keys)
+    seed_backend: Literal["watershed", "threshold-cc", "affinities"] = "watershed"
     seed_params: dict[str, Any] = Field(default_factory=dict)
     key_slices: int = Field(1, ge=1)
     reprompt_slices: int = Field(4, ge=0)

@@ -1,0 +1,216 @@
+"""Boundary backend on FIB-25: block invariance, accuracy, a threshold sweep and speed, in one run.
+
+Segments the validation part of ``../shared/data/fib25_ts2.zarr/raw`` (z >= 170, 80 x 250 x 250
+voxels at 10 nm; the bundled models were trained on z < 150) with the ``affinities`` backend through
+the real pipeline (local Dask cluster, zarr in, precomputed out), and reports:
+
+- block invariance: VOI between the result in 64³ blocks, in 128³ blocks and in one block;
+- accuracy against the ground truth (``emseg evaluate``'s code, label 0 ignored) at the default
+  threshold, beside ``watershed`` run in the same session and the recorded bundled-FFN and published
+  Google FFN numbers;
+- a threshold sweep (VOI split against merge) that reruns only union-find and relabel;
+- speed: model voxels/s, the CPU work outside the model (fragments, merge tree, seam edges,
+  union-find, relabel) in Mvoxel/s per core (from task seconds), and end-to-end Mvoxel/s of the
+  whole 250³ volume in 128³ blocks.
+
+    python benchmarks/bench_affinities.py [--model forest] [--weights bundled] [--workers 2]
+
+Prints tables, writes ``benchmarks/results/affinities_<model>.json`` and the sweep plot
+``docs/images/threshold_sweep_<model>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import from_dict
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "fib25_ts2.zarr"
+RESULTS = Path(__file__).parent / "results"
+VALIDATION = {"start": [170, 0, 0], "stop": [250, 250, 250]}
+KEYS = ("voi_split", "voi_merge", "adapted_rand_error", "f1")
+GOOGLE = {"voi_split": 0.92, "voi_merge": 0.91, "adapted_rand_error": 0.158, "note": "published, whole sample"}
+
+
+def _config(backend: dict[str, Any], out: Path, block: list[int], halo: list[int], workers: int,
+            roi: dict | None = VALIDATION, threshold: float | None = None) -> Any:
+    return from_dict({
+        "input": f"zarr://{DATA}/raw",
+        "output": str(out),
+        "backend": backend,
+        "blocks": {"shape": block, "halo": halo},
+        "write": {"chunk_shape": [64, 64, 64]},
+        "cluster": {"workers": workers},
+        "roi": roi,
+        "agglomeration": {"threshold": threshold},
+        "postprocess": None,
+    })
+
+
+def _halo(backend: dict[str, Any]) -> list[int]:
+    from pipeline import backends
+
+    b = backends.create(backend["name"], backends.validate_params(backend["name"], {k: v for k, v in backend.items() if k != "name"}))
+    return [c + 1 for c in b.context_zyx], b.default_threshold
+
+
+def _model_seconds(out: Path, n_blocks: int) -> float:
+    from pipeline.scratch import Scratch
+
+    s = Scratch(str(out))
+    return sum((s.done_info("1-segment", i) or {}).get("model_seconds", 0.0) for i in range(n_blocks))
+
+
+def _scores(seg: str, gt: str, **kw: Any) -> dict[str, float]:
+    from tasks.evaluate import evaluate
+
+    s = evaluate(seg, gt, **kw)
+    return {k: round(float(s[k]), 4) for k in KEYS if k in s}
+
+
+def _speed(run: dict[str, Any], out: Path) -> dict[str, float]:
+    voxels = 1
+    for a, b in zip(run["roi"]["start"], run["roi"]["stop"]):
+        voxels *= b - a
+    stages = run["stages"]
+    model = _model_seconds(out, run["blocks"]["total"])
+    outside = sum(stages[s]["task_seconds"] for s in stages) - model
+    return {"voxels": voxels, "model_task_seconds": round(model, 2), "other_task_seconds": round(outside, 2),
+            "model_voxels_per_s": round(voxels / max(model, 1e-9)),
+            "other_mvoxel_per_s_per_core": round(voxels / 1e6 / max(outside, 1e-9), 2),
+            "wall_seconds": round(run["wall_seconds"], 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="forest", choices=["forest", "unet"])
+    ap.add_argument("--weights", default="bundled")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--thresholds", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9")
+    ap.add_argument("--skip-watershed", action="store_true")
+    ap.add_argument("--skip-whole", action="store_true", help="skip the end-to-end 250³ run")
+    args = ap.parse_args()
+    if not DATA.exists():
+        raise SystemExit(f"needs {DATA}")
+    backend = {"name": "affinities", "model": {"kind": args.model, "weights": args.weights}}
+    halo, default_t = _halo(backend)
+    gt = f"zarr://{DATA}/labels"
+    work = Path(tempfile.mkdtemp(prefix="emseg-aff-"))
+    res: dict[str, Any] = {"model": args.model, "weights": args.weights, "halo": halo,
+                           "default_threshold": default_t, "workers": args.workers,
+                           "machine": f"{platform.processor() or platform.machine()}, {args.workers} worker processes"}
+    try:
+        runs: dict[str, dict[str, Any]] = {}
+        for name, block in (("64", [64] * 3), ("128", [128] * 3), ("one block", [128, 256, 256])):
+            out = work / name.replace(" ", "_")
+            t = time.perf_counter()
+            from tasks.run import segment
+
+            run = segment(_config(backend, out, block, halo, args.workers), restart=True, progress=False)
+            runs[name] = {"segments": run["segments"], "blocks": run["blocks"]["total"],
+                          "seconds": round(time.perf_counter() - t, 1), "speed": _speed(run, out),
+                          "vs_groundtruth": _scores(f"precomputed://{out}/segmentation", gt)}
+            print(f"{name:>10} blocks: {runs[name]}", flush=True)
+        seg = {k: f"precomputed://{work / k.replace(' ', '_')}/segmentation" for k in runs}
+        res["runs"] = runs
+        res["block_invariance"] = {}
+        for k in ("64", "128"):
+            d = _scores(seg[k], seg["one block"], ignore_gt_zero=False)
+            res["block_invariance"][f"{k} vs one block"] = {**d, "voi": round(d["voi_split"] + d["voi_merge"], 4)}
+        # threshold sweep on the 128³ output: union-find and relabel only
+        sweep = []
+        from tasks.run import segment
+
+        for t in [float(v) for v in args.thresholds.split(",")]:
+            run = segment(_config(backend, work / "128", [128] * 3, halo, args.workers, threshold=t), progress=False)
+            assert run["stages"]["1-segment"]["ran"] == 0, "a threshold change must not rerun inference"
+            s = _scores(seg["128"], gt)
+            sweep.append({"threshold": t, "segments": run["segments"], **s})
+            print(f"threshold {t:.2f}: {sweep[-1]}", flush=True)
+        res["sweep"] = sweep
+        if not args.skip_watershed:
+            out = work / "watershed"
+            run = segment(_config({"name": "watershed"}, out, [128] * 3, [16] * 3, args.workers), restart=True,
+                          progress=False)
+            res["watershed"] = {"segments": run["segments"], "wall_seconds": round(run["wall_seconds"], 1),
+                                **_scores(f"precomputed://{out}/segmentation", gt)}
+        ffn = json.loads((RESULTS / "ffn_validation.json").read_text())["backends"]["ffn"]["all_bodies"]
+        res["ffn_recorded"] = {k: ffn[k] for k in ("voi_split", "voi_merge", "adapted_rand_error")}
+        res["google_ffn_published"] = GOOGLE
+        if not args.skip_whole:
+            out = work / "whole"
+            t = time.perf_counter()
+            run = segment(_config(backend, out, [128] * 3, halo, args.workers, roi=None), restart=True, progress=False)
+            res["whole_250"] = {"seconds_with_cluster_start": round(time.perf_counter() - t, 1),
+                                "speed": _speed(run, out), "segments": run["segments"]}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    _print(res)
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"affinities_{args.model}.json"
+    path.write_text(json.dumps(res, indent=2) + "\n")
+    print(f"wrote {path}")
+    _plot(res, REPO / "docs" / "images" / f"threshold_sweep_{args.model}.png")
+
+
+def _print(res: dict[str, Any]) -> None:
+    print(f"\nFIB-25 validation part (z >= 170), affinities backend, model {res['model']} ({res['weights']}), "
+          f"halo {res['halo']}, default threshold {res['default_threshold']}")
+    print(f"{'':<34} {'VOI split':>9} {'VOI merge':>9} {'VOI sum':>8} {'ARand':>7}")
+    rows = [(f"{res['model']} + agglomeration, {k} blocks", r["vs_groundtruth"]) for k, r in res["runs"].items()]
+    if "watershed" in res:
+        rows.append(("watershed, 128³ blocks", res["watershed"]))
+    rows += [("bundled ffn (recorded)", res["ffn_recorded"]), ("Google FFN (published, whole)", res["google_ffn_published"])]
+    for name, s in rows:
+        print(f"{name:<34} {s['voi_split']:9.3f} {s['voi_merge']:9.3f} {s['voi_split'] + s['voi_merge']:8.3f} "
+              f"{s['adapted_rand_error']:7.3f}")
+    print("\nblock invariance (VOI between results):")
+    for k, d in res["block_invariance"].items():
+        print(f"  {k:<20} VOI {d['voi']:.4f} (split {d['voi_split']:.4f}, merge {d['voi_merge']:.4f})")
+    print("\nspeed:")
+    for k, r in res["runs"].items():
+        print(f"  {k:>10} blocks: {r['speed']}")
+    if "whole_250" in res:
+        w = res["whole_250"]
+        print(f"  whole 250³ in 128³ blocks: {w['speed']['voxels'] / 1e6 / w['seconds_with_cluster_start']:.2f} "
+              f"Mvoxel/s end to end ({w['seconds_with_cluster_start']} s with cluster start)")
+
+
+def _plot(res: dict[str, Any], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    xs = [s["voi_merge"] for s in res["sweep"]]
+    ys = [s["voi_split"] for s in res["sweep"]]
+    ax.plot(xs, ys, "o-", label=f"{res['model']} + agglomeration")
+    for s in res["sweep"]:
+        ax.annotate(f"{s['threshold']:.1f}", (s["voi_merge"], s["voi_split"]), fontsize=7)
+    for name, d, m in (("watershed", res.get("watershed"), "s"), ("bundled ffn", res["ffn_recorded"], "^"),
+                       ("Google FFN", res["google_ffn_published"], "*")):
+        if d:
+            ax.plot([d["voi_merge"]], [d["voi_split"]], m, label=name)
+    ax.set_xlabel("VOI merge")
+    ax.set_ylabel("VOI split")
+    ax.set_title("FIB-25 z >= 170: threshold sweep")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
