@@ -31,12 +31,19 @@ from pipeline.scratch import Scratch
 from tasks import stage5_pyramid, stage6_meshes, stage7_properties, stage8_seam_audit
 
 if TYPE_CHECKING:
+    from tasks.context import RunContext
     from tasks.run import Plan
 
 log = logging.getLogger("emseg")
 
 STAGES = (stage5_pyramid.STAGE, stage6_meshes.STAGE, stage7_properties.STAGE, stage8_seam_audit.STAGE)
 MARKER = "postprocess"
+
+
+def audit_threshold(ctx: RunContext) -> float:
+    """The score the seam audit centres on: stitch.min_iou, or for boundary backends the affinity
+    at the agglomeration threshold (an edge's ``iou`` field holds its affinity, 1 - score)."""
+    return 1.0 - float(ctx.threshold) if ctx.boundary else float(ctx.rule.min_iou)
 
 
 def _kv(url: str) -> ts.KvStore:
@@ -206,7 +213,7 @@ def postprocess(client: Any, p: Plan, *, progress: bool = True) -> dict[str, Any
     if cfg.seam_audit:
         audit = stage8_seam_audit.AuditPlan(
             run=ctx, token=token, input_offset_zyx=tuple(p.input.offset_zyx), voxel_size_nm=voxel,  # type: ignore[arg-type]
-            threshold=float(ctx.rule.min_iou), margin=cfg.seam_audit_margin, limit=cfg.seam_audit_limit,
+            threshold=audit_threshold(ctx), margin=cfg.seam_audit_margin, limit=cfg.seam_audit_limit,
             audit_dir=urls.join(ctx.output, "seam_audit"),
         )
         audit_f = [submit(stage8_seam_audit.STAGE, f"block-{i}", stage8_seam_audit.audit_block_task, audit, i)
@@ -263,7 +270,7 @@ def postprocess(client: Any, p: Plan, *, progress: bool = True) -> dict[str, Any
     audit_r = results.get((stage8_seam_audit.STAGE, "reduce"))
     if audit_r is not None:
         summary["seam_audit"] = {k: audit_r[k] for k in ("points", "candidates", "merged")}
-        summary["seam_audit"].update(threshold=float(ctx.rule.min_iou), margin=cfg.seam_audit_margin,
+        summary["seam_audit"].update(threshold=audit_threshold(ctx), margin=cfg.seam_audit_margin,
                                      source="precomputed://" + urls.join(ctx.output, "seam_audit"))
     summary["wall_seconds"] = round(time.time() - t_start, 3)
     summary["failures"] = failures

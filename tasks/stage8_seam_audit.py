@@ -95,9 +95,13 @@ def audit_block_task(plan: AuditPlan, block_id: int, *upstream: Any) -> dict[str
             mine = store.get_arrays(face_key(block_id, axis, +1))["labels"]
             theirs = store.get_arrays(face_key(nb.id, axis, -1))["labels"]
             la, lb = local_of(a_key[sel]), local_of(b_key[sel])
-            overlap = block.read_box & nb.read_box
             centre = _centroids(mine, theirs, la, lb)
-            origin = np.array([s + o for s, o in zip(overlap.start, plan.input_offset_zyx)], np.float64)
+            if ctx.boundary:  # the faces are the two planes either side of the seam: put points on it
+                start = list(block.write_box.start)
+                start[axis] = nb.write_box.start[axis] - 0.5
+            else:
+                start = list((block.read_box & nb.read_box).start)
+            origin = np.array([s + o for s, o in zip(start, plan.input_offset_zyx)], np.float64)
             rows["pos"].append(centre + origin + 0.5)
             rows["a"].append(finals(block_id, la))
             rows["b"].append(finals(nb.id, lb))

@@ -109,3 +109,20 @@ def test_face_edges_mean_and_quantile():
     _, _, _, median = face_edges(mine, theirs, affs, scoring="quantile_50")
     assert n.tolist() == [4]
     assert mean[0] == pytest.approx(1 - 0.675) and median[0] == pytest.approx(1 - 0.85)
+
+
+def test_viewing_outputs_of_a_boundary_run(tmp_path, dask_address):
+    """Stages 5-8 (pyramid, meshes, properties, seam audit) run on a boundary backend's output; the
+    audit's points lie on the seams, scored by the affinity across them."""
+    from pipeline.config import PostprocessConfig
+
+    labels = _touching_cells((32, 32, 32), seed=5)
+    url = write_zarr(tmp_path / "cells.zarr", labels, chunks=(16, 16, 16))
+    cfg = run_config(url, tmp_path / "out", dask_address,
+                     backend={"name": "affinities", "model": {"kind": "labels"}},
+                     blocks={"shape": [16, 16, 16], "halo": [1, 1, 1]},
+                     postprocess=PostprocessConfig(seam_audit_margin=0.5, pyramid_levels=1, mesh_lods=1))
+    run = segment(cfg, progress=False)
+    assert run["status"] == "complete"
+    audit = run["postprocess"]["seam_audit"]
+    assert audit["threshold"] == 0.5 and audit["points"] > 0
