@@ -30,11 +30,13 @@ from pipeline.scratch import STAGES
 log = logging.getLogger("emseg")
 
 
-def _setup_logging(quiet: bool) -> None:
+def _setup_logging(quiet: bool, verbose: bool = False) -> None:
+    """emseg's lines on stderr (``emseg: ...``); Dask's own loggers stay at ERROR unless ``verbose``
+    (:func:`tasks.cluster.connect` reads the level)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("emseg: %(message)s"))
     log.handlers[:] = [handler]
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     log.propagate = False
 
 
@@ -43,10 +45,11 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set blocks.shape=[64,64,64] (repeatable)")
     p.add_argument("--restart", action="store_true", help="discard the output's previous results and start over")
-    p.add_argument("--workers", type=int, help="worker processes of the local Dask cluster (cluster.workers)")
-    p.add_argument("--cluster", metavar="ADDRESS", help="use an existing Dask scheduler, e.g. tcp://host:8786")
+    p.add_argument("--workers", type=int, help="worker processes of the local Dask cluster (the config's cluster.workers if absent)")
+    p.add_argument("--cluster", metavar="ADDRESS",
+                   help="use an existing Dask scheduler, e.g. tcp://host:8786 (a local cluster if absent)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    _add_log_args(p)
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -66,7 +69,8 @@ def _summary(cfg: Any, run: dict[str, Any], evaluation: dict[str, Any] | None) -
     voxels = 1
     for s, e in zip(run["roi"]["start"], run["roi"]["stop"]):
         voxels *= e - s
-    print(f"segmented {voxels / 1e6:.1f} Mvoxels in {run['blocks']['total']} blocks: {run['segments']} segments, "
+    print(f"segmented {voxels / 1e6:.1f} Mvoxels in {_plural(run['blocks']['total'], 'block')}: "
+          f"{_plural(run['segments'] or 0, 'segment')}, "
           f"{run['wall_seconds']:.1f} s ({voxels / 1e6 / max(run['wall_seconds'], 1e-9):.1f} Mvoxel/s end to end)")
     for stage, s in run["stages"].items():
         print(f"  {stage:<12} ran {s['ran']:>5}  skipped {s['skipped_done']:>5}  failed {s['failed']:>3}  "
@@ -76,12 +80,13 @@ def _summary(cfg: Any, run: dict[str, Any], evaluation: dict[str, Any] | None) -
     if evaluation is not None:
         keys = ("voi_split", "voi_merge", "adapted_rand_error", "precision", "recall", "f1", "mean_iou")
         print("evaluation:   " + json.dumps({k: round(evaluation[k], 4) for k in keys if k in evaluation}))
-    print("neuroglancer state: " + json.dumps(run["neuroglancer"], separators=(",", ":")))
-    print("neuroglancer link:  " + neuroglancer.link(run["neuroglancer"]))
-    sources = [layer.get("source") for layer in run["neuroglancer"]["layers"]]
-    if any(neuroglancer.is_local(s) for s in sources):
-        print("  (the layers are local files, which a browser cannot open from a link: serve them with "
-              f"`emseg view {cfg.output}`)")
+    state = run["neuroglancer"]
+    print("neuroglancer state: " + json.dumps(state, separators=(",", ":")))
+    if any(neuroglancer.is_local(layer.get("source")) for layer in state["layers"]):
+        # A public viewer cannot read local files: the URL that works is the one `emseg view` prints.
+        print(f"view it:      emseg view {cfg.output}   (serves the local files and prints the viewer URL)")
+    else:
+        print("neuroglancer link:  " + neuroglancer.link(state))
 
 
 def cmd_segment(args: argparse.Namespace, stages: Sequence[str] = STAGES) -> int:
@@ -131,12 +136,18 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 def cmd_link(args: argparse.Namespace) -> int:
     from tasks import view
 
-    state, url, local = view.link(args.output, image=args.image)
+    run, state, url = view.link(args.output, image=args.image)
     print(json.dumps(state, indent=2))
-    print(url)
-    if local:
-        print(f"(some layers are local files, which a browser cannot open from a link: `emseg view {args.output}`)",
-              file=sys.stderr)
+    if url is not None:
+        print(url)
+    else:
+        print(f"emseg: the layers are local files, which a public viewer cannot read; `emseg view {args.output}` "
+              "serves them and prints the URL that works", file=sys.stderr)
+    if run.get("status") != "complete":
+        failed = len(run.get("failures") or [])
+        print(f"emseg: warning: the run in {args.output} did not complete (status {run.get('status')!r}, "
+              f"{_plural(failed, 'failure')}); its segmentation is partial or missing", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -146,75 +157,137 @@ def cmd_view(args: argparse.Namespace) -> int:
     lock = threading.Lock()
 
     def echo(line: str) -> None:
-        # The data server answers on many threads: a lock and one write per line keep the lines whole
+        # The server answers on many threads: a lock and one write per line keep the lines whole
         # (a plain print writes the text and the newline separately, and two requests interleave).
         with lock:
             sys.stdout.write(f"emseg view: {line}\n")
             sys.stdout.flush()
 
     session = view.serve(args.output, image=args.image, host=args.host, port=args.port,
-                         data_port=args.data_port, echo=echo if args.log_requests else None)
-    print(f"neuroglancer: {session.url}", flush=True)
-    print(f"data:         {session.data.url}/output/  (Ctrl-C stops)", flush=True)
+                         echo=echo if args.log_requests else None)
     try:
+        print(f"neuroglancer: {session.url}", flush=True)
+        print(f"data:         {session.server.url}{view.DATA_PREFIX}/output/   (Ctrl-C stops)", flush=True)
+        if args.open:
+            import webbrowser
+
+            if not webbrowser.open(session.url):
+                print("emseg view: no browser could be started here; open the URL above", file=sys.stderr)
         threading.Event().wait()
+    except KeyboardInterrupt:
+        print("emseg view: stopped", file=sys.stderr)
     finally:
         session.close()
     return 0
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows every option's default (``(default: ...)``), except None, False and [] (an absent option,
+    an unset flag, nothing appended: its help says what happens then), and keeps descriptions as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, []) or "%(default)" in text or "default" in text:
+            return text
+        return super()._get_help_string(action) or text
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every (sub)command's parser: defaults shown in its help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def _add_log_args(p: argparse.ArgumentParser, *, quiet: bool = True) -> None:
+    if quiet:
+        p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="debug lines, and the Dask scheduler's and workers' own logs (quiet otherwise)")
+
+
+def _plural(n: int, word: str, plural: str | None = None) -> str:
+    """``"1 segment"``, ``"2 segments"``.
+
+    >>> _plural(1, "block"), _plural(3, "block"), _plural(0, "failure")
+    ('1 block', '3 blocks', '0 failures')
+    """
+    return f"{n:,} {word if n == 1 else (plural or word + 's')}"
+
+
+def _version() -> str:
+    try:
+        import importlib.metadata
+
+        return importlib.metadata.version("emseg")
+    except Exception:  # noqa: BLE001 - not installed (a source checkout on PYTHONPATH)
+        import pipeline
+
+        return pipeline.__version__
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="emseg", description="Chunked segmentation of large EM volumes.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="emseg", description="Chunked segmentation of large EM volumes.",
+                     epilog="`emseg COMMAND --help` shows a command's options and their defaults.")
+    parser.add_argument("--version", action="version", version=f"emseg {_version()}",
+                        help="print emseg's version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("segment", help="run every stage of a segmentation")
     _add_run_args(p)
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("stage", help="run one stage (the earlier ones must be complete)")
-    p.add_argument("stage", choices=STAGES)
+    p.add_argument("stage", choices=STAGES, help="the stage to run: " + ", ".join(STAGES))
     _add_run_args(p)
     p.set_defaults(func=cmd_stage)
 
     p = sub.add_parser("evaluate", help="score a segmentation against ground truth (one JSON object)")
-    p.add_argument("--segmentation", required=True, help="URL of the segmentation")
-    p.add_argument("--groundtruth", required=True, help="URL of the ground truth")
-    p.add_argument("--iou-threshold", type=float, default=0.5, help="IoU for a matched object (default 0.5)")
+    p.add_argument("--segmentation", required=True, help="volume URL or path of the segmentation")
+    p.add_argument("--groundtruth", required=True, help="volume URL or path of the ground truth")
+    p.add_argument("--iou-threshold", type=float, default=0.5,
+                   help="IoU above which a segment matches a ground-truth object (one-to-one)")
     p.add_argument("--min-size", type=int, default=0, help="ignore ground-truth objects under this many voxels")
-    p.add_argument("--keep-gt-zero", action="store_true", help="score ground-truth label 0 like any other label")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("--keep-gt-zero", action="store_true",
+                   help="score ground-truth label 0 like any other label (it is ignored otherwise)")
+    _add_log_args(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("phantom", help="write a synthetic EM-like volume with ground truth")
-    p.add_argument("image", help="precomputed:// URL for the image")
-    p.add_argument("--labels", help="precomputed:// URL for the ground-truth labels")
-    p.add_argument("--shape", type=int, nargs=3, default=[256, 256, 256], metavar=("Z", "Y", "X"))
-    p.add_argument("--voxel-size", type=float, nargs=3, default=[8.0, 8.0, 8.0], metavar=("Z", "Y", "X"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int)
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("image", help="precomputed:// URL or path for the image")
+    p.add_argument("--labels", help="precomputed:// URL or path for the ground-truth labels (none written if absent)")
+    p.add_argument("--shape", type=int, nargs=3, default=[256, 256, 256], metavar=("Z", "Y", "X"),
+                   help="volume shape in voxels")
+    p.add_argument("--voxel-size", type=float, nargs=3, default=[8.0, 8.0, 8.0], metavar=("Z", "Y", "X"),
+                   help="voxel size in nanometres")
+    p.add_argument("--seed", type=int, default=0, help="random seed (the same seed gives the same volume)")
+    p.add_argument("--workers", type=int, help="local Dask worker processes (2 if absent)")
+    _add_log_args(p)
     p.set_defaults(func=cmd_phantom)
 
     p = sub.add_parser("link", help="print the Neuroglancer state and link of a finished run")
     p.add_argument("output", help="the run's output directory or URL")
-    p.add_argument("--image", help="image layer URL (default: the run's input)")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("--image", help="image layer URL or path (the run's input if absent)")
+    _add_log_args(p)
     p.set_defaults(func=cmd_link)
 
     p = sub.add_parser("view", help="serve a local output and open it in a Neuroglancer viewer")
     p.add_argument("output", help="the run's output directory")
-    p.add_argument("--image", help="image layer URL or local path (default: the run's input)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=0, help="viewer port (default: any free port)")
-    p.add_argument("--data-port", type=int, default=0, help="data server port (default: any free port)")
+    p.add_argument("--image", help="image layer URL or local path (the run's input if absent)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind; 0.0.0.0 serves other machines (no authentication: trusted networks only)")
+    p.add_argument("--port", type=int, default=0, help="the one port for viewer and data; 0 takes any free port")
+    p.add_argument("--open", action="store_true", help="also open the viewer in this machine's web browser")
     p.add_argument("--log-requests", action="store_true", help="print one line per data request")
-    p.add_argument("-q", "--quiet", action="store_true")
+    _add_log_args(p)
     p.set_defaults(func=cmd_view)
 
     from tasks import estimate
 
     p = sub.add_parser("plan", help="estimate blocks, storage, time and cost of a run from a few calibration blocks")
     estimate.add_arguments(p)
+    _add_log_args(p, quiet=False)
     p.set_defaults(func=estimate.run)
 
     try:
@@ -224,14 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
     if train_ffn is not None and hasattr(train_ffn, "add_arguments"):
         p = sub.add_parser("train-ffn", help="train a flood-filling network on a labelled volume")
         train_ffn.add_arguments(p)
-        p.add_argument("-q", "--quiet", action="store_true")
+        _add_log_args(p)
         p.set_defaults(func=lambda a: train_ffn.run(a))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(getattr(args, "quiet", False))
+    _setup_logging(getattr(args, "quiet", False), getattr(args, "verbose", False))
     try:
         return int(args.func(args) or 0)
     except BlocksFailedError as exc:

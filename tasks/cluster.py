@@ -11,10 +11,10 @@ from pipeline.config import ClusterConfig
 log = logging.getLogger("emseg")
 
 
-def configure_workers() -> None:
+def configure_workers(verbose: bool = False) -> None:
     """Dask settings for this driver and the worker processes it starts (they inherit them).
 
-    - Quiet: the workers' start/stop chatter stays out of the run's log.
+    - Quiet: the workers' start/stop chatter stays out of the run's log (unless ``verbose``).
     - No ``MALLOC_TRIM_THRESHOLD_``: Dask sets it so that idle workers hand memory back, but setting
       it turns off glibc's adaptive mmap threshold, so every block-sized array is mapped and
       page-faulted anew. For emseg's tasks (allocate a few block-sized arrays, free them, repeat)
@@ -29,7 +29,7 @@ def configure_workers() -> None:
     import dask
 
     dask.config.set({
-        "distributed.logging.distributed": "error",
+        "distributed.logging.distributed": "info" if verbose else "error",
         "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
         "distributed.admin.low-level-log-length": 20,
     })
@@ -39,9 +39,12 @@ def configure_workers() -> None:
 def connect(cfg: ClusterConfig) -> Iterator["distributed.Client"]:  # noqa: F821
     from distributed import Client, LocalCluster
 
-    configure_workers()
+    # Dask's own logs (workers starting, comms closing) only with `--verbose` (emseg's logger at DEBUG).
+    verbose = log.isEnabledFor(logging.DEBUG)
+    configure_workers(verbose)
+    level = logging.INFO if verbose else logging.ERROR
     for name in ("distributed", "distributed.worker", "distributed.scheduler", "distributed.nanny"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logging.getLogger(name).setLevel(level)
     if cfg.address:
         log.info("connecting to the Dask scheduler at %s", cfg.address)
         with Client(cfg.address) as client:
@@ -54,6 +57,6 @@ def connect(cfg: ClusterConfig) -> Iterator["distributed.Client"]:  # noqa: F821
         processes=True,
         memory_limit=cfg.memory_limit,
         dashboard_address=":0",
-        silence_logs=logging.ERROR,
+        silence_logs=level,
     ) as cluster, Client(cluster) as client:
         yield client

@@ -305,8 +305,9 @@ def postprocess_config(config: Any, *, progress: bool = True) -> dict[str, Any]:
         summary = postprocess(client, p, progress=progress)
     run = report.read(p.ctx.output)
     if run is not None:
+        from pipeline import neuroglancer
+
         run["postprocess"] = summary
-        if summary.get("image"):
-            run["neuroglancer"] = report.viewer_state(p, image=summary["image"])
+        run["neuroglancer"] = neuroglancer.run_state(run)
         report.write(p.ctx.output, run)
     return summary

@@ -30,20 +30,6 @@ def versions(client: Any = None) -> dict[str, str]:
     return out
 
 
-def viewer_state(p: Plan, image: str | None = None) -> dict[str, Any]:
-    """The run's Neuroglancer state; ``image`` replaces the input as the image layer's source."""
-    centre = [s + (e - s) / 2 for s, e in zip(p.ctx.roi.start, p.ctx.roi.stop)]
-    centre = [c + o for c, o in zip(centre, p.input.offset_zyx)]
-    seg = neuroglancer.layer_source("precomputed://" + p.ctx.segmentation)
-    img = neuroglancer.layer_source(image or p.config.input)
-    return neuroglancer.state(
-        image=img,
-        segmentation=seg,
-        voxel_size_nm=p.input.voxel_size_nm,
-        position_zyx=centre,
-    )
-
-
 def build(
     p: Plan,
     todo: dict[str, list[Any]],
@@ -53,6 +39,7 @@ def build(
     *,
     started: float,
     versions: dict[str, str],
+    post: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     finished = dt.datetime.now(dt.timezone.utc).timestamp()
     per_stage: dict[str, dict[str, Any]] = {}
@@ -71,7 +58,7 @@ def build(
     uf = results["finish"]
     status = "failed" if failures else "complete"
     grid = p.ctx.grid
-    return {
+    run = {
         "status": status,
         "started": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(),
         "finished": dt.datetime.fromtimestamp(finished, dt.timezone.utc).isoformat(),
@@ -88,8 +75,11 @@ def build(
         "merged_labels": uf.get("merged_labels"),
         "failures": failures,
         "segmentation": "precomputed://" + p.ctx.segmentation,
-        "neuroglancer": viewer_state(p),
     }
+    if post is not None:
+        run["postprocess"] = post
+    run["neuroglancer"] = neuroglancer.run_state(run)  # after postprocess: it selects the largest segments
+    return run
 
 
 def write(output: str, run: dict[str, Any]) -> None:

@@ -340,11 +340,7 @@ def _execute(p: Plan, *, restart: bool, stages: Sequence[str], progress: bool) -
         versions = report_mod.versions(client)
 
     results = {"stats": stream.results, "wall": stream.wall, "finish": stream.kept.get(("3-unionfind", "finish"), {})}
-    run = report_mod.build(p, todo, totals, results, failures, started=t_start, versions=versions)
-    if post is not None:
-        run["postprocess"] = post
-        if post.get("image"):  # the pyramid copy under the output shows better than a single-scale input
-            run["neuroglancer"] = report_mod.viewer_state(p, image=post["image"])
+    run = report_mod.build(p, todo, totals, results, failures, started=t_start, versions=versions, post=post)
     report_mod.write(ctx.output, run)
     real = [f for f in failures if not f["error"].startswith("skipped")]
     if real:

@@ -24,8 +24,9 @@ def test_demo_config_on_a_small_phantom(tmp_path, capsys, dask_address):
     ])
     out = capsys.readouterr().out
     assert rc == 0
-    assert "segments" in out and "evaluation:" in out and "neuroglancer link:  https://" in out
-    assert "emseg view" in out  # local layers: the summary says how to look at them
+    assert "segments" in out and "evaluation:" in out and "1 block:" in out
+    # local layers: the summary gives the command whose URL works, not a public link that cannot
+    assert f"emseg view {tmp_path}/run" in out and "https://" not in out
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["status"] == "complete" and run["blocks"]["total"] == 1
     assert run["evaluation"]["voi_split"] >= 0 and 0 <= run["evaluation"]["adapted_rand_error"] <= 1
@@ -52,8 +53,9 @@ def test_stages_one_by_one_equal_a_full_run(tmp_path, capsys, dask_address):
     capsys.readouterr()
     assert main(["link", str(tmp_path / "full")]) == 0
     printed = capsys.readouterr().out
-    state = json.loads(printed[: printed.rindex("}") + 1])
+    state = json.loads(printed)
     assert [layer["type"] for layer in state["layers"]][:2] == ["image", "segmentation"]
+    assert "inputDimensions" in state["layers"][0]["source"]["transform"]  # a zarr input
 
 
 def test_evaluate_prints_one_json_object(tmp_path, capsys):
@@ -73,3 +75,30 @@ def test_evaluate_prints_one_json_object(tmp_path, capsys):
         assert abs(result[k] - expected[k]) < 1e-9, k
     assert result["voi_split"] > 0.5 and result["voi_merge"] < 1e-9
     assert result["iou_threshold"] == 0.3 and result["ignore_gt_zero"] is True
+
+
+def test_every_argument_has_help_and_defaults_are_shown(capsys):
+    """CLI conventions: --version, help text for every argument of every command, defaults in help."""
+    import argparse
+
+    import pytest
+
+    from tasks.cli import _plural, build_parser
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.startswith("emseg ")
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, sub in commands.items():
+        for action in sub._actions:
+            assert action.help, f"emseg {name}: {action.option_strings or action.dest} has no help"
+        text = sub.format_help()
+        text = text[text.index("options:"):]
+        for action in sub._actions:
+            if action.option_strings and action.default not in (None, False, [], argparse.SUPPRESS):
+                flag = action.option_strings[-1]
+                block = text[text.index(flag):]
+                block = block[: block.index("\n  -", 1) if "\n  -" in block[1:] else len(block)]
+                assert "default" in block, f"emseg {name} {flag}: the help does not show its default"
+    assert _plural(1, "segment") == "1 segment" and _plural(2, "segment") == "2 segments"

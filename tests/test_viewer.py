@@ -1,9 +1,10 @@
-"""Viewing: the data server (byte ranges, CORS), `emseg link`, and `emseg view` in a real headless
-Chromium that must show segment colours and load meshes.
+"""Viewing: the state's layers and transforms, the data routes (byte ranges, CORS), `emseg link`, and
+`emseg view` in a real headless Chromium that must show EM texture in the image panel, segment
+colours, and load meshes, for precomputed, zarr and anisotropic (zarr, with a voxel offset) inputs.
 
 The browser test needs Debian's ``chromium`` and ``chromium-driver`` (scripts/test.sh installs them);
-it is skipped where they are missing. Its screenshots are kept in ``runs/test-artifacts/`` (or
-``$EMSEG_TEST_ARTIFACTS``).
+it is skipped where they are missing. Its screenshots are kept in pytest's temporary directory (the
+path is printed), or in ``$EMSEG_TEST_ARTIFACTS`` when that is set.
 """
 
 from __future__ import annotations
@@ -23,21 +24,33 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline import neuroglancer
 from pipeline.volume import create_precomputed
 from tasks import view
 from tasks.run import segment
 from tests.conftest import REPO, blobs, run_config
 
-ARTIFACTS = Path(os.environ.get("EMSEG_TEST_ARTIFACTS", REPO / "runs" / "test-artifacts"))
 SHAPE = (40, 48, 56)
 
 
-def _make_run(root: Path, address: str, **overrides) -> Path:
+def _make_run(root: Path, address: str, fmt: str = "precomputed", voxel=(8, 8, 8), offset=None, **overrides) -> Path:
     img = blobs(SHAPE, sigma=2.5, seed=11)
-    vol = create_precomputed(str(root / "image"), layer_type="image", dtype="uint8", shape_zyx=SHAPE,
-                             voxel_size_nm=(8, 8, 8), chunk_zyx=(16, 16, 16))
-    vol.write(vol.box, img)
-    cfg = run_config(f"precomputed://{root / 'image'}", root / "out", address,
+    if fmt == "precomputed":
+        vol = create_precomputed(str(root / "image"), layer_type="image", dtype="uint8", shape_zyx=SHAPE,
+                                 voxel_size_nm=voxel, chunk_zyx=(16, 16, 16))
+        vol.write(vol.box, img)
+        url = f"precomputed://{root / 'image'}"
+    else:  # zarr v2, the voxel size (and offset) in .zattrs as emseg reads them
+        from pipeline.volume import create_zarr
+
+        vol = create_zarr(str(root / "image.zarr"), dtype="uint8", shape_zyx=SHAPE, chunk_zyx=(16, 16, 16),
+                          voxel_size_nm=voxel)
+        vol.write(vol.box, img)
+        if offset is not None:
+            attrs = json.loads((root / "image.zarr" / ".zattrs").read_text())
+            (root / "image.zarr" / ".zattrs").write_text(json.dumps({**attrs, "voxel_offset": list(offset)}))
+        url = f"zarr://{root / 'image.zarr'}"
+    cfg = run_config(url, root / "out", address,
                      blocks={"shape": [16, 16, 16], "halo": [1, 1, 1]}, postprocess={}, **overrides)
     run = segment(cfg, progress=False)
     assert run["status"] == "complete" and run["postprocess"]["failures"] == []
@@ -55,6 +68,73 @@ def sharded_output(tmp_path_factory, dask_address) -> Path:
                      write={"chunk_shape": [8, 8, 8], "sharded": True})
 
 
+@pytest.fixture(scope="module")
+def zarr_output(tmp_path_factory, dask_address) -> Path:
+    return _make_run(tmp_path_factory.mktemp("view_zarr"), dask_address, fmt="zarr")
+
+
+@pytest.fixture(scope="module")
+def anisotropic_output(tmp_path_factory, dask_address) -> Path:
+    """Zarr v2 at 40 x 8 x 8 nm (z, y, x) with a voxel offset: the transform must scale and shift."""
+    return _make_run(tmp_path_factory.mktemp("view_aniso"), dask_address, fmt="zarr", voxel=(40, 8, 8),
+                     offset=(5, 12, 20))
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> Path:
+    env = os.environ.get("EMSEG_TEST_ARTIFACTS")
+    return Path(env) if env else tmp_path_factory.mktemp("viewer-screenshots")
+
+
+# -- the state ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("driver", ["zarr", "zarr3", "n5"])
+def test_image_transform_names_the_arrays_own_axes(tmp_path, driver):
+    """Neuroglancer names a zarr v2 array's axes d0.., zarr v3's dim_0.. (or dimension_names), n5's
+    x, y, z (or axes); the transform must name those as inputDimensions, with units."""
+    import tensorstore as ts
+
+    meta = {
+        "zarr": {"shape": [6, 7, 8], "chunks": [4, 4, 4], "dtype": "|u1"},
+        "zarr3": {"shape": [6, 7, 8], "data_type": "uint8", "dimension_names": ["z", "y", "x"]},
+        "n5": {"dimensions": [6, 7, 8], "blockSize": [4, 4, 4], "dataType": "uint8"},
+    }[driver]
+    path = tmp_path / f"v.{driver}"
+    ts.open({"driver": driver, "kvstore": f"file://{path}/", "metadata": meta}, create=True).result()
+    names, emseg = neuroglancer.native_axes(f"{driver}://{path}")
+    assert names == {"zarr": ["d0", "d1", "d2"], "zarr3": ["z", "y", "x"], "n5": ["x", "y", "z"]}[driver]
+    assert emseg == ["z", "y", "x"]  # emseg reads all three positionally as z, y, x (zarr3 by its labels)
+    src = neuroglancer.image_source(f"{driver}://{path}", (40, 4, 5), (1, 2, 3))
+    t = src["transform"]
+    assert list(t["inputDimensions"]) == names and list(t["outputDimensions"]) == ["z", "y", "x"]
+    assert [v[0] for v in t["inputDimensions"].values()] == pytest.approx([40e-9, 4e-9, 5e-9])
+    assert t["inputDimensions"][names[0]][1] == "m" and t["outputDimensions"]["z"] == [40e-9, "m"]
+    assert t["matrix"] == [[1, 0, 0, 1], [0, 1, 0, 2], [0, 0, 1, 3]]
+    assert src["url"].startswith({"zarr": "zarr2", "zarr3": "zarr3", "n5": "n5"}[driver] + "://file://")
+
+
+def test_one_state_in_run_json_link_and_view(anisotropic_output, capsys):
+    """run.json, `emseg link` and `emseg view` show the same state: image with its transform,
+    every segment coloured in 2D, the largest selected, a described seam-audit layer."""
+    from tasks.cli import main
+
+    run = json.loads((anisotropic_output / "run.json").read_text())
+    stored = run["neuroglancer"]
+    assert stored == view.viewer_state(str(anisotropic_output))
+    assert main(["link", str(anisotropic_output)]) == 0
+    assert json.loads(capsys.readouterr().out) == stored
+    layers = {layer["type"]: layer for layer in stored["layers"]}
+    t = layers["image"]["source"]["transform"]
+    assert t["outputDimensions"] == {"z": [40e-9, "m"], "y": [8e-9, "m"], "x": [8e-9, "m"]}
+    assert [row[3] for row in t["matrix"]] == [5, 12, 20]  # the voxel offset, z, y, x
+    assert stored["dimensions"] == {"x": [8e-9, "m"], "y": [8e-9, "m"], "z": [40e-9, "m"]}
+    seg = layers["segmentation"]
+    assert seg["notSelectedAlpha"] > 0 and seg["segments"], "all segments coloured in 2D, the largest selected"
+    assert "seam audit" in layers["annotation"]["name"] and "IoU" in layers["annotation"]["name"]
+    # the centre of the region, in global voxels with the offset
+    assert stored["position"] == [20 + SHAPE[2] / 2, 12 + SHAPE[1] / 2, 5 + SHAPE[0] / 2]
+
+
 # -- the data server ---------------------------------------------------------------------------
 
 def _get(url: str, headers: dict | None = None, method: str = "GET") -> tuple[int, dict, bytes]:
@@ -66,13 +146,13 @@ def _get(url: str, headers: dict | None = None, method: str = "GET") -> tuple[in
         return e.code, dict(e.headers), b""
 
 
-def test_data_server_ranges_and_cors(tmp_path):
+def test_data_routes_ranges_and_cors(tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "blob").write_bytes(bytes(range(100)))
     (tmp_path / "secret").write_text("no")
-    server = view.DataServer("127.0.0.1", 0, {"output": str(tmp_path / "d")}).start()
+    server = view.Server("127.0.0.1", 0, {"output": str(tmp_path / "d")})
     try:
-        base = server.url + "/output"
+        base = server.url + view.DATA_PREFIX + "/output"
         status, headers, body = _get(base + "/blob")
         assert status == 200 and body == bytes(range(100))
         assert headers["Access-Control-Allow-Origin"] == "*" and headers["Accept-Ranges"] == "bytes"
@@ -84,15 +164,14 @@ def test_data_server_ranges_and_cors(tmp_path):
         assert _get(base + "/blob", {"Range": "bytes=200-"})[0] == 416
         assert _get(base + "/missing")[0] == 404
         assert _get(base + "/../secret")[0] == 404
-        assert _get(server.url + "/output/%2e%2e/secret")[0] == 404
+        assert _get(server.url + view.DATA_PREFIX + "/output/%2e%2e/secret")[0] == 404
         status, headers, _ = _get(base + "/blob", method="OPTIONS")
         assert status == 204 and "range" in headers["Access-Control-Allow-Headers"]
         status, headers, body = _get(base + "/blob", method="HEAD")
         assert status == 200 and headers["Content-Length"] == "100" and body == b""
     finally:
-        server.shutdown()
-        server.server_close()
-    assert ("GET", "/output/blob", 206) in server.requests
+        server.close()
+    assert ("GET", "/data/output/blob", 206) in server.requests
 
 
 def test_link_state_has_every_layer(legacy_output, capsys):
@@ -100,20 +179,41 @@ def test_link_state_has_every_layer(legacy_output, capsys):
 
     assert main(["link", str(legacy_output)]) == 0
     out = capsys.readouterr()
-    text, url = out.out.rsplit("\n", 2)[0], out.out.strip().splitlines()[-1]
-    state = json.loads(text)
-    layers = {layer["name"]: layer for layer in state["layers"]}
+    state = json.loads(out.out)  # the state only: no public link for local files, it could not open them
+    layers = {layer["name"].split(":")[0]: layer for layer in state["layers"]}
     assert set(layers) == {"image", "segmentation", "seam audit"}
     assert layers["segmentation"]["segments"], "the largest segments are selected"
     assert layers["seam audit"]["source"].endswith("/seam_audit")
-    assert url.startswith("https://") and "#!" in url
-    assert "emseg view" in out.err  # local layers: the link alone cannot open them
+    assert "https://" not in out.out and f"emseg view {legacy_output}" in out.err
+
+
+def test_link_of_a_failed_run_warns_and_fails(legacy_output, tmp_path, capsys):
+    import shutil as sh
+
+    from tasks.cli import main
+
+    failed = tmp_path / "failed"
+    sh.copytree(legacy_output, failed)
+    run = json.loads((failed / "run.json").read_text())
+    run.update(status="failed", failures=[{"stage": "1-segment", "block": 3, "error": "boom"}])
+    (failed / "run.json").write_text(json.dumps(run))
+    assert main(["link", str(failed)]) == 1
+    err = capsys.readouterr().err
+    assert "warning" in err and "did not complete" in err and "1 failure)" in err
+
+
+def test_link_of_a_cloud_output_is_a_public_viewer_url():
+    state = {"layers": [{"type": "segmentation", "source": "precomputed://gs://b/run/segmentation"}]}
+    url = neuroglancer.link(state)
+    assert url.startswith(neuroglancer.VIEWER + "#!") and "gs%3A%2F%2Fb%2Frun" in url
+    assert not neuroglancer.is_local(state["layers"][0]["source"])
+    assert neuroglancer.is_local({"url": "zarr2://file:///x.zarr/raw", "transform": {}})
 
 
 def test_view_serves_local_sources(legacy_output):
     state = view.viewer_state(str(legacy_output))
     served, mounts = view.rewrite_sources(state, str(legacy_output), "http://127.0.0.1:1")
-    sources = {layer["name"]: layer["source"] for layer in served["layers"]}
+    sources = {layer["name"].split(":")[0]: layer["source"] for layer in served["layers"]}
     assert sources["segmentation"] == "precomputed://http://127.0.0.1:1/output/segmentation"
     assert sources["seam audit"] == "precomputed://http://127.0.0.1:1/output/seam_audit"
     assert sources["image"] == "precomputed://http://127.0.0.1:1/image"
@@ -184,7 +284,24 @@ def segment_colours(png: bytes) -> tuple[float, int]:
     return float(sat.mean()), int((counts >= 40).sum())
 
 
-def _view(output: Path, fmt: str) -> None:
+def image_texture(png: bytes) -> tuple[float, int]:
+    """``(grey-level standard deviation, number of grey pixels)`` inside the image panel.
+
+    The 4-panel layout puts the x-y cross-section at the top left; its central part shows the image
+    (with segments over part of it). EM texture spreads the grey levels of the unsaturated pixels there;
+    a flat grey or black square, Neuroglancer's look when it cannot place the image's chunks, does not.
+    """
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int16)
+    h, w = rgb.shape[:2]
+    panel = rgb[int(h * 0.15):int(h * 0.42), int(w * 0.1):int(w * 0.4)]
+    grey = (panel.max(axis=2) - panel.min(axis=2)) < 24
+    levels = panel.mean(axis=2)[grey]
+    return (float(levels.std()) if levels.size else 0.0), int(levels.size)
+
+
+def _view(output: Path, fmt: str, artifacts: Path, capsys) -> None:
     driver = _browser(output.parent / f"chromium-profile-{fmt}")  # in pytest's tmp dir
     proc = subprocess.Popen([sys.executable, "-m", "tasks.cli", "view", str(output), "--log-requests"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
@@ -213,38 +330,49 @@ def _view(output: Path, fmt: str) -> None:
         assert url and "/v/" in url, "emseg view printed no viewer URL"
         driver.get(url)
         png, ok, previous = b"", False, None
+        spread, greys = 0.0, 0
         deadline = time.time() + 90
         while time.time() < deadline:
             time.sleep(1.5)
             drain()
             png = driver.get_screenshot_as_png()
             fraction, distinct = segment_colours(png)
+            spread, greys = image_texture(png)
             meshes_done = any("/segmentation/mesh/" in p and s in (200, 206) and not p.endswith("/info")
                               for s, p in requests)
             audit_seen = any("seam_audit" in p and p.endswith("/info") for s, p in requests)
             coloured = fraction > 0.03 and distinct >= 8
+            textured = spread > 12 and greys > 2000
             # Wait for every expected request, not only for the picture: under load the annotation
             # layer's info can come after the segments are drawn.
-            if coloured and meshes_done and audit_seen and previous is not None and abs(previous - fraction) < 0.01:
+            if (coloured and textured and meshes_done and audit_seen and previous is not None
+                    and abs(previous - fraction) < 0.01):
                 ok = True
                 break
             previous = fraction
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        shot = ARTIFACTS / f"viewer-{fmt}.png"
+        artifacts.mkdir(parents=True, exist_ok=True)
+        shot = artifacts / f"viewer-{fmt}.png"
         shot.write_bytes(png)
+        with capsys.disabled():
+            print(f"\nscreenshot ({fmt}): {shot}")
         drain()
-        assert ok, (f"no segment colours, meshes or seam-audit layer after 90 s (fraction {fraction:.3f}, "
-                    f"{distinct} colours, meshes {meshes_done}, audit info {audit_seen}); see {shot}")
+        assert ok, (f"no segment colours, image texture, meshes or seam-audit layer after 90 s (colour fraction "
+                    f"{fraction:.3f}, {distinct} colours, grey spread {spread:.1f} over {greys} pixels, meshes "
+                    f"{meshes_done}, audit info {audit_seen}); see {shot}")
         mesh = [(s, p) for s, p in requests if "/segmentation/mesh/" in p]
         assert mesh and all(s in (200, 206) for s, p in mesh), f"mesh requests failed: {[m for m in mesh if m[0] >= 400]}"
-        if fmt == "legacy":
-            assert any(s == 200 and p.endswith(":0:1") for s, p in mesh), "no mesh fragment was fetched"
-        else:
+        if fmt == "sharded":
             assert any(s == 206 and p.endswith(".shard") for s, p in mesh), "no ranged read of a mesh shard"
+        else:
+            assert any(s == 200 and p.endswith(":0:1") for s, p in mesh), "no mesh fragment was fetched"
         infos = [(s, p) for s, p in requests if p.endswith("/info")]
         assert all(s == 200 for s, p in infos) and any("seam_audit" in p for s, p in infos)
-        seg_chunks = [(s, p) for s, p in requests if "/segmentation/8_8_8/" in p]
+        seg_chunks = [(s, p) for s, p in requests if "/segmentation/8_8_" in p]
         assert seg_chunks and all(s in (200, 206) for s, p in seg_chunks)
+        image_chunks = [p for s, p in requests if s in (200, 206) and p.startswith("/data/image/")
+                        and not p.endswith(("info", ".zarray", ".zattrs", ".zgroup"))]
+        if fmt in ("zarr", "anisotropic"):  # not the one chunk of a misplaced image
+            assert len(set(image_chunks)) >= 4, f"only {len(set(image_chunks))} image chunks were read"
         errors = [e["message"] for e in driver.get_log("browser")
                   if e["level"] == "SEVERE" and "favicon" not in e["message"]]
         assert not errors, f"browser errors: {errors[:3]}"
@@ -257,9 +385,40 @@ def _view(output: Path, fmt: str) -> None:
             proc.kill()
 
 
-def test_view_in_headless_chromium(legacy_output):
-    _view(legacy_output, "legacy")
+def test_view_in_headless_chromium(legacy_output, artifacts, capsys):
+    _view(legacy_output, "legacy", artifacts, capsys)
 
 
-def test_view_sharded_in_headless_chromium(sharded_output):
-    _view(sharded_output, "sharded")
+def test_view_sharded_in_headless_chromium(sharded_output, artifacts, capsys):
+    _view(sharded_output, "sharded", artifacts, capsys)
+
+
+def test_view_zarr_in_headless_chromium(zarr_output, artifacts, capsys):
+    _view(zarr_output, "zarr", artifacts, capsys)
+
+
+def test_view_anisotropic_in_headless_chromium(anisotropic_output, artifacts, capsys):
+    _view(anisotropic_output, "anisotropic", artifacts, capsys)
+
+
+def test_view_stops_cleanly_on_ctrl_c(legacy_output):
+    """Ctrl-C is how `emseg view` is stopped: exit 0, a short line, no traceback, no 'resume' advice."""
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "tasks.cli", "view", str(legacy_output)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        first = proc.stdout.readline()  # type: ignore[union-attr]
+        assert first.startswith("neuroglancer: http://127.0.0.1:"), first
+        port = first.split(":")[3].split("/")[0]
+        data = proc.stdout.readline()  # type: ignore[union-attr]
+        assert f"127.0.0.1:{port}/data/output/" in data, "viewer and data share one port"
+        status, _, body = _get(f"http://127.0.0.1:{port}/data/output/segmentation/info")
+        assert status == 200 and json.loads(body)["type"] == "segmentation"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "stopped" in err and "interrupted" not in err and "resume" not in err and "Traceback" not in err
