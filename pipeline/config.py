@@ -190,6 +190,9 @@ class Config(Strict):
     phantom: PhantomConfig | None = None
     #: viewing outputs after a complete run; null skips them all
     postprocess: PostprocessConfig | None = Field(default_factory=PostprocessConfig)
+    #: keep every scratch object after a complete run (by default only what a later step needs stays:
+    #: done-markers, scored edges, core labels, the union-find result; pipeline/scratch.py)
+    keep_scratch: bool = False
 
     def stitch_rule(self) -> StitchRule:
         if self.stitch is not None:

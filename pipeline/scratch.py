@@ -3,15 +3,28 @@
 Layout under ``<output>/scratch/`` (any kvstore: local, gs://, s3://)::
 
     run.json                  the fingerprint of the config the scratch data belongs to
-    labels/<block>            stage 1: the block's core labels (uint32, local ids, core-first)
-    faces/<block>             stage 1: its labels on the overlap with each face neighbour (boundary
-                              backends: its first/last fragment planes, and the affinities across)
-    tree/<block>              stage 1, boundary backends: the fragments' merge tree with scores
-    edges/<block>             stage 2: scored candidate edges to its forward neighbours
-    mapping                   stage 3: the union-find result (offsets + non-root table)
-    done/<stage>/<block>      done-markers (JSON with small per-task facts), written last
+    labels/<block>            stage 1: the block's core labels (uint32, local ids, core-first)     kept
+    faces/<block>/<axis><dir> stage 1: its labels on the overlap with each face neighbour (boundary
+                              backends: its first/last fragment planes, and the affinities across);
+                              deleted by the one stage-2 task that reads each of them
+    tree/<block>              stage 1, boundary backends: the fragments' merge tree with scores     kept
+    edges/<block>             stage 2: scored candidate edges to its forward neighbours, with the
+                              centroid of each pair's shared voxels                                kept
+    uf/up/, uf/down/          stage 3: the octree's partial results
+    uf/table/<block>, uf/offsets  stage 3: the union-find result (per-block tables, id offsets)   kept
+    post/                     stages 6-8: per-block partial results of post-processing
+    done/<stage>/<item>       done-markers (JSON with small per-task facts), written last        kept
 
-Blobs are a JSON header plus blosc-lz4 compressed arrays. Every object is written whole (the file
+Lifecycle: after a complete run (post-processing included) :meth:`Scratch.prune` removes everything
+not marked *kept* above, unless ``keep_scratch`` is set. What is kept is what a later step needs:
+the done-markers (a rerun recomputes nothing), the scored edges, the merge trees and the core labels
+(a new merge threshold reruns union-find and relabel only), the union-find result (relabel, the seam audit).
+``emseg clean OUTPUT`` removes the scratch area whole (a later run into that output starts over).
+
+Blobs are a JSON header plus compressed arrays: label volumes (3-D integer arrays) through crackle
+(seung-lab's codec for dense segmentations: 6-8x smaller than blosc-lz4 on the demo's core labels
+and faces, 1.0 MB against 6.6 MB for the core labels, at ~25 Mvoxel/s each way), everything else
+blosc-lz4. Every object is written whole (the file
 kvstore renames a temporary file into place), and a task's done-marker is written only after all of
 its objects, so a killed task leaves either nothing or something a rerun overwrites.
 """
@@ -30,8 +43,16 @@ from numcodecs import Blosc
 from pipeline import urls
 
 STAGES = ("1-segment", "2-seams", "3-unionfind", "4-relabel")
+#: what :meth:`Scratch.prune` removes after a complete run
+TRANSIENT = ("faces/", "uf/up/", "uf/down/", "post/")
 _CODEC = Blosc(cname="lz4", clevel=3, shuffle=Blosc.SHUFFLE)
 _MAGIC = b"EMSG"
+#: label volumes at least this large go through crackle; small ones are not worth its header
+_CRACKLE_MIN_VOXELS = 512
+
+
+def _crackle(arr: np.ndarray) -> bool:
+    return arr.ndim == 3 and arr.dtype.kind == "u" and arr.size >= _CRACKLE_MIN_VOXELS
 
 
 def encode_arrays(arrays: dict[str, np.ndarray]) -> bytes:
@@ -40,13 +61,24 @@ def encode_arrays(arrays: dict[str, np.ndarray]) -> bytes:
     >>> blob = encode_arrays({"a": np.arange(6, dtype=np.uint32).reshape(2, 3)})
     >>> decode_arrays(blob)["a"].tolist()
     [[0, 1, 2], [3, 4, 5]]
+    >>> labels = np.repeat(np.arange(4, dtype=np.uint32), 256).reshape(8, 8, 16)   # crackle
+    >>> bool((decode_arrays(encode_arrays({"l": labels}))["l"] == labels).all())
+    True
     """
     header: list[dict[str, Any]] = []
     parts: list[bytes] = []
     for name, arr in arrays.items():
         arr = np.ascontiguousarray(arr)
-        data = _CODEC.encode(arr) if arr.size else b""
-        header.append({"name": name, "dtype": arr.dtype.str, "shape": list(arr.shape), "nbytes": len(data)})
+        item = {"name": name, "dtype": arr.dtype.str, "shape": list(arr.shape)}
+        if _crackle(arr):
+            import crackle
+
+            data = crackle.compress(arr)
+            item["codec"] = "crackle"
+        else:
+            data = _CODEC.encode(arr) if arr.size else b""
+        item["nbytes"] = len(data)
+        header.append(item)
         parts.append(bytes(data))
     head = json.dumps(header).encode()
     return _MAGIC + struct.pack("<I", len(head)) + head + b"".join(parts)
@@ -63,7 +95,11 @@ def decode_arrays(blob: bytes) -> dict[str, np.ndarray]:
         data = blob[pos : pos + item["nbytes"]]
         pos += item["nbytes"]
         dtype = np.dtype(item["dtype"])
-        if data:
+        if item.get("codec") == "crackle":
+            import crackle
+
+            arr = np.ascontiguousarray(crackle.decompress(bytes(data))).astype(dtype, copy=False)
+        elif data:
             arr = np.frombuffer(_CODEC.decode(data), dtype=dtype)
         else:
             arr = np.zeros(0, dtype)
@@ -90,6 +126,16 @@ class Scratch:
     # blobs -------------------------------------------------------------------------------------
     def write(self, key: str, data: bytes) -> None:
         self.kv.write(key, data).result()
+
+    def delete(self, keys: Iterable[str]) -> None:
+        """Delete objects (missing ones are no error)."""
+        futures = [self.kv.delete_range(ts.KvStore.KeyRange(k, k + "\x00")) for k in keys]
+        for f in futures:
+            f.result()
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Delete every object whose key starts with ``prefix`` (e.g. ``"faces/"``)."""
+        self.kv.delete_range(ts.KvStore.KeyRange(prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1))).result()
 
     def read(self, key: str) -> bytes | None:
         got = self.kv.read(key).result()
@@ -127,6 +173,33 @@ class Scratch:
             return
         for item in items:
             self.kv.delete_range(ts.KvStore.KeyRange(f"done/{stage}/{item}", f"done/{stage}/{item}\x00")).result()
+
+    def prune(self) -> None:
+        """Remove what no later step needs (:data:`TRANSIENT`); see the module docstring."""
+        for prefix in TRANSIENT:
+            self.delete_prefix(prefix)
+
+    def local_bytes(self) -> dict[str, int] | None:
+        """Bytes under the scratch area by top-level part (``labels``, ``edges``, ``uf/table``...) and
+        ``total``, when it is on local disk; else None (object stores would need a listing per key)."""
+        import os
+
+        root = urls.local_path(self.url)
+        if root is None:
+            return None
+        out: dict[str, int] = {}
+        for dirpath, _, files in os.walk(root):
+            rel = os.path.relpath(dirpath, root).split(os.sep)
+            part = "/".join(rel[:2]) if rel[0] == "uf" else rel[0]
+            for name in files:
+                try:
+                    size = os.path.getsize(os.path.join(dirpath, name))
+                except OSError:  # removed meanwhile
+                    continue
+                key = name if part == "." else f"uf/{name}" if part == "uf" else part
+                out[key] = out.get(key, 0) + size
+        out["total"] = sum(out.values())
+        return out
 
     def clear(self) -> None:
         self.kv.delete_range(ts.KvStore.KeyRange()).result()

@@ -103,3 +103,30 @@ def _is_best(owner: np.ndarray, count: np.ndarray) -> np.ndarray:
     best = np.zeros(len(order), bool)
     best[order[first]] = True
     return best
+
+
+def pair_centroids(mine: np.ndarray, theirs: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Mean voxel position (z, y, x, in the overlap's voxel coordinates) of the voxels where ``mine``
+    holds ``a[i]`` and ``theirs`` holds ``b[i]``, for each pair ``i``; shape ``(len(a), 3)``, float64.
+
+    >>> m = np.array([[[1, 1, 2]]]); t = np.array([[[5, 5, 5]]])
+    >>> pair_centroids(m, t, np.array([1, 2]), np.array([5, 5])).tolist()
+    [[0.0, 0.0, 0.5], [0.0, 0.0, 2.0]]
+    """
+    both = (mine != 0) & (theirs != 0)
+    coords = np.nonzero(both)
+    la = mine[coords].astype(np.uint64)
+    lb = theirs[coords].astype(np.uint64)
+    width = np.uint64(int(max(lb.max(initial=0), b.max(initial=0))) + 1)
+    voxel_keys = la * width + lb
+    pair_keys = a.astype(np.uint64) * width + b.astype(np.uint64)
+    order = np.argsort(pair_keys)
+    idx = np.searchsorted(pair_keys[order], voxel_keys)
+    idx = np.clip(idx, 0, len(order) - 1)
+    hit = pair_keys[order][idx] == voxel_keys
+    which = order[idx[hit]]
+    n = np.bincount(which, minlength=len(a)).astype(np.float64)
+    out = np.zeros((len(a), 3))
+    for axis in range(3):
+        out[:, axis] = np.bincount(which, weights=coords[axis][hit], minlength=len(a)) / np.maximum(n, 1)
+    return out

@@ -8,6 +8,7 @@
     emseg view OUTPUT [--image URL] [--port N]                   serve a local output to a Neuroglancer viewer
     emseg train-ffn CONFIG                                       train a flood-filling network
     emseg plan CONFIG [--volume-shape Z Y X] [--workers W]        estimate blocks, storage, time and cost
+    emseg clean OUTPUT                                           remove an output's scratch area
 
 Errors in the input print one line, ``emseg: error: ...``, and exit with status 2; a run whose
 blocks failed exits with status 1 after writing ``run.json``.
@@ -289,6 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     estimate.add_arguments(p)
     _add_log_args(p, quiet=False)
     p.set_defaults(func=estimate.run)
+
+    from tasks import clean
+
+    p = sub.add_parser("clean", help="remove an output's scratch area (a later run into it starts over)")
+    clean.add_arguments(p)
+    p.set_defaults(func=clean.run)
 
     try:
         from tasks import train_ffn

@@ -23,6 +23,8 @@ class RunContext:
     stitch: dict[str, Any] = field(hash=False)
     #: odd blocks (checkerboard) take their face neighbours' labels in the overlap as prompts
     neighbour_prompts: bool = False
+    #: keep every scratch object after use (postprocess and a complete run prune them otherwise)
+    keep_scratch: bool = False
     #: distinguishes runs, so that worker caches never hand a store opened by an earlier run
     run_id: str = ""
     #: boundary backends (affinities): fragments + scored edges; ``threshold`` is the agglomeration

@@ -447,7 +447,16 @@ def estimate(
         "faces": faces_rate * t.face_voxels,
         "edges": edges_rate * t.forward_face_voxels,
     }
-    scratch["total"] = sum(scratch.values())
+    scratch["total"] = sum(scratch.values())  # everything stage 1 and 2 ever write (with keep_scratch)
+    # Each face is deleted by the one seam task that reads it, which runs once its forward
+    # neighbours are segmented: in the streamed order (tasks/graph.py) the faces of about one z-slab
+    # of blocks (plus a row and the blocks in flight) wait at any time.
+    gz, gy, gx = t.grid_zyx
+    pending = min(t.blocks, gy * gx + gx + 1 + workers * p.config.cluster.threads_per_worker)
+    scratch["peak"] = scratch["labels"] + scratch["edges"] + scratch["faces"] * pending / max(t.blocks, 1)
+    # After a complete run only the core labels, the scored edges and the union-find result stay
+    # (pipeline/scratch.py); the union-find tables are a few bytes per edge and not counted.
+    scratch["kept"] = scratch["labels"] + scratch["edges"]
     itemsize = p.input.dtype.itemsize
     per_block = {
         "segment": _stats([x.segment_seconds for x in s]),
@@ -558,9 +567,11 @@ def format_table(est: dict[str, Any]) -> str:
                    f"{' x '.join(map(str, b['shape_zyx']))} + halo {' x '.join(map(str, b['halo_zyx']))}"),
         ("voxels read", f"{_voxels(r['voxels'])} incl. halo = {r['overhead']:.3f} x the volume "
                         f"({human_bytes(r['bytes'])} of {v['dtype']})"),
-        ("scratch", f"{human_bytes(sc['total'])} (labels {human_bytes(sc['labels'])}, faces "
-                    f"{human_bytes(sc['faces'])}, edges {human_bytes(sc['edges'])}; "
-                    f"~{est['candidate_edges']:,.0f} candidate edges)"),
+        ("scratch", f"peak {human_bytes(sc['peak'])}, kept after the run {human_bytes(sc['kept'])} "
+                    f"({sc['kept'] / max(est['output_bytes'], 1):.0%} of the output; labels "
+                    f"{human_bytes(sc['labels'])}, edges {human_bytes(sc['edges'])}); faces written "
+                    f"{human_bytes(sc['faces'])} in all, deleted as the seams are matched; "
+                    f"~{est['candidate_edges']:,.0f} candidate edges"),
         ("output", f"{human_bytes(est['output_bytes'])} ({est['output_encoding']})"),
         ("seconds per block", f"{seg['mean']:.2f} +- {seg['sd']:.2f} (min {seg['min']:.2f}, max {seg['max']:.2f}) "
                               f"stage 1 on {n_cal} blocks, {est['device']}"),

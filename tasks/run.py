@@ -147,6 +147,7 @@ def plan(config: Config) -> Plan:
         neighbour_prompts=bool(getattr(config.backend.params, "neighbour_prompts", False)),
         boundary=boundary,
         threshold=threshold,
+        keep_scratch=config.keep_scratch,
     )
     data = config.to_json()
     fingerprint = {k: data[k] for k in ("input", "roi", "blocks", "backend", "write")}
@@ -341,6 +342,8 @@ def _execute(p: Plan, *, restart: bool, stages: Sequence[str], progress: bool) -
 
     results = {"stats": stream.results, "wall": stream.wall, "finish": stream.kept.get(("3-unionfind", "finish"), {})}
     run = report_mod.build(p, todo, totals, results, failures, started=t_start, versions=versions, post=post)
+    if not failures and list(stages) == list(STAGES):
+        run["scratch"] = _scratch_lifecycle(p, scratch)
     report_mod.write(ctx.output, run)
     real = [f for f in failures if not f["error"].startswith("skipped")]
     if real:
@@ -358,6 +361,24 @@ def _execute(p: Plan, *, restart: bool, stages: Sequence[str], progress: bool) -
             "command to resume"
         )
     return run
+
+
+def _scratch_lifecycle(p: Plan, scratch: Scratch) -> dict[str, Any]:
+    """After a complete run: prune the scratch area (unless ``keep_scratch``) and say what it holds."""
+    if not p.config.keep_scratch:
+        scratch.prune()
+    out: dict[str, Any] = {"pruned": not p.config.keep_scratch, "url": scratch.url}
+    sizes = scratch.local_bytes()
+    if sizes is not None:
+        out["bytes"] = sizes
+        seg = urls.local_path(p.ctx.segmentation)
+        if seg is not None:
+            import os
+
+            total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(seg) for f in fs)
+            out["segmentation_bytes"] = total
+            out["kept_fraction_of_segmentation"] = round(sizes["total"] / max(total, 1), 4)
+    return out
 
 
 def _ids(items: list[Any]) -> str:

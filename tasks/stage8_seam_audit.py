@@ -3,7 +3,7 @@
 Stage 2 keeps every candidate edge between neighbouring blocks with its overlap IoU and whether the
 rule merged it. An edge is *near the threshold* when ``|iou - stitch.min_iou| <= seam_audit_margin``:
 those are the merge decisions a person should look at. Per block, this stage finds the voxels the
-two labels share in the overlap (from the faces stage 1 kept), takes their centroid as the point,
+two labels share in the overlap (their centroid, which stage 2 kept with the edge) as the point,
 and maps both labels to final segment ids through the union-find result. One reduce task writes the
 points as a precomputed annotation collection ``<output>/seam_audit`` with properties ``iou``,
 ``overlap`` (voxels) and ``merged``, related to the two segments (``segments``), so the viewer lists
@@ -22,9 +22,11 @@ import tensorstore as ts
 from pipeline import urls
 from pipeline.annotations import Property, point_annotations
 from pipeline.labels import block_of, local_of
+from pipeline.seams import pair_centroids
 from tasks import runtime
 from tasks.context import RunContext
 from tasks.stage1_segment import face_key
+from tasks.stage2_seams import face_origin
 
 STAGE = "8-seam-audit"
 PREFIX = "post/audit/"
@@ -51,27 +53,6 @@ def near(iou: np.ndarray, threshold: float, margin: float) -> np.ndarray:
     return np.abs(iou.astype(np.float64) - threshold) <= margin + 1e-9
 
 
-def _centroids(mine: np.ndarray, theirs: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Mean voxel position (z, y, x, in overlap coordinates) of each pair ``(a[i], b[i])``."""
-    both = (mine != 0) & (theirs != 0)
-    coords = np.nonzero(both)
-    la = mine[coords].astype(np.uint64)
-    lb = theirs[coords].astype(np.uint64)
-    width = np.uint64(int(max(lb.max(initial=0), b.max(initial=0))) + 1)
-    voxel_keys = la * width + lb
-    pair_keys = a.astype(np.uint64) * width + b.astype(np.uint64)
-    order = np.argsort(pair_keys)
-    idx = np.searchsorted(pair_keys[order], voxel_keys)
-    idx = np.clip(idx, 0, len(order) - 1)
-    hit = pair_keys[order][idx] == voxel_keys
-    which = order[idx[hit]]
-    n = np.bincount(which, minlength=len(a)).astype(np.float64)
-    out = np.zeros((len(a), 3))
-    for axis in range(3):
-        out[:, axis] = np.bincount(which, weights=coords[axis][hit], minlength=len(a)) / np.maximum(n, 1)
-    return out
-
-
 def audit_block_task(plan: AuditPlan, block_id: int, *upstream: Any) -> dict[str, Any]:
     t0 = time.perf_counter()
     ctx = plan.run
@@ -92,16 +73,14 @@ def audit_block_task(plan: AuditPlan, block_id: int, *upstream: Any) -> dict[str
             sel = nb_blocks == nb.id
             if not sel.any():
                 continue
-            mine = store.get_arrays(face_key(block_id, axis, +1))["labels"]
-            theirs = store.get_arrays(face_key(nb.id, axis, -1))["labels"]
             la, lb = local_of(a_key[sel]), local_of(b_key[sel])
-            centre = _centroids(mine, theirs, la, lb)
-            if ctx.boundary:  # the faces are the two planes either side of the seam: put points on it
-                start = list(block.write_box.start)
-                start[axis] = nb.write_box.start[axis] - 0.5
-            else:
-                start = list((block.read_box & nb.read_box).start)
-            origin = np.array([s + o for s, o in zip(start, plan.input_offset_zyx)], np.float64)
+            if "pos" in edges:  # stage 2 kept each candidate's centroid (zero-origin input voxels)
+                centre = edges["pos"][pick][sel].astype(np.float64)
+            else:  # an older scratch area: from the faces, which stage 2 then kept
+                mine = store.get_arrays(face_key(block_id, axis, +1))["labels"]
+                theirs = store.get_arrays(face_key(nb.id, axis, -1))["labels"]
+                centre = pair_centroids(mine, theirs, la, lb) + face_origin(ctx, block, axis, nb)
+            origin = np.array(plan.input_offset_zyx, np.float64)
             rows["pos"].append(centre + origin + 0.5)
             rows["a"].append(finals(block_id, la))
             rows["b"].append(finals(nb.id, lb))
