@@ -47,7 +47,6 @@ def clean(output: str) -> dict[str, Any]:
 
 def add_arguments(p: Any) -> None:
     p.add_argument("output", help="the run's output directory or URL")
-    p.add_argument("-q", "--quiet", action="store_true")
 
 
 def run(args: Any) -> int:

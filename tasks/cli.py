@@ -295,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("clean", help="remove an output's scratch area (a later run into it starts over)")
     clean.add_arguments(p)
+    _add_log_args(p)
     p.set_defaults(func=clean.run)
 
     try:
