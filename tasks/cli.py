@@ -6,6 +6,7 @@
     emseg phantom IMAGE_URL [--labels URL] [--shape Z Y X]       write a synthetic EM volume
     emseg link OUTPUT [--image URL]                              print the Neuroglancer state and URL of a run
     emseg view OUTPUT [--image URL] [--port N]                   serve a local output to a Neuroglancer viewer
+    emseg train CONFIG [--resume]                                train a boundary model (forest or U-Net)
     emseg train-ffn CONFIG                                       train a flood-filling network
     emseg plan CONFIG [--volume-shape Z Y X] [--workers W]        estimate blocks, storage, time and cost
     emseg clean OUTPUT                                           remove an output's scratch area
@@ -297,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_arguments(p)
     _add_log_args(p)
     p.set_defaults(func=clean.run)
+
+    from tasks import train as train_boundary
+
+    p = sub.add_parser("train", help="train a boundary model (forest or U-Net) on a labelled volume")
+    train_boundary.add_arguments(p)
+    p.set_defaults(func=train_boundary.run)
 
     try:
         from tasks import train_ffn
