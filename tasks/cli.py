@@ -303,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a boundary model (forest or U-Net) on a labelled volume")
     train_boundary.add_arguments(p)
+    _add_log_args(p)
     p.set_defaults(func=train_boundary.run)
 
     try:

@@ -31,7 +31,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="U-Net: continue from <output>/unet_last.pt (same as --set resume=auto)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no log lines on the terminal")
 
 
 def load_config(path: str, overrides: list[str]) -> Any:
