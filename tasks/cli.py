@@ -80,8 +80,14 @@ def _summary(cfg: Any, run: dict[str, Any], evaluation: dict[str, Any] | None) -
     print(f"segmentation: {run['segmentation']}")
     print(f"report:       {cfg.output.rstrip('/')}/run.json")
     if evaluation is not None:
+        from pipeline.metrics import readings
+
         keys = ("voi_split", "voi_merge", "adapted_rand_error", "precision", "recall", "f1", "mean_iou")
         print("evaluation:   " + json.dumps({k: round(evaluation[k], 4) for k in keys if k in evaluation}))
+        print(f"  against the ground truth ({_plural(evaluation.get('n_gt', 0), 'true object')}, "
+              f"{_plural(evaluation.get('n_seg', 0), 'segment')}):")
+        for line in readings(evaluation):
+            print("  " + line)
     state = run["neuroglancer"]
     print("neuroglancer state: " + json.dumps(state, separators=(",", ":")))
     if any(neuroglancer.is_local(layer.get("source")) for layer in state["layers"]):

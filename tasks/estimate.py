@@ -574,7 +574,7 @@ def format_table(est: dict[str, Any]) -> str:
                     f"~{est['candidate_edges']:,.0f} candidate edges"),
         ("output", f"{human_bytes(est['output_bytes'])} ({est['output_encoding']})"),
         ("seconds per block", f"{seg['mean']:.2f} +- {seg['sd']:.2f} (min {seg['min']:.2f}, max {seg['max']:.2f}) "
-                              f"stage 1 on {n_cal} blocks, {est['device']}"),
+                              f"stage 1 on {n_cal} block{'' if n_cal == 1 else 's'}, {est['device']}"),
         ("", f"+ {pb['seams_standin']['mean']:.3f} seams, + {pb['write_standin']['mean']:.3f} relabel/write "
              "(stand-ins)"),
         ("startup per worker", f"{est['startup_seconds']:.1f} s"),
@@ -634,8 +634,8 @@ def run(args: argparse.Namespace) -> int:
     check_arguments(p, volume_shape=args.volume_shape, workers=args.workers, gpus=args.gpus,
                     cost_per_hour=args.cost_per_hour)
     n = min(args.calibrate, p.ctx.grid.num_blocks)
-    log.info("plan: calibrating on %d of %d blocks with backend %s (in this process, temporary output)",
-             n, p.ctx.grid.num_blocks, cfg.backend.name)
+    log.info("plan: calibrating on %d of %d block%s with backend %s (in this process, temporary output)",
+             n, p.ctx.grid.num_blocks, "" if p.ctx.grid.num_blocks == 1 else "s", cfg.backend.name)
     cal = calibrate(p, n, workdir=args.calibration_dir)
     est = estimate(p, cal, volume_shape=args.volume_shape, workers=args.workers, gpus=args.gpus,
                    cost_per_hour=args.cost_per_hour)

@@ -52,7 +52,8 @@ def write_phantom(
         create_precomputed(labels_store, layer_type="segmentation", dtype="uint64", **common)
     step = tuple(max(c, 128 // c * c) for c in cfg.chunk_shape)
     grid = BlockGrid(Box.from_shape(cfg.shape), step, (0, 0, 0))
-    log.info("writing a %s phantom in %d blocks to %s", "x".join(map(str, cfg.shape)), len(grid), image_url)
+    log.info("writing a %s phantom in %d block%s to %s", "x".join(map(str, cfg.shape)), len(grid),
+             "" if len(grid) == 1 else "s", image_url)
     from distributed import wait
 
     from tasks.cluster import connect
