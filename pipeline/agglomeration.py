@@ -38,7 +38,7 @@ import contextlib
 import os
 import sys
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -129,38 +129,84 @@ class BlockAgglomeration:
     score: np.ndarray  # float32
 
 
-def agglomerate_block(
+def fragments_watershed(
     affs: np.ndarray,
     mask: np.ndarray | None = None,
     *,
-    scoring: str = "mean",
+    seed_threshold: float = 0.7,
+    seed_min_distance: float = 3.0,
+    voxel_size_zyx: tuple[float, float, float] | None = None,
+) -> np.ndarray:
+    """Fragments by a seeded watershed on the mean affinity (the recipe of the LSD pipelines).
+
+    The boundary map is ``1 - mean(affs)``; voxels whose mean affinity exceeds ``seed_threshold`` are
+    interior; seeds are the maxima of the interior's Euclidean distance transform within
+    ``seed_min_distance`` (nm-isotropic: in voxels of the finest axis, scaled per axis by
+    ``voxel_size_zyx``); a watershed on the boundary map grows them over the whole box (``mask``
+    excluded). Returns ``(z, y, x)`` uint64 fragment ids, 0 where ``mask`` is False.
+
+    Libraries: ``edt`` (distance transform, anisotropic), ``cc3d`` (seed labels), scikit-image
+    (watershed). Unlike :func:`fragments_zwatershed` it tolerates soft, badly calibrated affinities
+    (a forest's probabilities), but a fragment may cross a boundary where no seed lies on one side.
+
+    >>> labels = np.zeros((6, 6, 12), np.uint32); labels[..., :6] = 1; labels[..., 6:] = 2
+    >>> f = fragments_watershed(affinities_from_labels(labels), seed_min_distance=1)
+    >>> len(np.unique(f[..., :5])) >= 1 and not set(np.unique(f[..., :5])) & set(np.unique(f[..., 7:]))
+    True
+    """
+    import cc3d
+    import edt
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    affs = _check_affs(affs)
+    mean = affs.mean(axis=0)
+    if mask is not None:
+        mean[~mask] = 0.0
+    interior = mean > seed_threshold
+    size = tuple(float(v) for v in (voxel_size_zyx or (1.0, 1.0, 1.0)))
+    depth = edt.edt(interior, anisotropy=size, black_border=False, parallel=1)
+    finest = min(size)
+    footprint = tuple(2 * max(0, int(round(seed_min_distance * finest / v))) + 1 for v in size)
+    peaks = (depth == ndi.maximum_filter(depth, size=footprint, mode="nearest")) & interior
+    seeds = cc3d.connected_components(peaks, connectivity=26, out_dtype=np.uint64)
+    return watershed(1.0 - mean, seeds, mask=mask).astype(np.uint64)
+
+
+def fragments_zwatershed(
+    affs: np.ndarray,
+    mask: np.ndarray | None = None,
+    *,
     aff_threshold_low: float = 0.0001,
     aff_threshold_high: float = 0.9999,
-) -> BlockAgglomeration:
-    """Cut one block into fragments and agglomerate them completely, recording every merge.
+) -> np.ndarray:
+    """Fragments by waterz's watershed on the affinity graph (zwatershed; Zlateski & Seung 2015).
 
-    Parameters
-    ----------
-    affs
-        ``(3, z, y, x)`` float32 affinities of the block's write box (see the module docstring). The
-        first plane along each axis refers to voxels outside the box and is ignored.
-    mask
-        ``(z, y, x)`` bool, False where there is no data (fragments 0 there); None means all data.
-    scoring
-        ``"mean"`` (waterz's mean affinity) or ``"quantile_N"``: the edge score is one minus that
-        statistic of the affinities on the faces two regions share.
-    aff_threshold_low, aff_threshold_high
-        zwatershed's thresholds: voxels joined by an affinity above ``high`` form one seed region;
-        affinities below ``low`` are never followed (waterz's defaults).
-
-    >>> labels = np.zeros((4, 4, 4), np.uint32); labels[:, :2] = 1; labels[:, 2:] = 2
-    >>> r = agglomerate_block(affinities_from_labels(labels))
-    >>> r.n, r.a.tolist(), r.b.tolist(), r.score.tolist()
-    (2, [], [], [])
+    Voxels joined by an affinity above ``aff_threshold_high`` form one region, affinities below
+    ``aff_threshold_low`` are never followed, and every other voxel joins the region its steepest
+    ascent leads to. Exact on binary affinities (it never crosses an affinity-0 face), but on soft
+    affinities it makes many small fragments. Voxels nothing joins (a one-voxel object) get an id of
+    their own. Returns ``(z, y, x)`` uint64, 0 where ``mask`` is False.
     """
     import waterz
 
-    affs = _check_affs(affs).copy()
+    affs = _masked(_check_affs(affs), mask)
+    with _quiet_stdout():
+        first = waterz.agglomerate(affs, [0.0], aff_threshold_low=aff_threshold_low,
+                                   aff_threshold_high=aff_threshold_high)
+        frags = next(first).astype(np.uint64)  # waterz reuses the array it yields
+        del first
+    if mask is not None:
+        frags[~mask] = 0
+    orphans = (frags == 0) if mask is None else (mask & (frags == 0))
+    if orphans.any():
+        frags[orphans] = frags.max() + np.arange(1, int(orphans.sum()) + 1, dtype=np.uint64)
+    return frags
+
+
+def _masked(affs: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """A copy of ``affs`` with no edge out of the box (first planes) or into a voxel without data."""
+    affs = affs.copy()
     for axis in range(3):
         index = [axis, slice(None), slice(None), slice(None)]
         index[axis + 1] = 0
@@ -170,37 +216,77 @@ def agglomerate_block(
         if mask.shape != affs.shape[1:]:
             raise ValueError(f"mask shape {mask.shape} differs from the affinities' {affs.shape[1:]}")
         affs[:, ~mask] = 0.0
-        for axis in range(3):  # no edge into a voxel without data
+        for axis in range(3):
             src = [slice(None)] * 3
             dst = [slice(None)] * 3
             src[axis] = slice(None, -1)
             dst[axis] = slice(1, None)
             affs[axis][tuple(dst)] *= mask[tuple(src)]
-    with _quiet_stdout():
-        first = waterz.agglomerate(
-            affs, [0.0], scoring_function=_scoring(scoring),
-            aff_threshold_low=aff_threshold_low, aff_threshold_high=aff_threshold_high,
-        )
-        fragments = next(first).astype(np.uint64)  # waterz reuses the array it yields
-        del first
-        if mask is not None:
-            fragments[~mask] = 0
-        # zwatershed leaves voxels that no affinity above aff_threshold_low joins to anything as 0;
-        # inside the data they are objects of their own (a one-voxel object of a label volume)
-        orphans = (fragments == 0) if mask is None else (mask & (fragments == 0))
-        if orphans.any():
-            fragments[orphans] = fragments.max() + np.arange(1, int(orphans.sum()) + 1, dtype=np.uint64)
-        fragments, n = _dense(fragments)
-        if n > 1:
+    return affs
+
+
+def agglomerate_block(
+    affs: np.ndarray,
+    mask: np.ndarray | None = None,
+    *,
+    scoring: str = "mean",
+    fragments: str = "watershed",
+    seed_threshold: float = 0.7,
+    seed_min_distance: float = 3.0,
+    voxel_size_zyx: tuple[float, float, float] | None = None,
+    aff_threshold_low: float = 0.0001,
+    aff_threshold_high: float = 0.9999,
+) -> BlockAgglomeration:
+    """Cut one block into fragments and agglomerate them completely, recording every merge.
+
+    Parameters
+    ----------
+    affs
+        ``(3, z, y, x)`` float32 affinities of the block's write box (see the module docstring). The
+        first plane along each axis holds the affinities to the voxels before the box: the fragments'
+        boundary map uses them, the merge tree does not (they lead out of the box).
+    mask
+        ``(z, y, x)`` bool, False where there is no data (fragments 0 there); None means all data.
+    scoring
+        ``"mean"`` (waterz's mean affinity) or ``"quantile_N"``: the edge score is one minus that
+        statistic of the affinities on the faces two regions share.
+    fragments
+        ``"watershed"`` (:func:`fragments_watershed`, with ``seed_threshold``, ``seed_min_distance``
+        and ``voxel_size_zyx``) or ``"zwatershed"`` (:func:`fragments_zwatershed`, with
+        ``aff_threshold_low`` and ``aff_threshold_high``).
+
+    Raises
+    ------
+    ValueError
+        For affinities not of shape (3, z, y, x), a mask of another shape, an unknown method.
+
+    >>> labels = np.zeros((4, 4, 4), np.uint32); labels[:, :2] = 1; labels[:, 2:] = 2
+    >>> r = agglomerate_block(affinities_from_labels(labels), fragments="zwatershed")
+    >>> r.n, r.a.tolist(), r.b.tolist(), r.score.tolist()
+    (2, [], [], [])
+    """
+    import waterz
+
+    affs = _check_affs(affs)
+    if fragments == "watershed":
+        frags = fragments_watershed(affs, mask, seed_threshold=seed_threshold,
+                                    seed_min_distance=seed_min_distance, voxel_size_zyx=voxel_size_zyx)
+    elif fragments == "zwatershed":
+        frags = fragments_zwatershed(affs, mask, aff_threshold_low=aff_threshold_low,
+                                     aff_threshold_high=aff_threshold_high)
+    else:
+        raise ValueError(f"unknown fragments method {fragments!r}; choose 'watershed' or 'zwatershed'")
+    frags, n = _dense(frags)
+    history: list[dict[str, float]] = []
+    if n > 1:
+        with _quiet_stdout():
             seg, history = next(
-                waterz.agglomerate(affs, [1.0], fragments=fragments.astype(np.uint64),
+                waterz.agglomerate(_masked(affs, mask), [1.0], fragments=frags.astype(np.uint64),
                                    scoring_function=_scoring(scoring), return_merge_history=True)
             )
-            del seg
-        else:
-            history = []
+        del seg
     a, b, score = _tree(history)
-    return BlockAgglomeration(fragments.astype(np.uint32), n, a, b, score)
+    return BlockAgglomeration(frags.astype(np.uint32), n, a, b, score)
 
 
 def _dense(fragments: np.ndarray) -> tuple[np.ndarray, int]:
@@ -289,18 +375,19 @@ def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def segment(
-    affs: np.ndarray, threshold: float, mask: np.ndarray | None = None, *, scoring: str = "mean"
+    affs: np.ndarray, threshold: float, mask: np.ndarray | None = None, *, scoring: str = "mean", **fragments: Any
 ) -> np.ndarray:
     """Fragments + agglomeration of a whole volume in memory: the reference the chunked run matches.
 
     ``affs`` ``(3, z, y, x)`` float32; returns ``(z, y, x)`` uint32 labels, 1.. (0 where ``mask`` is
-    False). Merges every tree edge whose score is at most ``threshold``.
+    False). Merges every tree edge whose score is at most ``threshold``; ``fragments`` takes the
+    keyword arguments of :func:`agglomerate_block` that choose and tune the fragments.
 
     >>> labels = np.zeros((3, 4, 4), np.uint32); labels[:, :, :2] = 7; labels[:, :, 2:] = 9
-    >>> segment(affinities_from_labels(labels), 0.5)[0].tolist()
+    >>> segment(affinities_from_labels(labels), 0.5, fragments="zwatershed")[0].tolist()
     [[1, 1, 2, 2], [1, 1, 2, 2], [1, 1, 2, 2], [1, 1, 2, 2]]
     """
-    r = agglomerate_block(affs, mask, scoring=scoring)
+    r = agglomerate_block(affs, mask, scoring=scoring, **fragments)
     keep = r.score <= threshold
     lut = components(r.n, r.a[keep], r.b[keep])
     return lut[r.fragments]

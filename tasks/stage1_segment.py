@@ -87,10 +87,7 @@ def fragment_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
     core = block.write_box.slices(block.read_box.start)
     core_affs = affs[(slice(None), *core)]
     core_mask = None if mask is None else mask[core]
-    params = backend.params
-    result = agglomerate_block(core_affs, core_mask, scoring=params.scoring,
-                               aff_threshold_low=params.aff_threshold_low,
-                               aff_threshold_high=params.aff_threshold_high)
+    result = agglomerate_block(core_affs, core_mask, **backend.fragment_options())
     frags = result.fragments
     store = runtime.scratch(ctx.output)
     for axis, direction, _ in grid.neighbours(block):

@@ -64,7 +64,7 @@ def test_labels_come_back_for_any_block_shape(cells, tmp_path, dask_address, blo
 
 def test_whole_volume_reference_equals_components(cells):
     _, labels = cells
-    out = segment_whole(affinities_from_labels(labels), 0.5, mask=labels != 0)
+    out = segment_whole(affinities_from_labels(labels), 0.5, mask=labels != 0, fragments="zwatershed")
     assert same_partition(out, cc3d.connected_components(labels, connectivity=6))
 
 

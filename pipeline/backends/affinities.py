@@ -61,9 +61,21 @@ class Params(BackendParams):
     value_range: tuple[float, float] | None = None
     #: edge score: "mean" (1 - mean affinity on the shared face, waterz's default) or "quantile_N"
     scoring: str = "mean"
-    #: zwatershed's thresholds for fragments (waterz defaults)
+    #: how blocks are cut into fragments: "watershed" (distance-transform seeds, seeded watershed on
+    #: the mean affinity; for learned models) or "zwatershed" (waterz's watershed on the affinity
+    #: graph; exact on binary affinities). None: zwatershed for model.kind labels, else watershed
+    fragments: Literal["watershed", "zwatershed"] | None = None
+    #: watershed fragments: interior = mean affinity above this; seeds = distance-transform maxima
+    #: at least seed_min_distance apart (voxels of the finest axis). 0.7 and 3 were best of
+    #: {0.5, 0.7} x {3, 5} on FIB-25 z >= 170 with the bundled forest (docs/agglomeration.md)
+    seed_threshold: float = Field(0.7, gt=0.0, lt=1.0)
+    seed_min_distance: float = Field(3.0, ge=0.0)
+    #: zwatershed fragments: thresholds on the affinities (waterz's defaults)
     aff_threshold_low: float = Field(0.0001, ge=0.0, lt=1.0)
     aff_threshold_high: float = Field(0.9999, gt=0.0, le=1.0)
+    #: the input's voxel size (z, y, x, nm): filled in from the input's metadata by the engine when
+    #: unset; it makes seed distances physical on anisotropic data
+    voxel_size_zyx: tuple[float, float, float] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Params:
@@ -166,8 +178,16 @@ class Backend:
             affs[:, ~mask] = 0.0
         return affs, mask
 
+    def fragment_options(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`pipeline.agglomeration.agglomerate_block` these params ask for."""
+        p = self.params
+        method = p.fragments or ("zwatershed" if p.model.kind == "labels" else "watershed")
+        return {"scoring": p.scoring, "fragments": method, "seed_threshold": p.seed_threshold,
+                "seed_min_distance": p.seed_min_distance, "voxel_size_zyx": p.voxel_size_zyx,
+                "aff_threshold_low": p.aff_threshold_low, "aff_threshold_high": p.aff_threshold_high}
+
     def segment(self, image: np.ndarray) -> np.ndarray:
         """The whole block at the default threshold (the instance-backend protocol; the engine uses
         :meth:`affinities` and stitches through fragments instead)."""
         affs, mask = self.affinities(image)
-        return segment(affs, self.default_threshold, mask, scoring=self.params.scoring)
+        return segment(affs, self.default_threshold, mask, **self.fragment_options())
