@@ -14,6 +14,9 @@ The keys, with their defaults::
     retries: 2                               # extra attempts per task before the block counts as failed
     evaluate: null                           # {groundtruth: URL, iou_threshold: 0.5, min_size: 0, ...}
     phantom: null                            # make a synthetic input (and ground truth) if none exists
+    input_voxel_size_nm: null                # [z, y, x] nm, for an input whose metadata gives none
+    input_value_range: null                  # [low, high] intensities mapped to 0..1 before the backend
+    fill_missing: false                      # read missing input chunks as the fill value instead of failing
     postprocess: {pyramid_levels: null, meshes: true, segment_properties: true, seam_audit: true, ...}
 
 ``--set key.sub=value`` on the command line overrides one key; the value is parsed as YAML.
@@ -21,6 +24,7 @@ The keys, with their defaults::
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -178,6 +182,12 @@ class PostprocessConfig(Strict):
 class Config(Strict):
     input: str | dict[str, Any]
     output: str
+    #: the input's voxel size (z, y, x, nm) where its metadata gives none; refused if it disagrees
+    input_voxel_size_nm: tuple[float, float, float] | None = None
+    #: input intensities that stage 1 maps linearly to 0..1 (float32) before the backend sees them
+    input_value_range: tuple[float, float] | None = None
+    #: read a missing input chunk as the store's fill value (default: the block fails, naming the chunk)
+    fill_missing: bool = False
     backend: BackendConfig = Field(default_factory=lambda: BackendConfig(name="watershed"))
     blocks: BlocksConfig = BlocksConfig()
     cluster: ClusterConfig = ClusterConfig()
@@ -194,6 +204,20 @@ class Config(Strict):
     #: done-markers, scored edges, core labels, the union-find result; pipeline/scratch.py)
     keep_scratch: bool = False
 
+    @field_validator("input_voxel_size_nm")
+    @classmethod
+    def _positive_voxel(cls, v: tuple[float, float, float] | None) -> tuple[float, float, float] | None:
+        if v is not None and not all(x > 0 and x < float("inf") for x in v):
+            raise ValueError(f"input_voxel_size_nm must be positive on every axis (z, y, x nm), got {list(v)}")
+        return v
+
+    @field_validator("input_value_range")
+    @classmethod
+    def _ordered_range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not v[0] < v[1]:
+            raise ValueError(f"input_value_range must be [low, high] with low < high, got {list(v)}")
+        return v
+
     def stitch_rule(self) -> StitchRule:
         if self.stitch is not None:
             return self.stitch
@@ -207,8 +231,18 @@ class Config(Strict):
 
 def _pydantic_message(exc: ValidationError, prefix: str = "") -> str:
     lines = []
+    lengths: dict[str, tuple[int, Any]] = {}  # a list of the wrong length: its key -> (expected, given)
     for err in exc.errors():
-        loc = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(err["loc"]))
+        path = ((prefix,) if prefix else ()) + tuple(err["loc"])
+        loc = ".".join(str(p) for p in path)
+        if err["type"] == "missing" and len(path) > 1 and isinstance(path[-1], int):
+            name = ".".join(str(p) for p in path[:-1])
+            expected = max(lengths.get(name, (0, None))[0], path[-1] + 1)
+            lengths[name] = (expected, err.get("input"))
+            continue
+        if err["type"] == "too_long":
+            lengths[loc] = (int((err.get("ctx") or {}).get("max_length", 0)), err.get("input"))
+            continue
         if err["type"] == "extra_forbidden":
             lines.append(f"unknown config key {loc!r}; remove it or check its spelling")
         elif err["type"] == "missing":
@@ -216,6 +250,10 @@ def _pydantic_message(exc: ValidationError, prefix: str = "") -> str:
         else:
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"{loc}: {msg}" if loc and f"'{loc}" not in msg else msg)
+    for name, (expected, given) in lengths.items():
+        shown = list(given) if isinstance(given, list | tuple) else given
+        lines.append(f"{name} takes {expected} values, got {shown}"
+                     + (" (one per axis: z, y, x)" if expected == 3 else ""))
     return "; ".join(lines)
 
 
@@ -238,12 +276,21 @@ def parse_overrides(items: Sequence[str]) -> list[tuple[str, Any]]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set expects key=value (e.g. --set blocks.shape=[64,64,64]), got {item!r}")
-        out.append((key.strip(), yaml.safe_load(value)))
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            problem = str(getattr(exc, "problem", None) or "invalid YAML")
+            raise ConfigError(
+                f"--set {item!r}: the value is not valid YAML ({problem}); quote it or fix its brackets, "
+                "e.g. --set blocks.shape=[64,64,64]"
+            ) from None
+        out.append((key.strip(), parsed))
     return out
 
 
 def from_dict(data: Mapping[str, Any], overrides: Sequence[str] = ()) -> Config:
-    data = dict(data)
+    """Validate a config mapping after applying ``key=value`` overrides (the caller's mapping is not changed)."""
+    data = copy.deepcopy(dict(data))
     for key, value in parse_overrides(overrides):
         _set(data, key, value)
     try:

@@ -23,6 +23,10 @@ class VolumeNotFoundError(EmsegError, FileNotFoundError):
     """No volume exists at the given URL or spec."""
 
 
+class VolumeReadError(EmsegError, ValueError):
+    """A volume exists but cannot be read: corrupt metadata, a missing chunk, a wrong format."""
+
+
 class AlignmentError(ConfigError):
     """Block write boxes would not align to the output's chunks or shards."""
 

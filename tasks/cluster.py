@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
+import threading
 from collections.abc import Iterator
 
 from pipeline.config import ClusterConfig
@@ -51,12 +53,53 @@ def connect(cfg: ClusterConfig) -> Iterator["distributed.Client"]:  # noqa: F821
             yield client
         return
     log.info("starting a local Dask cluster: %d worker processes x %d threads", cfg.workers, cfg.threads_per_worker)
-    with LocalCluster(
-        n_workers=cfg.workers,
-        threads_per_worker=cfg.threads_per_worker,
-        processes=True,
-        memory_limit=cfg.memory_limit,
-        dashboard_address=":0",
-        silence_logs=level,
-    ) as cluster, Client(cluster) as client:
-        yield client
+    with _workers_ignore_ctrl_c():
+        cluster = LocalCluster(
+            n_workers=cfg.workers,
+            threads_per_worker=cfg.threads_per_worker,
+            processes=True,
+            memory_limit=cfg.memory_limit,
+            dashboard_address=":0",
+            silence_logs=level,
+        )
+    with cluster, Client(cluster) as client:
+        try:
+            yield client
+        except KeyboardInterrupt:
+            _quiet_workers(client)
+            raise
+
+
+def _silence() -> None:
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+    for name in ("distributed.worker", "distributed.core", "distributed.comm", "distributed.nanny"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def _quiet_workers(client: "distributed.Client") -> None:  # noqa: F821
+    """Before an interrupted run shuts its local cluster down: no worker logs the closing connections."""
+    _silence()
+    try:
+        client.run(_silence)
+    except BaseException:  # noqa: BLE001 - a second Ctrl-C or a dead worker: shut down regardless
+        pass
+
+
+@contextlib.contextmanager
+def _workers_ignore_ctrl_c() -> Iterator[None]:
+    """Start worker processes with SIGINT ignored: Ctrl-C stops the driver, which shuts them down.
+
+    A terminal's Ctrl-C goes to every process of the foreground group, the workers included; each
+    would print its own KeyboardInterrupt traceback (about 40 lines for two workers) before the
+    driver's one-line message. A spawned Python keeps an ignored SIGINT ignored, so the workers
+    started here never see it; the driver's handler is restored as soon as they are up.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

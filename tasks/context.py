@@ -31,6 +31,8 @@ class RunContext:
     #: threshold (edges with score <= threshold merge); None for instance backends
     boundary: bool = False
     threshold: float | None = None
+    #: input intensities mapped to 0..1 before the backend (config ``input_value_range``); None = as read
+    value_range: tuple[float, float] | None = None
 
     @property
     def grid(self) -> BlockGrid:

@@ -36,7 +36,7 @@ def _phantom(params_json: str) -> Any:
 
 def _render_block(params_json: str, image_store: str, labels_store: str | None, box: Box) -> None:
     image, labels = _phantom(params_json).render(box)
-    open_volume(f"precomputed://{image_store}", write=True).write(box, image)
+    open_volume(f"precomputed://{image_store}", write=True, store_all=True).write(box, image)
     if labels_store is not None:
         open_volume(f"precomputed://{labels_store}", write=True).write(box, labels)
 

@@ -82,6 +82,22 @@ def build(
     return run
 
 
+def record_rerun(output: str, run: dict[str, Any], *, started: float) -> dict[str, Any]:
+    """Add a rerun that found nothing to do to a finished run's report (kept whole) and write it."""
+    now = dt.datetime.now(dt.timezone.utc)
+    entry = {
+        "started": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(),
+        "finished": now.isoformat(),
+        "wall_seconds": round(now.timestamp() - started, 3),
+        "ran": 0,
+        "note": "every task was done already; nothing was recomputed",
+    }
+    run = dict(run)
+    run["reruns"] = list(run.get("reruns", [])) + [entry]
+    write(output, run)
+    return run
+
+
 def write(output: str, run: dict[str, Any]) -> None:
     kv = urls.open_kvstore(output)
     kv.write("run.json", json.dumps(run, indent=2).encode()).result()

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import uuid
 import math
+import os
 import sys
+import uuid
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from pipeline.geometry import Box, BlockGrid
 from pipeline.lock import OutputLock
 from pipeline.scratch import STAGES, Scratch
 from pipeline.sharding import check_alignment, choose_bits, shard_shape
-from pipeline.volume import Volume, create_precomputed, open_volume, sharding_spec, spec_for
+from pipeline.volume import Volume, create_precomputed, open_volume, read_error, sharding_spec, spec_for
 from tasks import report as report_mod
 from tasks.context import RunContext
 from tasks import graph
@@ -100,18 +101,26 @@ def check_hands_off(config: Config) -> None:
                           "--restart clears — choose an output that does not contain the input")
 
 
+#: label keys are ``block_id << 32 | local_id`` in a uint64 with bit 63 reserved: block ids stay below 2^31
+MAX_BLOCKS = 1 << 31
+
+
 def plan(config: Config) -> Plan:
     """Validate everything that can be checked before any work, and describe the run."""
     check_hands_off(config)
+    check_output_location(config.output)
     if config.phantom is not None:
         from tasks.phantom import ensure_phantom
 
         ensure_phantom(config)
     vol = open_volume(config.input)
+    config = resolve_voxel_size(config, vol)
     backends.check_input_dtype(config.backend.name, vol.dtype)
+    backends.preflight(config.backend.name, config.backend.params)
     roi = region(config, vol)
     blocks = config.blocks
     grid = BlockGrid(roi, blocks.shape, blocks.halo)
+    check_grid_size(grid)
     min_halo = backends.module(config.backend.name).Backend.min_halo
     for axis, (g, h) in enumerate(zip(grid.grid_shape, blocks.halo)):
         if g > 1 and h < min_halo:
@@ -133,9 +142,17 @@ def plan(config: Config) -> Plan:
         shard = shard_shape(chunk_grid, write.chunk_shape, bits[0], bits[1])
         check_alignment(blocks.shape, shard, roi.shape, "shard")
         sharding = sharding_spec(*bits)
+    input_spec = spec_for(config.input)
+    if not config.fill_missing:
+        input_spec["fill_missing_data_reads"] = False
+    check_intensities(config, vol, input_spec, roi)
+    if config.evaluate is not None:
+        from tasks.evaluate import check_groundtruth
+
+        check_groundtruth(config.evaluate.groundtruth, vol, roi)
     out = urls.store_url(config.output)
     ctx = RunContext(
-        input_spec=spec_for(config.input),
+        input_spec=input_spec,
         output=out,
         segmentation=urls.join(out, "segmentation"),
         roi=roi,
@@ -148,6 +165,7 @@ def plan(config: Config) -> Plan:
         boundary=boundary,
         threshold=threshold,
         keep_scratch=config.keep_scratch,
+        value_range=config.input_value_range,
     )
     data = config.to_json()
     fingerprint = {k: data[k] for k in ("input", "roi", "blocks", "backend", "write")}
@@ -175,6 +193,89 @@ def _check_boundary(config: Config, vol: Volume, grid: BlockGrid) -> float:
         )
     t = config.agglomeration.threshold
     return float(backend.default_threshold if t is None else t)
+
+
+def check_output_location(output: str) -> None:
+    """Refuse an output that cannot be a directory (a local path that is an existing file)."""
+    path = urls.local_path(urls.store_url(output))
+    if path is None:
+        return
+    probe = os.path.abspath(path)
+    while probe and not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if os.path.exists(probe) and not os.path.isdir(probe):
+        what = "is" if probe == os.path.abspath(path) else f"lies under {probe!r}, which is"
+        raise ConfigError(f"the output {output!r} {what} a file, not a directory; choose another output")
+
+
+def resolve_voxel_size(config: Config, vol: Volume) -> Config:
+    """Settle the input's voxel size (metadata or ``input_voxel_size_nm``) and give it to the backend.
+
+    Refuses an input whose metadata gives no voxel size when the config does not set one, and a config
+    value that contradicts the metadata. Returns the config with the backend's ``voxel_size_zyx``
+    filled in (when it has that key and it is unset).
+    """
+    given = config.input_voxel_size_nm
+    if vol.voxel_size_source is None:
+        if given is None:
+            raise ConfigError(
+                f"the input {vol.source} has no voxel size in its metadata (precomputed resolution, NGFF "
+                "coordinateTransformations, or attributes resolution_nm / resolution / voxel_size / "
+                "pixelResolution); set input_voxel_size_nm: [z, y, x] (nm), e.g. --set input_voxel_size_nm=[40,8,8]"
+            )
+        vol.voxel_size_nm = tuple(float(v) for v in given)  # type: ignore[assignment]
+        vol.voxel_size_source = "config input_voxel_size_nm"
+    elif given is not None and not np.allclose(given, vol.voxel_size_nm, rtol=1e-6):
+        raise ConfigError(
+            f"input_voxel_size_nm {list(given)} disagrees with the input's {vol.voxel_size_source} "
+            f"({list(vol.voxel_size_nm)} nm, z, y, x); remove input_voxel_size_nm or correct the metadata"
+        )
+    params = backends.with_voxel_size(config.backend.params, vol.voxel_size_nm)
+    if params is not config.backend.params:
+        config = config.model_copy(update={"backend": config.backend.model_copy(update={"params": params})})
+    return config
+
+
+def check_grid_size(grid: BlockGrid) -> None:
+    """Refuse a grid whose block ids would not fit the label keys (``block_id << 32 | local_id``)."""
+    if grid.num_blocks < MAX_BLOCKS:
+        return
+    shape = list(grid.block_shape)
+    while math.prod(-(-s // b) for s, b in zip(grid.roi.shape, shape)) >= MAX_BLOCKS:
+        axis = int(np.argmin(shape))
+        shape[axis] *= 2
+    raise ConfigError(
+        f"the region needs {grid.num_blocks} blocks of {list(grid.block_shape)}, but label keys hold block ids "
+        f"below 2^31 (block_id << 32 | local_id); use larger blocks, e.g. blocks.shape={shape}, or split the "
+        "region into several runs with roi"
+    )
+
+
+def check_intensities(config: Config, vol: Volume, input_spec: dict[str, Any], roi: Box) -> None:
+    """Sample the input before any work: missing chunks (unless ``fill_missing``) and a float range the backend cannot take."""
+    from pipeline import intensity
+
+    name = config.backend.name
+    own_range = getattr(config.backend.params, "value_range", None)
+    if config.input_value_range is not None and own_range is not None:
+        raise ConfigError(
+            f"both input_value_range {list(config.input_value_range)} and backend.value_range {list(own_range)} "
+            "are set; the image would be mapped twice: keep one"
+        )
+    checked = vol.dtype.kind == "f" and config.input_value_range is None and own_range is None
+    sample_vol = open_volume(input_spec) if not config.fill_missing else vol
+    values = []
+    for start, stop in intensity.sample_boxes(roi.shape):
+        box = Box([a + o for a, o in zip(start, roi.start)], [b + o for b, o in zip(stop, roi.start)])
+        try:
+            values.append(sample_vol.read(box).ravel())
+        except ValueError as exc:
+            raise read_error(vol.source, exc) from None
+    if checked:
+        intensity.check_range(np.concatenate(values), vol.dtype, name, backends.float_range(name))
 
 
 def _delete_prefix(store: str) -> None:
@@ -300,6 +401,14 @@ def _execute(p: Plan, *, restart: bool, stages: Sequence[str], progress: bool) -
             log.info("resume: %s skips %d of %d %s already done", stage, skipped, totals[stage],
                      "tasks" if stage == "3-unionfind" else "blocks")
 
+    previous = report_mod.read(ctx.output)
+    if not any(todo.values()) and previous is not None and previous.get("status") == "complete" \
+            and list(stages) == list(STAGES) \
+            and (previous.get("config") or {}).get("postprocess") == p.config.to_json().get("postprocess"):
+        # Nothing to do: the finished run's report stands; the rerun is recorded beside it, not over it.
+        log.info("resume: every task is done already; run.json keeps the finished run's report")
+        return report_mod.record_rerun(ctx.output, previous, started=t_start)
+
     retries = p.config.retries
     with connect(p.config.cluster) as client:
         bar = _progress(sum(len(v) for v in todo.values()), enabled=progress)
@@ -340,7 +449,9 @@ def _execute(p: Plan, *, restart: bool, stages: Sequence[str], progress: bool) -
             failures.extend(post["failures"])
         versions = report_mod.versions(client)
 
-    results = {"stats": stream.results, "wall": stream.wall, "finish": stream.kept.get(("3-unionfind", "finish"), {})}
+    # The union-find result of this run, or (when only relabelling was redone) of the run it resumes.
+    finish = stream.kept.get(("3-unionfind", "finish")) or scratch.done_info("3-unionfind", "finish") or {}
+    results = {"stats": stream.results, "wall": stream.wall, "finish": finish}
     run = report_mod.build(p, todo, totals, results, failures, started=t_start, versions=versions, post=post)
     if not failures and list(stages) == list(STAGES):
         run["scratch"] = _scratch_lifecycle(p, scratch)

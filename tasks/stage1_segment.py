@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import intensity
 from pipeline.geometry import Block
 from pipeline.labels import renumber_core_first
+from pipeline.volume import read_error
 from tasks import runtime
 from tasks.context import RunContext
 
@@ -34,10 +36,19 @@ def segment_block(ctx: RunContext, block_id: int, *upstream: Any) -> dict[str, A
     t0 = time.perf_counter()
     grid = ctx.grid
     block = grid.block(block_id)
-    image = runtime.volume(ctx.input_key).read(block.read_box)
+    try:
+        raw = runtime.volume(ctx.input_key).read(block.read_box)
+    except ValueError as exc:  # a missing chunk (fill_missing: false) or an unreadable one
+        raise read_error(str(ctx.input_spec.get("kvstore", "")), exc) from None
+    # NaN is no data, and input_value_range maps to 0..1: the same for every backend (pipeline.intensity).
+    image, nodata = intensity.prepare(raw, ctx.value_range)
     prior = neighbour_prior(ctx, block) if ctx.neighbour_prompts and sum(block.index) % 2 == 1 else None
-    backend = runtime.backend(ctx.backend_key)
-    labels = backend.segment(image) if prior is None else backend.segment(image, prior=prior)
+    if image is None:  # nothing but no-data voxels
+        image, labels = raw, np.zeros(raw.shape, np.uint32)
+    else:
+        backend = runtime.backend(ctx.backend_key)
+        labels = backend.segment(image) if prior is None else backend.segment(image, prior=prior)
+        labels = intensity.clear_nodata(labels, nodata)
     if labels.shape != image.shape:
         raise RuntimeError(
             f"backend {ctx.backend_name} returned labels of shape {labels.shape} for an image of {image.shape}"
@@ -80,7 +91,12 @@ def fragment_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     grid = ctx.grid
     block = grid.block(block_id)
-    image = runtime.volume(ctx.input_key).read(block.read_box)
+    try:
+        image = runtime.volume(ctx.input_key).read(block.read_box)
+    except ValueError as exc:  # a missing chunk (fill_missing: false) or an unreadable one
+        raise read_error(str(ctx.input_spec.get("kvstore", "")), exc) from None
+    if ctx.value_range is not None:  # NaN stays NaN: the backend masks it out as no data
+        image = intensity.map_range(image, ctx.value_range)
     backend = runtime.backend(ctx.backend_key)
     affs, mask = backend.affinities(image)
     t_model = time.perf_counter() - t0

@@ -139,11 +139,15 @@ def down(ctx: RunContext, level: int, group: Vec, *upstream: Any) -> dict[str, A
     kids = children(group, level, grid.grid_shape)
     info: dict[str, Any] = {"keys": int(len(final.keys))}
     if level > 1:
+        # One flat index per child group: row-major over the grid of groups at level - 1 (its extent
+        # per axis is the block grid's divided by 2^(level-1), rounded up), so no two groups collide.
+        extent = tuple(-(-int(g) // (1 << (level - 1))) for g in grid.grid_shape)
         owner_idx = _block_indices(ctx, plain_block(final.keys)) >> (level - 1)
-        owner = (owner_idx[:, 0] * (1 << 20) + owner_idx[:, 1]) * (1 << 20) + owner_idx[:, 2]
+        owner = np.ravel_multi_index(tuple(owner_idx.T.astype(np.int64)), extent) if len(owner_idx) else \
+            np.zeros(0, np.int64)
         parts = split_by(final, owner)
         for kid in kids:
-            part = parts.get((kid[0] * (1 << 20) + kid[1]) * (1 << 20) + kid[2], _EMPTY)
+            part = parts.get(int(np.ravel_multi_index(tuple(int(k) for k in kid), extent)), _EMPTY)
             store.put_arrays(f"uf/down/{level - 1}/{_name(kid)}", {"keys": part.keys, "reps": part.reps})
     else:
         parts = split_by(final, plain_block(final.keys).astype(np.int64))

@@ -62,3 +62,22 @@ def check_input_dtype(name: str, dtype: np.dtype | str) -> None:
             f"backend {name!r} takes {' or '.join(accepted)} images, but the input is "
             f"{np.dtype(dtype).name}; convert the volume or choose another backend"
         )
+
+
+def preflight(name: str, params: Any) -> None:
+    """Run the backend's own checks that need no worker (e.g. that a local checkpoint exists), if it has any."""
+    check = getattr(module(name).Backend, "preflight", None)
+    if check is not None:
+        check(params)
+
+
+def float_range(name: str) -> tuple[float, float] | None:
+    """The float intensities backend ``name`` takes (default 0..1; None: any values)."""
+    return getattr(module(name).Backend, "float_range", (0.0, 1.0))
+
+
+def with_voxel_size(params: Any, voxel_size_zyx: tuple[float, float, float]) -> Any:
+    """``params`` with ``voxel_size_zyx`` filled in, when the backend has that key and the config left it unset."""
+    if "voxel_size_zyx" in type(params).model_fields and getattr(params, "voxel_size_zyx") is None:
+        return params.model_copy(update={"voxel_size_zyx": tuple(float(v) for v in voxel_size_zyx)})
+    return params

@@ -6,6 +6,24 @@ the same shape, 0 for background. Labels are local to the block: stitching makes
 A backend module exposes two names: ``Params``, a pydantic model of its config keys (unknown keys
 rejected), and ``Backend``, a class built from those params. Models are loaded lazily, on the first
 call of :meth:`Backend.segment` in a worker, never at import time.
+
+What the engine guarantees the image a backend gets (stage 1, :mod:`pipeline.intensity`):
+
+- No NaN or infinite voxels: they are no data, filled from the nearest finite voxel before the call
+  and given label 0 after it, whatever the backend returns there.
+- Float images lie in :attr:`Backend.float_range` (0..1 unless the backend says otherwise, None for a
+  backend that takes any values): the run maps ``input_value_range`` to 0..1 when the config sets it,
+  and otherwise refuses, before any work, a float input whose sampled values lie outside the range.
+
+Voxel size: a backend whose ``Params`` has a key ``voxel_size_zyx: tuple[float, float, float] | None``
+with default None receives the input's voxel size there (z, y, x, nm), filled in by the engine before
+the run when the config leaves it unset (:func:`pipeline.backends.with_voxel_size`); ``run.json``'s
+``config.backend`` shows the value used. A backend that smooths, measures distances or sizes windows
+should take it, so that anisotropic data (e.g. 40 x 8 x 8 nm) is handled in physical units.
+
+Checks before work: an optional classmethod ``preflight(params)`` raises an
+:class:`~pipeline.errors.EmsegError` for what no worker could get past (a local checkpoint that is
+not there); the engine calls it while planning, before any task runs.
 """
 
 from __future__ import annotations
@@ -27,6 +45,8 @@ class Backend(Protocol):
     name: ClassVar[str]
     #: numpy dtype names the backend accepts as input
     input_dtypes: ClassVar[tuple[str, ...]]
+    #: the float intensities it takes, (low, high); None when any values will do (threshold-cc)
+    float_range: ClassVar[tuple[float, float] | None]
     #: the smallest halo (voxels, every axis) for which stitching makes sense
     min_halo: ClassVar[int]
     #: the stitching rule used when the config gives none (keys of ``pipeline.seams.StitchRule``)

@@ -34,6 +34,8 @@ cached per process (worker).
 
 from __future__ import annotations
 
+import os
+
 import threading
 from typing import Any, ClassVar, Literal
 
@@ -42,7 +44,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from pipeline import backends
 from pipeline.backends.base import BackendParams
-from pipeline.errors import DtypeError
+from pipeline.errors import CheckpointError, DtypeError
 
 Vec3 = tuple[int, int, int]
 
@@ -129,10 +131,24 @@ def _load_predictor(params: Params) -> Any:
 class Backend:
     name: ClassVar[str] = "ffn"
     input_dtypes: ClassVar[tuple[str, ...]] = ("uint8", "float32")
+    float_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
     #: the least overlap that stitching needs; give at least the FOV radius (8 for the bundled
     #: model) so that an object crossing a seam is flooded with full context on both sides
     min_halo: ClassVar[int] = 4
     default_stitch: ClassVar[dict[str, Any]] = {"min_overlap": 20, "min_iou": 0.2, "mutual_best": True}
+
+    @classmethod
+    def preflight(cls, params: Params) -> None:
+        """Refuse, before any work, a local checkpoint file that is not there."""
+        location = params.checkpoint
+        if location == "bundled" or ("://" in location and not location.startswith("file://")):
+            return
+        path = os.path.expanduser(location.removeprefix("file://"))
+        if not os.path.isfile(path):
+            raise CheckpointError(
+                f"no FFN checkpoint at {path!r}; set backend.checkpoint to a path or URL, or train one with "
+                "`emseg train-ffn CONFIG`"
+            )
 
     def __init__(self, params: Params, predictor: Any = None, model_config: Any = None, sam2: Any = None) -> None:
         """Build the backend; ``predictor`` and ``model_config`` inject a stand-in model, ``sam2`` a

@@ -17,6 +17,7 @@ class Params(BackendParams):
 class Backend:
     name: ClassVar[str] = "noop"
     input_dtypes: ClassVar[tuple[str, ...]] = ("uint8", "uint16", "uint32", "uint64", "float32", "float64")
+    float_range: ClassVar[tuple[float, float] | None] = None
     min_halo: ClassVar[int] = 0
     default_stitch: ClassVar[dict[str, Any]] = {"min_overlap": 1, "min_iou": 0.0, "mutual_best": False}
 

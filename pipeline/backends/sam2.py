@@ -12,6 +12,8 @@ and the model is built (and its checkpoint read) when a worker first segments a 
 
 from __future__ import annotations
 
+import os
+
 import threading
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -19,7 +21,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from pipeline.backends.base import BackendParams
-from pipeline.errors import ConfigError, DtypeError, ShapeMismatchError
+from pipeline.errors import CheckpointError, ConfigError, DtypeError, ShapeMismatchError
 
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.sam2.block import BlockResult
@@ -104,8 +106,28 @@ class Backend:
 
     name: ClassVar[str] = "sam2"
     input_dtypes: ClassVar[tuple[str, ...]] = ("uint8", "uint16", "float32", "float64")
+    float_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
     min_halo: ClassVar[int] = 8
     default_stitch: ClassVar[dict[str, Any]] = {"min_overlap": 32, "min_iou": 0.5, "mutual_best": True}
+
+    @classmethod
+    def preflight(cls, params: Params) -> None:
+        """Refuse, before any work, weights that no worker could load: none set, or a local file that is not there."""
+        from pipeline.sam2.weights import OFFICIAL_CHECKPOINTS, RELEASE_URL
+
+        if params.checkpoint is None:
+            if not params.random_weights:
+                raise CheckpointError(
+                    f"backend.checkpoint is not set; download {OFFICIAL_CHECKPOINTS[params.model]} from "
+                    f"{RELEASE_URL} and set backend.checkpoint to its path or URL"
+                )
+            return
+        location = params.checkpoint.removeprefix("file://")
+        if "://" not in location and not os.path.isfile(os.path.expanduser(location)):
+            raise CheckpointError(
+                f"no SAM2 checkpoint at {location!r}; download the SAM2.1 weights from {RELEASE_URL} and set "
+                "backend.checkpoint to their path or URL"
+            )
 
     def __init__(self, params: Params) -> None:
         self.params = params

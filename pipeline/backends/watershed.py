@@ -95,8 +95,15 @@ class Params(BackendParams):
     merge_quantile: float | None = Field(0.25, ge=0.0, le=1.0)
     #: faces smaller than this many voxel pairs are never merged by agglomeration
     merge_min_face: int = Field(20, ge=1)
-    #: physical voxel size, for anisotropic data (only ratios matter)
-    voxel_size_zyx: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    #: physical voxel size, z, y, x (only ratios matter); None (the default) takes the input's voxel
+    #: size, which the engine fills in before the run (see pipeline/backends/base.py); isotropic when
+    #: the backend is used on its own
+    voxel_size_zyx: tuple[float, float, float] | None = None
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """``voxel_size_zyx``, or isotropic when it is unset."""
+        return self.voxel_size_zyx or (1.0, 1.0, 1.0)
 
     @model_validator(mode="after")
     def _check(self) -> Params:
@@ -105,7 +112,7 @@ class Params(BackendParams):
                 f"watershed value_range must be (low, high) with low < high, got "
                 f"{list(self.value_range)}; e.g. [0, 255] for uint8 images"
             )
-        if any(v <= 0 for v in self.voxel_size_zyx):
+        if self.voxel_size_zyx is not None and any(v <= 0 for v in self.voxel_size_zyx):
             raise ConfigError(
                 f"watershed voxel_size_zyx must be positive, got {list(self.voxel_size_zyx)}; "
                 f"e.g. [8, 8, 8] or [40, 8, 8] (nm, only ratios matter)"
@@ -124,16 +131,16 @@ def boundary_map(image: np.ndarray, params: Params) -> np.ndarray:
     low, high = params.value_range or _DTYPE_RANGE[image.dtype.name]
     x = (image.astype(np.float32) - np.float32(low)) / np.float32(high - low)
     if params.background_sigma > 0:
-        background = ndi.gaussian_filter(x, _sigma_zyx(params.background_sigma, params.voxel_size_zyx))
+        background = ndi.gaussian_filter(x, _sigma_zyx(params.background_sigma, params.spacing))
         x = x - background + np.float32(background.mean(dtype=np.float64))
     if params.sigma > 0:
-        x = ndi.gaussian_filter(x, _sigma_zyx(params.sigma, params.voxel_size_zyx))
+        x = ndi.gaussian_filter(x, _sigma_zyx(params.sigma, params.spacing))
     if params.membrane == "dark":
         x = 1.0 - x
     if params.boundary in ("tophat", "mixed"):
         half = (params.tophat_size - 1) / 2
         size = tuple(
-            2 * max(1, round(half * min(params.voxel_size_zyx) / v)) + 1 for v in params.voxel_size_zyx
+            2 * max(1, round(half * min(params.spacing) / v)) + 1 for v in params.spacing
         )
         tophat = (x - ndi.grey_opening(x, size=size, mode="nearest")) / np.float32(params.tophat_scale)
         x = tophat if params.boundary == "tophat" else np.float32(0.5) * (x + np.minimum(tophat, 1))
@@ -154,8 +161,8 @@ def seeds(boundary: np.ndarray, params: Params) -> np.ndarray:
         return np.zeros(boundary.shape, dtype=np.uint32)
     if interior.all():
         return np.ones(boundary.shape, dtype=np.uint32)
-    finest = min(params.voxel_size_zyx)
-    depth = ndi.distance_transform_edt(interior, sampling=params.voxel_size_zyx) / finest
+    finest = min(params.spacing)
+    depth = ndi.distance_transform_edt(interior, sampling=params.spacing) / finest
     radii = np.unique(np.round(np.geomspace(1, params.seed_min_distance, 5)).astype(int))
     peaks = np.zeros(boundary.shape, dtype=bool)
     lower = 0.0
@@ -166,7 +173,7 @@ def seeds(boundary: np.ndarray, params: Params) -> np.ndarray:
         lower = upper
         if not band.any():
             continue
-        size = tuple(max(1, 2 * round(radius * finest / v) + 1) for v in params.voxel_size_zyx)
+        size = tuple(max(1, 2 * round(radius * finest / v) + 1) for v in params.spacing)
         peaks |= band & (depth >= ndi.maximum_filter(depth, size=size, mode="nearest"))
     peaks &= interior & (depth >= max(params.seed_min_depth, np.finfo(np.float32).tiny))
     return cc3d.connected_components(peaks, connectivity=26, out_dtype=np.uint32)
@@ -332,6 +339,7 @@ class Backend:
 
     name: ClassVar[str] = "watershed"
     input_dtypes: ClassVar[tuple[str, ...]] = ("uint8", "uint16", "float32")
+    float_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
     min_halo: ClassVar[int] = 8
     default_stitch: ClassVar[dict[str, Any]] = {"min_overlap": 64, "min_iou": 0.5, "mutual_best": True}
 
