@@ -6,11 +6,14 @@ every backend, present and future. Boundary backends (affinities) get the image 
 ``input_value_range`` applied and NaN kept: they mask NaN voxels out of their fragments themselves.
 
 - **NaN is no data.** Aligned EM exports pad outside the tissue with NaN, and a never-written float
-  chunk reads as its fill value, often NaN. Each NaN (or infinite) voxel is given the value of the
-  nearest finite voxel (Euclidean distance transform, :func:`scipy.ndimage.distance_transform_edt`),
-  the backend runs on that, and the voxel's label is set to 0. Labels farther from the NaN voxels than
-  the backend's filter reach are those of the same image without them. A block that is all NaN is
-  not given to the backend at all: its labels are 0.
+  chunk reads as its fill value, often NaN. Each NaN (or infinite) voxel is given the value the
+  backend takes for "not an object" (``Backend.nodata_value()``: ``-inf`` for ``threshold-cc``), or,
+  for a backend that names none, the value of the nearest finite voxel (Euclidean distance transform,
+  :func:`scipy.ndimage.distance_transform_edt`), so that filters see no edge there; a backend that
+  takes the mask (``watershed``) keeps its segments out of the gap; the backend runs on that, and the
+  voxels' labels are set to 0. Labels farther from the no-data voxels than the backend's filters
+  reach are those of the same image without them. A block that is all NaN is not given to the
+  backend at all: its labels are 0.
 - **Value range.** Backends assume float images in 0..1 (:attr:`Backend.float_range`). With
   ``input_value_range: [low, high]`` in the config, stage 1 maps ``low -> 0`` and ``high -> 1``
   (float32, not clipped) for any input dtype. Without it, :func:`check_range` samples the input before
@@ -28,7 +31,8 @@ from scipy import ndimage as ndi
 from pipeline.errors import ConfigError
 
 
-def prepare(image: np.ndarray, value_range: Sequence[float] | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
+def prepare(image: np.ndarray, value_range: Sequence[float] | None = None, fill: float | None = None
+            ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """The image a backend gets, and the no-data mask.
 
     Parameters
@@ -36,32 +40,39 @@ def prepare(image: np.ndarray, value_range: Sequence[float] | None = None) -> tu
     image
         One block, (z, y, x), any numeric dtype.
     value_range
-        ``(low, high)`` intensities mapped linearly to 0 and 1 (float32); None keeps the values.
+        ``(low, high)`` intensities mapped linearly to 0 and 1 (float32) first; None keeps the values.
+    fill
+        The value no-data voxels get, in the backend's units (after the mapping): what the backend
+        takes for "not an object" (:meth:`Backend.nodata_value`). None: the nearest finite voxel's value.
 
     Returns
     -------
     (image, nodata)
-        ``image`` with non-finite voxels filled from their nearest finite neighbour (None when no voxel
-        is finite: the block has no data); ``nodata`` is the boolean mask of those voxels, or None when
-        there are none.
+        ``image`` with its non-finite voxels filled (None when no voxel is finite: the block has no
+        data); ``nodata`` is the boolean mask of those voxels, or None when there are none.
 
     >>> img, nodata = prepare(np.array([[[0.0, np.nan, 1.0, 1.0]]], np.float32))
     >>> img.tolist(), nodata.tolist()
     ([[[0.0, 0.0, 1.0, 1.0]]], [[[False, True, False, False]]])
+    >>> prepare(np.array([[[0.5, np.nan]]], np.float32), fill=-1.0)[0].tolist()
+    [[[0.5, -1.0]]]
     >>> prepare(np.array([[[0, 255]]], np.uint8), (0, 255))[0].tolist()
     [[[0.0, 1.0]]]
     """
+    if value_range is not None:
+        image = map_range(image, value_range)
     nodata = None
     if image.dtype.kind == "f":
         bad = ~np.isfinite(image)
         if bad.any():
             if bad.all():
                 return None, bad
-            nearest = ndi.distance_transform_edt(bad, return_distances=False, return_indices=True)
-            image = image[tuple(nearest)]
+            if fill is None:
+                nearest = ndi.distance_transform_edt(bad, return_distances=False, return_indices=True)
+                image = image[tuple(nearest)]
+            else:
+                image = np.where(bad, image.dtype.type(fill), image)
             nodata = bad
-    if value_range is not None:
-        image = map_range(image, value_range)
     return image, nodata
 
 

@@ -20,13 +20,38 @@ PACKAGES = ("emseg", "numpy", "scipy", "dask", "distributed", "tensorstore", "za
             "connected-components-3d", "scikit-image", "torch", "sam2")
 
 
-def versions(client: Any = None) -> dict[str, str]:
+def local_versions() -> dict[str, str]:
+    """Python and the packages of :data:`PACKAGES` installed in this process's environment."""
     out = {"python": platform.python_version()}
     for name in PACKAGES:
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             pass
+    return out
+
+
+def versions(client: Any = None) -> dict[str, Any]:
+    """The driver's versions, and the workers' where they differ (the workers are what computed).
+
+    With a client, every worker reports its own :func:`local_versions`; ``workers`` records how many
+    answered and, per worker address, the packages whose versions differ from the driver's.
+    """
+    out: dict[str, Any] = local_versions()
+    if client is None:
+        return out
+    try:
+        answers = client.run(local_versions)
+    except Exception as exc:  # noqa: BLE001 - a report without the workers' versions beats no report
+        out["workers"] = {"error": f"{type(exc).__name__}: {exc}"}
+        return out
+    differing = {}
+    for address, theirs in sorted(answers.items()):
+        diff = {k: v for k, v in theirs.items() if out.get(k) != v}
+        diff.update({k: None for k in out if k not in theirs})
+        if diff:
+            differing[address] = diff
+    out["workers"] = {"count": len(answers), "differing": differing}
     return out
 
 

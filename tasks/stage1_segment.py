@@ -41,14 +41,17 @@ def segment_block(ctx: RunContext, block_id: int, *upstream: Any) -> dict[str, A
     except ValueError as exc:  # a missing chunk (fill_missing: false) or an unreadable one
         raise read_error(str(ctx.input_spec.get("kvstore", "")), exc) from None
     # NaN is no data, and input_value_range maps to 0..1: the same for every backend (pipeline.intensity).
-    image, nodata = intensity.prepare(raw, ctx.value_range)
+    backend = runtime.backend(ctx.backend_key)
+    fill = backend.nodata_value() if hasattr(backend, "nodata_value") else None
+    image, nodata = intensity.prepare(raw, ctx.value_range, fill)
     prior = neighbour_prior(ctx, block) if ctx.neighbour_prompts and sum(block.index) % 2 == 1 else None
     if image is None:  # nothing but no-data voxels
         image, labels = raw, np.zeros(raw.shape, np.uint32)
     else:
-        backend = runtime.backend(ctx.backend_key)
-        labels = backend.segment(image) if prior is None else backend.segment(image, prior=prior)
-        labels = intensity.clear_nodata(labels, nodata)
+        kwargs: dict[str, Any] = {} if prior is None else {"prior": prior}
+        if nodata is not None and getattr(backend, "takes_nodata", False):
+            kwargs["nodata"] = nodata
+        labels = intensity.clear_nodata(backend.segment(image, **kwargs), nodata)
     if labels.shape != image.shape:
         raise RuntimeError(
             f"backend {ctx.backend_name} returned labels of shape {labels.shape} for an image of {image.shape}"

@@ -139,15 +139,10 @@ def down(ctx: RunContext, level: int, group: Vec, *upstream: Any) -> dict[str, A
     kids = children(group, level, grid.grid_shape)
     info: dict[str, Any] = {"keys": int(len(final.keys))}
     if level > 1:
-        # One flat index per child group: row-major over the grid of groups at level - 1 (its extent
-        # per axis is the block grid's divided by 2^(level-1), rounded up), so no two groups collide.
-        extent = tuple(-(-int(g) // (1 << (level - 1))) for g in grid.grid_shape)
-        owner_idx = _block_indices(ctx, plain_block(final.keys)) >> (level - 1)
-        owner = np.ravel_multi_index(tuple(owner_idx.T.astype(np.int64)), extent) if len(owner_idx) else \
-            np.zeros(0, np.int64)
+        owner = group_index(_block_indices(ctx, plain_block(final.keys)) >> (level - 1), grid.grid_shape, level - 1)
         parts = split_by(final, owner)
         for kid in kids:
-            part = parts.get(int(np.ravel_multi_index(tuple(int(k) for k in kid), extent)), _EMPTY)
+            part = parts.get(int(group_index(np.asarray([kid]), grid.grid_shape, level - 1)[0]), _EMPTY)
             store.put_arrays(f"uf/down/{level - 1}/{_name(kid)}", {"keys": part.keys, "reps": part.reps})
     else:
         parts = split_by(final, plain_block(final.keys).astype(np.int64))
@@ -186,6 +181,22 @@ def finish(ctx: RunContext, *upstream: Any) -> dict[str, Any]:
             "threshold": ctx.threshold, "seconds": time.perf_counter() - t0}
     store.mark_done(STAGE, "finish", info)
     return info
+
+
+def group_index(indices: np.ndarray, grid_shape: Vec, level: int) -> np.ndarray:
+    """One flat int64 per group of ``level`` (2^level blocks a side) from its (n, 3) z, y, x group indices.
+
+    Row-major over the grid of groups at that level, whose extent per axis is the block grid's divided by
+    2^level, rounded up: distinct groups never share an index, however long an axis is.
+
+    >>> group_index(np.array([[0, 1, 0], [0, 0, 1 << 20]]), (1, 3, 1 << 21), 0).tolist()
+    [2097152, 1048576]
+    """
+    extent = tuple(-(-int(g) // (1 << level)) for g in grid_shape)
+    idx = np.asarray(indices, np.int64).reshape(-1, 3)
+    if len(idx) == 0:
+        return np.zeros(0, np.int64)
+    return np.ravel_multi_index(tuple(idx.T), extent).astype(np.int64)
 
 
 def _groups(grid_shape: Vec, level: int) -> list[Vec]:

@@ -9,8 +9,11 @@ call of :meth:`Backend.segment` in a worker, never at import time.
 
 What the engine guarantees the image a backend gets (stage 1, :mod:`pipeline.intensity`):
 
-- No NaN or infinite voxels: they are no data, filled from the nearest finite voxel before the call
-  and given label 0 after it, whatever the backend returns there.
+- No NaN or infinite voxels: they are no data, filled before the call with the backend's
+  ``nodata_value()`` (an optional method: the value it takes for "not an object", in its own units)
+  or else from the nearest finite voxel, and given label 0 after it, whatever the backend returns there.
+  A backend with ``takes_nodata = True`` also gets the mask, ``segment(image, nodata=mask)``, so that it
+  can keep its segments from growing through the gap (``watershed`` floods only voxels with data).
 - Float images lie in :attr:`Backend.float_range` (0..1 unless the backend says otherwise, None for a
   backend that takes any values): the run maps ``input_value_range`` to 0..1 when the config sets it,
   and otherwise refuses, before any work, a float input whose sampled values lie outside the range.

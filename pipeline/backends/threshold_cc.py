@@ -31,6 +31,10 @@ class Backend:
     def __init__(self, params: Params) -> None:
         self.params = params
 
+    def nodata_value(self) -> float:
+        """What no-data (NaN) voxels become: below any threshold, so they are background."""
+        return float("-inf")
+
     def segment(self, image: np.ndarray) -> np.ndarray:
         foreground = image >= self.params.threshold
         return cc3d.connected_components(

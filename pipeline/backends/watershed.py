@@ -346,8 +346,14 @@ class Backend:
     def __init__(self, params: Params) -> None:
         self.params = params
 
-    def segment(self, image: np.ndarray) -> np.ndarray:
+    #: stage 1 passes the no-data mask (NaN voxels, filled from their nearest neighbours) as ``nodata``
+    takes_nodata: ClassVar[bool] = True
+
+    def segment(self, image: np.ndarray, nodata: np.ndarray | None = None) -> np.ndarray:
         """Label one block: ``image`` (z, y, x) in, uint32 labels of the same shape out.
+
+        ``nodata`` (bool, same shape) marks voxels without data: they get no seed and label 0, and the
+        flooding does not pass through them, so no segment joins two regions across a no-data gap.
 
         Raises
         ------
@@ -370,7 +376,11 @@ class Backend:
         params = self.params
         boundary = boundary_map(image, params)
         markers = seeds(boundary, params)
-        labels = watershed(boundary, markers=markers, compactness=params.compactness)
+        mask = None
+        if nodata is not None and nodata.any():
+            mask = ~nodata
+            markers[nodata] = 0
+        labels = watershed(boundary, markers=markers, compactness=params.compactness, mask=mask)
         labels = labels.astype(np.uint32, copy=False)
         if labels.max() == 0:
             return labels

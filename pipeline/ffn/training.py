@@ -178,11 +178,12 @@ def train(
     precision = resolve_precision(config.precision, device)
     out_dir = Path(config.output)
     out_dir.mkdir(parents=True, exist_ok=True)
-    log_file = open(out_dir / "train.log", "a")
+    log_path = out_dir / "train.log"
 
     def emit(line: str) -> None:
-        log_file.write(line + "\n")
-        log_file.flush()
+        # Opened per line (every log_every steps), so no handle is left open when training raises.
+        with open(log_path, "a") as log_file:
+            log_file.write(line + "\n")
         (log or tqdm.write)(line)
 
     raw = read_region(config.image, config.train_region)
@@ -300,7 +301,6 @@ def train(
     meta = _meta(config, summary, step, start, device)
     save_checkpoint(out_dir / "ffn_last.pt", net, meta)
     emit(f"done: {step} steps in {meta['wall_s']:.0f}s; checkpoint {out_dir / 'ffn_last.pt'}")
-    log_file.close()
     return meta
 
 
