@@ -63,7 +63,7 @@ def build(
     failures: list[dict[str, Any]],
     *,
     started: float,
-    versions: dict[str, str],
+    versions: dict[str, Any],
     post: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     finished = dt.datetime.now(dt.timezone.utc).timestamp()
