@@ -108,7 +108,11 @@ def build(
 
 
 def record_rerun(output: str, run: dict[str, Any], *, started: float) -> dict[str, Any]:
-    """Add a rerun that found nothing to do to a finished run's report (kept whole) and write it."""
+    """Add a rerun that found nothing to do to a finished run's report (kept whole) and write it.
+
+    Returns the rerun's own view: the finished run's report with every stage skipped (``ran`` 0) and
+    the post-processing marked ``skipped_done``; ``run.json`` keeps the finished run's numbers.
+    """
     now = dt.datetime.now(dt.timezone.utc)
     entry = {
         "started": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(),
@@ -120,7 +124,13 @@ def record_rerun(output: str, run: dict[str, Any], *, started: float) -> dict[st
     run = dict(run)
     run["reruns"] = list(run.get("reruns", [])) + [entry]
     write(output, run)
-    return run
+    # What this invocation did (nothing), over the finished run's facts: its segments, output, state.
+    view = dict(run, wall_seconds=entry["wall_seconds"])
+    view["stages"] = {stage: dict(s, skipped_done=s.get("tasks", 0), ran=0, failed=0, task_seconds=0.0,
+                                  wall_seconds=0.0) for stage, s in (run.get("stages") or {}).items()}
+    if isinstance(run.get("postprocess"), dict):
+        view["postprocess"] = dict(run["postprocess"], skipped_done=True)
+    return view
 
 
 def write(output: str, run: dict[str, Any]) -> None:

@@ -70,9 +70,11 @@ def test_sigkill_midway_then_resume(tmp_path, dask_address):
 
 
 def test_block_that_always_fails(tmp_path, dask_address, capsys):
-    img = blobs((32, 32, 32), sigma=2.0, seed=4)
+    # 128 voxels along z: the input sample read before any work (tasks.run.check_intensities) covers
+    # z 0..32, 48..80 and 96..128, so a corrupted chunk at z 32..48 is first met by stage 1.
+    img = blobs((128, 32, 32), sigma=2.0, seed=4)
     url = write_zarr(tmp_path / "in.zarr", img, chunks=(16, 16, 16))
-    (tmp_path / "in.zarr" / "1.1.1").write_bytes(b"this is not a blosc chunk")  # a corrupted input chunk
+    (tmp_path / "in.zarr" / "2.1.1").write_bytes(b"this is not a blosc chunk")  # a corrupted input chunk
     out = tmp_path / "out"
     cfg = _config_file(tmp_path / "cfg.yaml", url, out, cluster={"address": dask_address}, retries=1,
                        blocks={"shape": [16, 16, 16], "halo": [1, 1, 1]})
@@ -80,16 +82,28 @@ def test_block_that_always_fails(tmp_path, dask_address, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 1
     assert err.startswith("emseg: error: ") and "\n" not in err
-    # Block 7 reads chunk 1.1.1 only; every block's read box touches it through the halo.
-    assert "8 task(s) failed after 2 attempts: blocks 0, 1, 2, 3, 4, 5, 6, 7 in 1-segment" in err, err
-    assert "1.1.1" in err  # the corrupted chunk's key
+    # Blocks 8-11 read chunk 2.1.1 in their cores; blocks 4-7 and 12-15 touch it through the halo.
+    assert "12 task(s) failed after 2 attempts: blocks 10, 11, 12, 13, 14, 15, 4, 5, 6, 7, … (12 in all) in 1-segment" \
+        in err, err
+    assert "2.1.1" in err  # the corrupted chunk's key
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "failed"
     failed = {f["block"] for f in run["failures"] if f["stage"] == "1-segment"}
-    assert failed == set(range(8))
-    assert run["stages"]["1-segment"]["failed"] == 8
+    assert failed == set(range(4, 16))
+    assert run["stages"]["1-segment"]["failed"] == 12
     # Nothing reached the output: only its metadata exists, no chunk half-written or otherwise.
     assert sorted(p.name for p in (out / "segmentation").rglob("*") if p.is_file()) == ["info"]
+
+
+def test_corrupted_chunk_in_the_sample_is_refused_before_work(tmp_path, capsys):
+    img = blobs((32, 32, 32), sigma=2.0, seed=4)
+    url = write_zarr(tmp_path / "in.zarr", img, chunks=(16, 16, 16))
+    (tmp_path / "in.zarr" / "1.1.1").write_bytes(b"this is not a blosc chunk")
+    cfg = _config_file(tmp_path / "cfg.yaml", url, tmp_path / "out", blocks={"shape": [16, 16, 16], "halo": [1, 1, 1]})
+    rc = main(["segment", str(cfg), "--no-progress", "-q"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("emseg: error: cannot read ") and "\n" not in err, err
+    assert not (tmp_path / "out").exists()
 
 
 def test_two_runs_into_one_output_are_refused(tmp_path, capsys):
