@@ -77,10 +77,9 @@ def native_axes(url: str) -> tuple[list[str], list[str]] | None:
 
     Returns ``(neuroglancer_names, emseg_axes)``, one entry per array dimension in storage order;
     ``emseg_axes`` holds ``"z"``, ``"y"`` or ``"x"`` for the three spatial axes and the Neuroglancer
-    name for leading singleton axes (which emseg drops). The emseg side mirrors
-    :func:`pipeline.volume.open_volume`: axes labelled x, y, z (zarr v3 ``dimension_names``, n5
-    ``axes``) by their labels, otherwise the last three are z, y, x. Returns None for precomputed
-    volumes (Neuroglancer reads their geometry itself).
+    name for singleton axes (which emseg drops). The emseg side is
+    :func:`pipeline.volume.axis_metadata`, the rule :func:`pipeline.volume.open_volume` follows
+    (docs/input.md). Returns None for precomputed volumes (Neuroglancer reads their geometry itself).
 
     Raises :class:`~pipeline.errors.VolumeNotFoundError` when the volume cannot be opened.
     """
@@ -111,12 +110,10 @@ def native_axes(url: str) -> tuple[list[str], list[str]] | None:
             names = list(given)
         else:
             names = list(_N5_DEFAULT_AXES[:rank]) + [f"d{i + 1}" for i in range(len(_N5_DEFAULT_AXES), rank)]
-    labels = list(arr.domain.labels)
-    emseg = list(names)
-    if set(labels[-3:]) == {"x", "y", "z"}:
-        emseg[-3:] = labels[-3:]
-    else:
-        emseg[-3:] = ["z", "y", "x"]
+    # The emseg side is what open_volume reads (volume.axis_metadata: labels, NGFF axes, xarray /
+    # funlib attributes, else z, y, x for zarr and x, y, z for n5); axes it drops keep Neuroglancer's name.
+    own = volume.axis_metadata(arr, spec, url).names
+    emseg = [mine if mine in ("x", "y", "z") else theirs for mine, theirs in zip(own, names)]
     return names, emseg
 
 

@@ -143,8 +143,8 @@ def plan(config: Config) -> Plan:
         check_alignment(blocks.shape, shard, roi.shape, "shard")
         sharding = sharding_spec(*bits)
     input_spec = spec_for(config.input)
-    if not config.fill_missing:
-        input_spec["fill_missing_data_reads"] = False
+    if not config.fill_missing:  # a tensorstore spec that says otherwise itself is followed
+        input_spec.setdefault("fill_missing_data_reads", False)
     check_intensities(config, vol, input_spec, roi)
     if config.evaluate is not None:
         from tasks.evaluate import check_groundtruth

@@ -264,6 +264,20 @@ def test_corrupt_metadata_is_not_reported_as_missing(tmp_path):
         open_volume(url)
 
 
+def test_corrupt_input_is_not_overwritten_by_a_phantom(tmp_path):
+    from pipeline.config import from_dict
+
+    vol = create_precomputed(str(tmp_path / "img"), layer_type="image", dtype="uint8", shape_zyx=(8, 8, 8),
+                             voxel_size_nm=(8, 8, 8), chunk_zyx=(8, 8, 8))
+    vol.write(vol.box, np.ones((8, 8, 8), np.uint8))
+    (tmp_path / "img" / "info").write_text("{not json")
+    cfg = from_dict({"input": f"precomputed://{tmp_path}/img", "output": str(tmp_path / "out"),
+                     "phantom": {"shape": [8, 8, 8], "chunk_shape": [8, 8, 8]}, "postprocess": None})
+    with pytest.raises(VolumeReadError, match="cannot open"):
+        plan(cfg)
+    assert (tmp_path / "img" / "info").read_text() == "{not json"
+
+
 def test_block_ids_must_fit_below_2_31(tmp_path):
     from pipeline.geometry import BlockGrid, Box
     from tasks.run import check_grid_size

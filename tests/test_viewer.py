@@ -103,13 +103,17 @@ def test_image_transform_names_the_arrays_own_axes(tmp_path, driver):
     ts.open({"driver": driver, "kvstore": f"file://{path}/", "metadata": meta}, create=True).result()
     names, emseg = neuroglancer.native_axes(f"{driver}://{path}")
     assert names == {"zarr": ["d0", "d1", "d2"], "zarr3": ["z", "y", "x"], "n5": ["x", "y", "z"]}[driver]
-    assert emseg == ["z", "y", "x"]  # emseg reads all three positionally as z, y, x (zarr3 by its labels)
+    # emseg reads zarr positionally as z, y, x (zarr3 by its labels) and n5 in its own x, y, z order
+    n5 = driver == "n5"
+    assert emseg == (["x", "y", "z"] if n5 else ["z", "y", "x"])
     src = neuroglancer.image_source(f"{driver}://{path}", (40, 4, 5), (1, 2, 3))
     t = src["transform"]
-    assert list(t["inputDimensions"]) == names and list(t["outputDimensions"]) == ["z", "y", "x"]
-    assert [v[0] for v in t["inputDimensions"].values()] == pytest.approx([40e-9, 4e-9, 5e-9])
+    assert list(t["inputDimensions"]) == names and list(t["outputDimensions"]) == emseg
+    assert [v[0] for v in t["inputDimensions"].values()] == pytest.approx([5e-9, 4e-9, 40e-9] if n5 else
+                                                                          [40e-9, 4e-9, 5e-9])
     assert t["inputDimensions"][names[0]][1] == "m" and t["outputDimensions"]["z"] == [40e-9, "m"]
-    assert t["matrix"] == [[1, 0, 0, 1], [0, 1, 0, 2], [0, 0, 1, 3]]
+    assert t["matrix"] == ([[1, 0, 0, 3], [0, 1, 0, 2], [0, 0, 1, 1]] if n5 else
+                           [[1, 0, 0, 1], [0, 1, 0, 2], [0, 0, 1, 3]])
     assert src["url"].startswith({"zarr": "zarr2", "zarr3": "zarr3", "n5": "n5"}[driver] + "://file://")
 
 
