@@ -115,7 +115,8 @@ def plan(config: Config) -> Plan:
         ensure_phantom(config)
     vol = open_volume(config.input)
     config = resolve_voxel_size(config, vol)
-    backends.check_input_dtype(config.backend.name, vol.dtype)
+    # With input_value_range, stage 1 hands the backend float32 whatever the input's dtype.
+    backends.check_input_dtype(config.backend.name, "float32" if config.input_value_range else vol.dtype)
     backends.preflight(config.backend.name, config.backend.params)
     roi = region(config, vol)
     blocks = config.blocks

@@ -100,6 +100,11 @@ def test_3_backend_gets_the_input_voxel_size(tmp_path, dask_address):
                         blocks={"shape": [16, 32, 32], "halo": [8, 8, 8]}))
     assert p.config.backend.params.voxel_size_zyx == (2.0, 1.0, 1.0)
     assert p.ctx.backend_params["voxel_size_zyx"] == [2.0, 1.0, 1.0]
+    # sam2's seeding watershed gets it too.
+    from pipeline import backends
+
+    sam2 = backends.validate_params("sam2", {"random_weights": True})
+    assert backends.with_voxel_size(sam2, (40, 8, 8)).seed_params["voxel_size_zyx"] == [40.0, 8.0, 8.0]
 
 
 # 4. intensities outside what the backend assumes -----------------------------------------------
@@ -172,6 +177,21 @@ def test_4_nan_is_no_data_in_every_backend(tmp_path, dask_address, backend):
     assert labels[~nan].any()
     if backend["name"] == "threshold-cc":  # exact: the components of the voxels that have data
         assert same_partition(labels, cc3d.connected_components(np.nan_to_num(img, nan=0) >= 0.5, connectivity=26))
+
+
+def test_4_value_range_lets_a_uint16_input_reach_a_float_backend(tmp_path, dask_address):
+    img = blobs((16, 32, 32), sigma=2.0, seed=6).astype(np.uint16) * 16  # 0..4080 of 0..65535
+    url = write_zarr(tmp_path / "u16.zarr", img)
+    cfg = dict(backend={"name": "threshold-cc", "threshold": 0.5}, input_value_range=[0, 4080])
+    segment(run_config(url, tmp_path / "out", dask_address, **cfg), progress=False)
+    assert same_partition(read_output(tmp_path / "out"), cc3d.connected_components(img >= 2040, connectivity=26))
+    # A backend that takes uint8 or float32 (ffn) refuses uint16, unless the range maps it to float32.
+    from pipeline.errors import DtypeError
+
+    ffn = dict(backend={"name": "ffn"}, blocks={"shape": [16, 16, 16], "halo": [4, 4, 4]})
+    with pytest.raises(DtypeError, match="takes uint8 or float32 images, but the input is uint16"):
+        plan(run_config(url, tmp_path / "o2", None, **ffn))
+    assert plan(run_config(url, tmp_path / "o2", None, input_value_range=[0, 4080], **ffn)).ctx.value_range == (0, 4080)
 
 
 def test_4_float_range_check_ignores_nan():

@@ -77,7 +77,18 @@ def float_range(name: str) -> tuple[float, float] | None:
 
 
 def with_voxel_size(params: Any, voxel_size_zyx: tuple[float, float, float]) -> Any:
-    """``params`` with ``voxel_size_zyx`` filled in, when the backend has that key and the config left it unset."""
+    """``params`` with ``voxel_size_zyx`` filled in, when the backend has that key and the config left it unset.
+
+    A backend that seeds with another one (``seed_backend`` + ``seed_params``, e.g. sam2 seeded by
+    watershed) has the seed backend's ``voxel_size_zyx`` filled in the same way.
+    """
+    size = tuple(float(v) for v in voxel_size_zyx)
+    update: dict[str, Any] = {}
     if "voxel_size_zyx" in type(params).model_fields and getattr(params, "voxel_size_zyx") is None:
-        return params.model_copy(update={"voxel_size_zyx": tuple(float(v) for v in voxel_size_zyx)})
-    return params
+        update["voxel_size_zyx"] = size
+    seed_name, seed_params = getattr(params, "seed_backend", None), getattr(params, "seed_params", None)
+    if isinstance(seed_name, str) and isinstance(seed_params, dict) and seed_name in _MODULES:
+        fields = module(seed_name).Params.model_fields
+        if "voxel_size_zyx" in fields and seed_params.get("voxel_size_zyx") is None:
+            update["seed_params"] = {**seed_params, "voxel_size_zyx": list(size)}
+    return params.model_copy(update=update) if update else params
