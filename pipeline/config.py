@@ -141,6 +141,9 @@ class EvaluateConfig(Strict):
     iou_threshold: float = Field(0.5, gt=0.0, le=1.0)
     min_size: int = Field(0, ge=0)
     ignore_gt_zero: bool = True
+    #: score on the finer grid when the ground truth's voxel size is a whole multiple (or fraction) of
+    #: the input's; without it, different voxel sizes are refused
+    resample: bool = False
 
 
 class PhantomConfig(Strict):

@@ -110,7 +110,7 @@ def cmd_segment(args: argparse.Namespace, stages: Sequence[str] = STAGES) -> int
         t0 = time.time()
         e = cfg.evaluate
         evaluation = evaluate(run["segmentation"], e.groundtruth, iou_threshold=e.iou_threshold,
-                              min_size=e.min_size, ignore_gt_zero=e.ignore_gt_zero)
+                              min_size=e.min_size, ignore_gt_zero=e.ignore_gt_zero, resample=e.resample)
         evaluation["seconds"] = round(time.time() - t0, 3)
         run["evaluation"] = evaluation
         report.write(cfg.output, run)
@@ -126,7 +126,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from tasks.evaluate import evaluate
 
     result = evaluate(args.segmentation, args.groundtruth, iou_threshold=args.iou_threshold,
-                      min_size=args.min_size, ignore_gt_zero=not args.keep_gt_zero)
+                      min_size=args.min_size, ignore_gt_zero=not args.keep_gt_zero, resample=args.resample)
     print(json.dumps(result))
     return 0
 
@@ -259,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-size", type=int, default=0, help="ignore ground-truth objects under this many voxels")
     p.add_argument("--keep-gt-zero", action="store_true",
                    help="score ground-truth label 0 like any other label (it is ignored otherwise)")
+    p.add_argument("--resample", action="store_true",
+                   help="score on the finer grid when the voxel sizes differ by whole factors (default: refuse)")
     _add_log_args(p)
     p.set_defaults(func=cmd_evaluate)
 

@@ -150,7 +150,7 @@ def plan(config: Config) -> Plan:
     if config.evaluate is not None:
         from tasks.evaluate import check_groundtruth
 
-        check_groundtruth(config.evaluate.groundtruth, vol, roi)
+        check_groundtruth(config.evaluate.groundtruth, vol, roi, resample=config.evaluate.resample)
     out = urls.store_url(config.output)
     ctx = RunContext(
         input_spec=input_spec,

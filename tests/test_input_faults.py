@@ -253,6 +253,28 @@ def test_6_evaluate_refuses_different_voxel_sizes(tmp_path):
     assert evaluate(seg, same)["voi_split"] == 0.0
 
 
+def test_6_evaluate_resamples_when_asked(tmp_path):
+    from tasks.evaluate import evaluate
+
+    # Six objects, ground truth at 4 nm (32^3), the same objects at 8 nm (16^3), offsets included.
+    coarse = np.repeat(np.arange(1, 7, dtype=np.uint64), 16 ** 3 // 6 + 1)[: 16 ** 3].reshape(16, 16, 16)
+    fine = coarse.repeat(2, 0).repeat(2, 1).repeat(2, 2)
+    seg = write_zarr(tmp_path / "s.zarr", coarse, chunks=(16, 16, 16), voxel_size_nm=(8, 8, 8))
+    gt = write_zarr(tmp_path / "g.zarr", np.pad(fine, ((2, 0), (0, 0), (0, 0))), chunks=(16, 16, 16),
+                    voxel_size_nm=(4, 4, 4))  # two extra planes at z 0..2 (4 nm): the gt reaches further
+    attrs = json.loads((tmp_path / "s.zarr" / ".zattrs").read_text())
+    (tmp_path / "s.zarr" / ".zattrs").write_text(json.dumps({**attrs, "voxel_offset": [1, 0, 0]}))
+    with pytest.raises(ShapeMismatchError, match="--resample"):
+        evaluate(seg, gt)
+    got = evaluate(seg, gt, resample=True)
+    assert got["voi_split"] == got["voi_merge"] == got["adapted_rand_error"] == 0.0
+    assert got["voxels"] == 32 ** 3 and got["resampled_to_nm"] == [4.0, 4.0, 4.0]
+    from pipeline.errors import RegionError
+
+    with pytest.raises(RegionError, match="on the finer grid"):  # reversed, the 8 nm side covers less
+        evaluate(gt, seg, resample=True)
+
+
 # 8. a rerun that does nothing keeps the report -------------------------------------------------
 def test_8_noop_rerun_keeps_run_json(tmp_path, dask_address):
     url = write_zarr(tmp_path / "a.zarr", blobs((32, 32, 32), sigma=2.0, seed=9))
