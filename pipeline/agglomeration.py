@@ -42,16 +42,6 @@ from typing import Any, Iterator
 
 import numpy as np
 
-#: waterz scoring functions by the names the config uses (all are compiled ahead of time by waterz)
-SCORING: dict[str, str] = {
-    "mean": "OneMinus<MeanAffinity<RegionGraphType, ScoreValue>>",
-    **{
-        f"quantile_{q}": f"OneMinus<HistogramQuantileAffinity<RegionGraphType, {q}, ScoreValue, 256, false>>"
-        for q in range(10, 100, 5)
-    },
-}
-
-
 def affinities_from_labels(labels: np.ndarray) -> np.ndarray:
     """Nearest-neighbour affinities of a label volume: 1 between two voxels of one object, else 0.
 
@@ -100,33 +90,6 @@ def _check_affs(affs: np.ndarray) -> np.ndarray:
     if affs.ndim != 4 or affs.shape[0] != 3:
         raise ValueError(f"affinities must have shape (3, z, y, x), not {affs.shape}")
     return np.ascontiguousarray(affs, dtype=np.float32)
-
-
-def _scoring(scoring: str) -> str:
-    try:
-        return SCORING[scoring]
-    except KeyError:
-        raise ValueError(
-            f"unknown agglomeration scoring {scoring!r}; choose 'mean' or 'quantile_N' with N in 10, 15, ..., 95"
-        ) from None
-
-
-@dataclass(frozen=True)
-class BlockAgglomeration:
-    """The result of :func:`agglomerate_block`.
-
-    ``fragments`` is ``(z, y, x)`` uint32 with ids ``1..n`` (0 where ``mask`` was False);
-    ``a``, ``b``, ``score`` are the merge tree: merging every edge with ``score <= t`` gives the
-    block's agglomeration at threshold ``t``. Scores are non-decreasing along the tree's merge
-    order (a running maximum of waterz's scores, so that a threshold cuts the merge history at the
-    same point as waterz itself).
-    """
-
-    fragments: np.ndarray
-    n: int
-    a: np.ndarray  # uint32 fragment ids
-    b: np.ndarray
-    score: np.ndarray  # float32
 
 
 def fragments_watershed(
@@ -225,135 +188,11 @@ def _masked(affs: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     return affs
 
 
-def agglomerate_block(
-    affs: np.ndarray,
-    mask: np.ndarray | None = None,
-    *,
-    scoring: str = "mean",
-    fragments: str = "watershed",
-    seed_threshold: float = 0.7,
-    seed_min_distance: float = 3.0,
-    voxel_size_zyx: tuple[float, float, float] | None = None,
-    aff_threshold_low: float = 0.0001,
-    aff_threshold_high: float = 0.9999,
-) -> BlockAgglomeration:
-    """Cut one block into fragments and agglomerate them completely, recording every merge.
-
-    Parameters
-    ----------
-    affs
-        ``(3, z, y, x)`` float32 affinities of the block's write box (see the module docstring). The
-        first plane along each axis holds the affinities to the voxels before the box: the fragments'
-        boundary map uses them, the merge tree does not (they lead out of the box).
-    mask
-        ``(z, y, x)`` bool, False where there is no data (fragments 0 there); None means all data.
-    scoring
-        ``"mean"`` (waterz's mean affinity) or ``"quantile_N"``: the edge score is one minus that
-        statistic of the affinities on the faces two regions share.
-    fragments
-        ``"watershed"`` (:func:`fragments_watershed`, with ``seed_threshold``, ``seed_min_distance``
-        and ``voxel_size_zyx``) or ``"zwatershed"`` (:func:`fragments_zwatershed`, with
-        ``aff_threshold_low`` and ``aff_threshold_high``).
-
-    Raises
-    ------
-    ValueError
-        For affinities not of shape (3, z, y, x), a mask of another shape, an unknown method.
-
-    >>> labels = np.zeros((4, 4, 4), np.uint32); labels[:, :2] = 1; labels[:, 2:] = 2
-    >>> r = agglomerate_block(affinities_from_labels(labels), fragments="zwatershed")
-    >>> r.n, r.a.tolist(), r.b.tolist(), r.score.tolist()
-    (2, [], [], [])
-    """
-    import waterz
-
-    affs = _check_affs(affs)
-    if fragments == "watershed":
-        frags = fragments_watershed(affs, mask, seed_threshold=seed_threshold,
-                                    seed_min_distance=seed_min_distance, voxel_size_zyx=voxel_size_zyx)
-    elif fragments == "zwatershed":
-        frags = fragments_zwatershed(affs, mask, aff_threshold_low=aff_threshold_low,
-                                     aff_threshold_high=aff_threshold_high)
-    else:
-        raise ValueError(f"unknown fragments method {fragments!r}; choose 'watershed' or 'zwatershed'")
-    frags, n = _dense(frags)
-    history: list[dict[str, float]] = []
-    if n > 1:
-        with _quiet_stdout():
-            seg, history = next(
-                waterz.agglomerate(_masked(affs, mask), [1.0], fragments=frags.astype(np.uint64),
-                                   scoring_function=_scoring(scoring), return_merge_history=True)
-            )
-        del seg
-    a, b, score = _tree(history)
-    return BlockAgglomeration(frags.astype(np.uint32), n, a, b, score)
-
-
 def _dense(fragments: np.ndarray) -> tuple[np.ndarray, int]:
     import fastremap
 
     out, remap = fastremap.renumber(fragments, start=1, preserve_zero=True, in_place=True)
     return out, len(remap) - (1 if 0 in remap else 0)
-
-
-def _tree(history: list[dict[str, float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Tree edges from waterz's merge history: one edge per merge, between a fragment of each side.
-
-    waterz names a merged region after one of its two parts (``c`` is ``a`` or ``b``), so the
-    region ids of the history are fragment ids; a merge of regions a and b becomes the edge (a, b).
-    Scores become their running maximum, so ``score <= t`` selects a prefix of the history.
-    """
-    if not history:
-        return np.zeros(0, np.uint32), np.zeros(0, np.uint32), np.zeros(0, np.float32)
-    a = np.fromiter((m["a"] for m in history), np.uint32, len(history))
-    b = np.fromiter((m["b"] for m in history), np.uint32, len(history))
-    score = np.maximum.accumulate(np.fromiter((m["score"] for m in history), np.float64, len(history)))
-    return a, b, score.astype(np.float32)
-
-
-def face_edges(
-    mine: np.ndarray, theirs: np.ndarray, affs: np.ndarray, *, scoring: str = "mean"
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Edges between the fragments that face each other across a block face.
-
-    ``mine`` holds one block's fragments on its last write-box plane along an axis, ``theirs`` the
-    next block's fragments on its first plane, and ``affs`` the affinities between those voxel pairs
-    (the next block's affinity channel of that axis, on its first plane); all three are 2D of one
-    shape. Returns ``(a, b, contact, score)``: each pair of fragments that touch across the face
-    (both ids nonzero), the number of voxel pairs, and the score (one minus the mean or quantile of
-    their affinities, as in :func:`agglomerate_block`).
-
-    >>> a, b, n, s = face_edges(np.array([[1, 1, 2]]), np.array([[5, 5, 5]]), np.array([[1.0, 0.5, 0.0]]))
-    >>> a.tolist(), b.tolist(), n.tolist(), [round(float(v), 2) for v in s]
-    ([1, 2], [5, 5], [2, 1], [0.25, 1.0])
-    """
-    if not (mine.shape == theirs.shape == affs.shape):
-        raise ValueError(f"face shapes differ: {mine.shape}, {theirs.shape}, {affs.shape}")
-    m = mine.ravel().astype(np.uint64)
-    t = theirs.ravel().astype(np.uint64)
-    v = affs.ravel().astype(np.float64)
-    keep = (m != 0) & (t != 0)
-    m, t, v = m[keep], t[keep], v[keep]
-    empty = np.zeros(0, np.uint32)
-    if not len(m):
-        return empty, empty.copy(), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    pair = (m << np.uint64(32)) | t
-    order = np.argsort(pair, kind="stable")
-    pair, v = pair[order], v[order]
-    starts = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]])
-    counts = np.diff(np.r_[starts, len(pair)])
-    if scoring == "mean":
-        stat = np.add.reduceat(v, starts) / counts
-    elif scoring.startswith("quantile_"):
-        _scoring(scoring)
-        q = int(scoring.split("_")[1]) / 100.0
-        stat = np.array([np.quantile(v[s : s + c], q) for s, c in zip(starts, counts)])
-    else:
-        _scoring(scoring)
-        raise AssertionError("unreachable")
-    uniq = pair[starts]
-    return ((uniq >> np.uint64(32)).astype(np.uint32), (uniq & np.uint64(0xFFFFFFFF)).astype(np.uint32),
-            counts.astype(np.int64), (1.0 - stat).astype(np.float32))
 
 
 def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -374,20 +213,223 @@ def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.r_[0, rank[inverse] + 1].astype(np.uint32)
 
 
+def fragments(
+    affs: np.ndarray,
+    mask: np.ndarray | None = None,
+    *,
+    method: str = "watershed",
+    seed_threshold: float = 0.7,
+    seed_min_distance: float = 3.0,
+    voxel_size_zyx: tuple[float, float, float] | None = None,
+    aff_threshold_low: float = 0.0001,
+    aff_threshold_high: float = 0.9999,
+) -> tuple[np.ndarray, int]:
+    """Cut a box into fragments: ``(z, y, x)`` uint32 ids ``1..n`` (0 where ``mask`` is False), and n.
+
+    ``method`` is ``"watershed"`` (:func:`fragments_watershed`, with ``seed_threshold``,
+    ``seed_min_distance`` and ``voxel_size_zyx``) or ``"zwatershed"`` (:func:`fragments_zwatershed`,
+    with ``aff_threshold_low`` and ``aff_threshold_high``).
+
+    Raises
+    ------
+    ValueError
+        Affinities not of shape (3, z, y, x), a mask of another shape, an unknown method.
+    """
+    if method == "watershed":
+        frags = fragments_watershed(affs, mask, seed_threshold=seed_threshold,
+                                    seed_min_distance=seed_min_distance, voxel_size_zyx=voxel_size_zyx)
+    elif method == "zwatershed":
+        frags = fragments_zwatershed(affs, mask, aff_threshold_low=aff_threshold_low,
+                                     aff_threshold_high=aff_threshold_high)
+    else:
+        raise ValueError(f"unknown fragments method {method!r}; choose 'watershed' or 'zwatershed'")
+    frags, n = _dense(frags)
+    return frags.astype(np.uint32), n
+
+
+@dataclass(frozen=True)
+class Graph:
+    """Region adjacency edges with the affinity statistics the mean-affinity score needs.
+
+    ``u``, ``v``: node ids (fragment ids or global keys), ``u != v``; ``total``: the sum of the
+    affinities of the voxel pairs across the shared face (float64); ``count``: their number. The
+    edge's score is ``1 - total / count``.
+    """
+
+    u: np.ndarray
+    v: np.ndarray
+    total: np.ndarray
+    count: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.u)
+
+    @property
+    def score(self) -> np.ndarray:
+        return (1.0 - self.total / np.maximum(self.count, 1)).astype(np.float32)
+
+    @classmethod
+    def concat(cls, parts: list[Graph]) -> Graph:
+        if not parts:
+            return _pairs(np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0))
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("u", "v", "total", "count")))
+
+
+def _pairs(a: np.ndarray, b: np.ndarray, aff: np.ndarray, *, same_ids_differ: bool = False) -> Graph:
+    """Sum the affinities of voxel pairs ``(a[i], b[i])`` per ordered label pair; 0 is no label.
+
+    With ``same_ids_differ`` the two sides are id spaces of their own (two blocks' fragments), so a
+    pair of equal ids is an edge too.
+    """
+    a = np.asarray(a).ravel().astype(np.uint64)
+    b = np.asarray(b).ravel().astype(np.uint64)
+    keep = (a != 0) & (b != 0)
+    if not same_ids_differ:
+        keep &= a != b
+    a, b, aff = a[keep], b[keep], np.asarray(aff).ravel()[keep].astype(np.float64)
+    if not len(a):
+        u = np.zeros(0, np.uint64)
+        return Graph(u, u.copy(), np.zeros(0), np.zeros(0, np.int64))
+    uniq, inverse = np.unique(np.stack([a, b]), axis=1, return_inverse=True)
+    inverse = inverse.ravel()
+    return Graph(uniq[0], uniq[1], np.bincount(inverse, aff), np.bincount(inverse).astype(np.int64))
+
+
+def region_graph(frags: np.ndarray, affs: np.ndarray) -> Graph:
+    """Every pair of touching fragments inside a box, with the affinities across their shared faces.
+
+    ``frags`` ``(z, y, x)`` (0 = no fragment), ``affs`` ``(3, z, y, x)``. Pairs are ordered
+    ``u < v``; the first plane along each axis (affinities to voxels outside the box) is not used.
+
+    >>> f = np.array([[[1, 1, 2, 2]]]); a = np.zeros((3, 1, 1, 4), np.float32); a[2] = [0, 1, 0.25, 1]
+    >>> g = region_graph(f, a)
+    >>> g.u.tolist(), g.v.tolist(), g.total.tolist(), g.count.tolist()
+    ([1], [2], [0.25], [1])
+    """
+    affs = _check_affs(affs)
+    if frags.shape != affs.shape[1:]:
+        raise ValueError(f"fragments of shape {frags.shape} and affinities of {affs.shape} do not match")
+    a_parts, b_parts, v_parts = [], [], []
+    for axis in range(3):
+        hi = [slice(None)] * 3
+        lo = [slice(None)] * 3
+        hi[axis] = slice(1, None)
+        lo[axis] = slice(None, -1)
+        x, y = frags[tuple(hi)].ravel(), frags[tuple(lo)].ravel()
+        edge = x != y
+        a_parts.append(np.minimum(x[edge], y[edge]))
+        b_parts.append(np.maximum(x[edge], y[edge]))
+        v_parts.append(affs[axis][tuple(hi)].ravel()[edge])
+    return _pairs(np.concatenate(a_parts), np.concatenate(b_parts), np.concatenate(v_parts))
+
+
+def face_graph(mine: np.ndarray, theirs: np.ndarray, affs: np.ndarray) -> Graph:
+    """Edges between the fragments that face each other across a block face.
+
+    ``mine`` holds one block's fragments on its last write-box plane along an axis, ``theirs`` the
+    next block's fragments on its first plane, and ``affs`` the affinities between those voxel pairs
+    (the next block's affinity channel of that axis, on its first plane); all three of one shape.
+    ``u`` are ids of ``mine``, ``v`` of ``theirs``.
+
+    >>> g = face_graph(np.array([[1, 1, 2]]), np.array([[5, 5, 5]]), np.array([[1.0, 0.5, 0.0]]))
+    >>> g.u.tolist(), g.v.tolist(), g.count.tolist(), g.score.tolist()
+    ([1, 2], [5, 5], [2, 1], [0.25, 1.0])
+    """
+    if not (mine.shape == theirs.shape == affs.shape):
+        raise ValueError(f"face shapes differ: {mine.shape}, {theirs.shape}, {affs.shape}")
+    return _pairs(mine, theirs, affs, same_ids_differ=True)
+
+
+def agglomerate(graph: Graph) -> np.ndarray:
+    """Hierarchical agglomeration by mean affinity: the score at which each edge's ends join.
+
+    Regions start as the graph's nodes. Repeatedly, the two adjacent regions with the lowest score
+    ``1 - mean affinity over all voxel pairs across their shared faces`` merge, and their edges to a
+    common neighbour combine (sums and counts add), until one region per connected component is
+    left; this is waterz's ``OneMinus<MeanAffinity>`` agglomeration (Funke et al. 2019) on a region
+    graph. Returns float32, one value per edge of ``graph``: the running maximum of the merge scores
+    when the edge's two ends first became one region, so that merging every edge with value ``<= t``
+    gives the agglomeration stopped at threshold ``t``. Duplicate edges (one pair listed twice)
+    are combined first.
+
+    >>> g = Graph(np.array([1, 2, 1]), np.array([2, 3, 3]), np.array([0.9, 0.6, 0.0]), np.array([1, 1, 1]))
+    >>> [round(float(s), 2) for s in agglomerate(g)]  # 1-2 at 0.1; then {1,2}-3 has mean (0.6+0)/2
+    [0.1, 0.7, 0.7]
+    """
+    import heapq
+
+    m = len(graph)
+    out = np.ones(m, np.float32)
+    if not m:
+        return out
+    nodes, inverse = np.unique(np.concatenate([graph.u, graph.v]), return_inverse=True)
+    inverse = inverse.ravel()
+    iu, iv = inverse[:m], inverse[m:]
+    n = len(nodes)
+    lo, hi = np.minimum(iu, iv).astype(np.int64), np.maximum(iu, iv).astype(np.int64)
+    uniq, einv = np.unique(lo * n + hi, return_inverse=True)
+    einv = einv.ravel()
+    total = np.bincount(einv, graph.total.astype(np.float64)).tolist()
+    count = np.bincount(einv, graph.count.astype(np.float64)).tolist()
+    order = np.argsort(einv, kind="stable")
+    bounds = np.searchsorted(einv[order], np.arange(len(uniq) + 1))
+    members = [order[bounds[e]:bounds[e + 1]].tolist() for e in range(len(uniq))]
+    ends = [[int(a), int(b)] for a, b in zip((uniq // n).tolist(), (uniq % n).tolist())]
+    adj: list[dict[int, int]] = [{} for _ in range(n)]
+    for e, (a, b) in enumerate(ends):
+        adj[a][b] = e
+        adj[b][a] = e
+    current = [1.0 - t / c for t, c in zip(total, count)]
+    heap = [(s, e) for e, s in enumerate(current)]
+    heapq.heapify(heap)
+    alive = [True] * len(uniq)
+    level = 0.0
+    score = out  # filled in place
+    while heap:
+        s, e = heapq.heappop(heap)
+        if not alive[e] or s != current[e]:
+            continue
+        alive[e] = False
+        x, y = ends[e]
+        if len(adj[x]) < len(adj[y]):
+            x, y = y, x  # merge the region with fewer neighbours into the other
+        level = max(level, s)
+        score[members[e]] = level
+        del adj[x][y], adj[y][x]
+        for z, e2 in adj[y].items():
+            del adj[z][y]
+            e1 = adj[x].get(z)
+            if e1 is None:
+                adj[x][z] = adj[z][x] = e2
+                ends[e2] = [x, z]
+                continue
+            total[e1] += total[e2]
+            count[e1] += count[e2]
+            if len(members[e1]) < len(members[e2]):
+                members[e1], members[e2] = members[e2], members[e1]
+            members[e1].extend(members[e2])
+            alive[e2] = False
+            current[e1] = 1.0 - total[e1] / count[e1]
+            heapq.heappush(heap, (current[e1], e1))
+        adj[y] = {}
+    return np.minimum(score, np.float32(1.0))
+
+
 def segment(
-    affs: np.ndarray, threshold: float, mask: np.ndarray | None = None, *, scoring: str = "mean", **fragments: Any
+    affs: np.ndarray, threshold: float, mask: np.ndarray | None = None, **options: Any
 ) -> np.ndarray:
-    """Fragments + agglomeration of a whole volume in memory: the reference the chunked run matches.
+    """Fragments + agglomeration of a whole volume in memory: the one-block reference of a chunked run.
 
     ``affs`` ``(3, z, y, x)`` float32; returns ``(z, y, x)`` uint32 labels, 1.. (0 where ``mask`` is
-    False). Merges every tree edge whose score is at most ``threshold``; ``fragments`` takes the
-    keyword arguments of :func:`agglomerate_block` that choose and tune the fragments.
+    False). Merges every edge whose agglomeration score is at most ``threshold``; ``options`` are
+    the keyword arguments of :func:`fragments`.
 
     >>> labels = np.zeros((3, 4, 4), np.uint32); labels[:, :, :2] = 7; labels[:, :, 2:] = 9
-    >>> segment(affinities_from_labels(labels), 0.5, fragments="zwatershed")[0].tolist()
+    >>> segment(affinities_from_labels(labels), 0.5, method="zwatershed")[0].tolist()
     [[1, 1, 2, 2], [1, 1, 2, 2], [1, 1, 2, 2], [1, 1, 2, 2]]
     """
-    r = agglomerate_block(affs, mask, scoring=scoring, **fragments)
-    keep = r.score <= threshold
-    lut = components(r.n, r.a[keep], r.b[keep])
-    return lut[r.fragments]
+    frags, n = fragments(affs, mask, **options)
+    graph = region_graph(frags, affs)
+    keep = agglomerate(graph) <= threshold
+    lut = components(n, graph.u[keep].astype(np.int64), graph.v[keep].astype(np.int64))
+    return lut[frags]

@@ -131,9 +131,17 @@ class AgglomerationConfig(Strict):
     never inference: the scored edges are kept in scratch.
     """
 
-    #: merge every fragment edge whose score (1 - mean affinity, see backend.scoring) is at most
-    #: this; null = the model's recommended threshold (its model card), 0.5 for model.kind labels
+    #: merge every fragment edge whose agglomeration score (1 - mean affinity of the two regions'
+    #: shared faces when they merge) is at most this; null = the model's recommended threshold (its
+    #: model card), 0.5 for model.kind labels
     threshold: float | None = Field(None, ge=0.0, le=1.0)
+    #: "global": one agglomeration of the whole region graph (one task; the result does not depend
+    #: on the block shape beyond where fragments were cut; memory grows with the graph, about 0.5 KB
+    #: per fragment edge). "blockwise": each block agglomerates its own edges with its six face
+    #: neighbours as context (scales without limit; depends more on the block shape). "auto":
+    #: global up to global_max_voxels of region of interest, blockwise beyond
+    scope: Literal["auto", "global", "blockwise"] = "auto"
+    global_max_voxels: int = Field(2_000_000_000, ge=0)
 
 
 class EvaluateConfig(Strict):

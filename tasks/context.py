@@ -31,6 +31,9 @@ class RunContext:
     #: threshold (edges with score <= threshold merge); None for instance backends
     boundary: bool = False
     threshold: float | None = None
+    #: boundary backends: one agglomeration of the whole region graph (stage 3's first task) rather
+    #: than one per block with its face neighbours as context (stage 2)
+    global_agglomeration: bool = False
     #: input intensities mapped to 0..1 before the backend (config ``input_value_range``); None = as read
     value_range: tuple[float, float] | None = None
 

@@ -85,6 +85,9 @@ def streaming_tasks(ctx: RunContext, todo: dict[str, list[Any]]) -> Iterator[Tas
     seg_pos = np.where(odd, _latest(ids, ids, fwd), ids)  # odd blocks wait for their forward neighbours
     seam_pos = _latest(seg_pos, seg_pos, fwd)
     group_pos = _latest(seam_pos, seam_pos, bwd)  # a level-1 group also reads its backward neighbours' edges
+    agglomerate = ctx.global_agglomeration and stage3.AGGLOMERATE in todo["3-unionfind"]
+    if agglomerate:  # one task after every seam task; every group after it
+        group_pos = np.full(n, n)
     seg = np.flatnonzero(np.isin(ids, todo["1-segment"]))
     seams = np.flatnonzero(np.isin(ids, todo["2-seams"]))
     seg = seg[np.lexsort((odd[seg], seg_pos[seg]))]  # at one position: the even block, then the odd
@@ -93,6 +96,8 @@ def streaming_tasks(ctx: RunContext, todo: dict[str, list[Any]]) -> Iterator[Tas
     ]
     order = seams[np.argsort(seam_pos[seams], kind="stable")]
     streams.append((int(seam_pos[c]), 1, ("seams", int(c))) for c in order)
+    if agglomerate:
+        streams.append(iter([(n, 1.5, ("agglomerate",))]))
     if todo["3-unionfind"]:
         for level, level_pos in enumerate(_group_positions(grid, group_pos), start=1):
             streams.append(_group_stream(level, level_pos, group_shape(grid.grid_shape, level)))
@@ -105,12 +110,18 @@ def streaming_tasks(ctx: RunContext, todo: dict[str, list[Any]]) -> Iterator[Tas
             yield Task("1-segment", b, segment_block, (ctx, b), deps)
         elif what[0] == "seams":
             c = what[1]
-            deps = [("1-segment", c)] + [("1-segment", int(j)) for j in fwd[c] if j >= 0]
+            readers = np.concatenate([fwd[c], bwd[c]]) if ctx.boundary else fwd[c]  # boundary: both sides
+            deps = [("1-segment", c)] + [("1-segment", int(j)) for j in readers if j >= 0]
             yield Task("2-seams", c, seams_block, (ctx, c), deps)
+        elif what[0] == "agglomerate":
+            deps = [("2-seams", int(c)) for c in range(n)]
+            yield Task("3-unionfind", stage3.AGGLOMERATE, stage3.agglomerate_all, (ctx,), deps)
         else:
             _, level, group = what
             kids = children(group, level, grid.grid_shape)
-            if level == 1:
+            if level == 1 and ctx.global_agglomeration:
+                deps = [("3-unionfind", stage3.AGGLOMERATE)]
+            elif level == 1:
                 members = {(k[0] * gy + k[1]) * gx + k[2] for k in kids}
                 backward = {int(j) for m in members for j in bwd[m] if j >= 0}
                 deps = [("2-seams", i) for i in sorted(members | backward)]

@@ -165,12 +165,15 @@ def plan(config: Config) -> Plan:
         neighbour_prompts=bool(getattr(config.backend.params, "neighbour_prompts", False)),
         boundary=boundary,
         threshold=threshold,
+        global_agglomeration=boundary and _global_agglomeration(config, roi),
         keep_scratch=config.keep_scratch,
         value_range=config.input_value_range,
     )
     data = config.to_json()
     fingerprint = {k: data[k] for k in ("input", "roi", "blocks", "backend", "write")}
     fingerprint["stitch"] = ctx.stitch
+    if ctx.boundary:  # stage 2 scores edges itself only when blockwise
+        fingerprint["global_agglomeration"] = ctx.global_agglomeration
     return Plan(config, ctx, vol, sharding, fingerprint)
 
 
@@ -279,6 +282,11 @@ def check_intensities(config: Config, vol: Volume, input_spec: dict[str, Any], r
         intensity.check_range(np.concatenate(values), vol.dtype, name, backends.float_range(name))
 
 
+def _global_agglomeration(config: Config, roi: Box) -> bool:
+    a = config.agglomeration
+    return a.scope == "global" or (a.scope == "auto" and roi.size <= a.global_max_voxels)
+
+
 def _delete_prefix(store: str) -> None:
     kv = urls.open_kvstore(store)
     kv.delete_range(ts.KvStore.KeyRange()).result()
@@ -317,12 +325,14 @@ def prepare_output(p: Plan, *, restart: bool) -> Scratch:
 
 
 def _todo(scratch: Scratch, grid: BlockGrid, neighbour_prompts: bool = False,
-          threshold: float | None = None) -> dict[str, list[int | str]]:
+          threshold: float | None = None, boundary: bool = False,
+          global_agglomeration: bool = False) -> dict[str, list[int | str]]:
     """What must run, given the done-markers; the dependants of redone work are redone too.
 
     With ``neighbour_prompts``, an odd block whose (even) face neighbour is redone is redone too,
     since it took its prompts from that neighbour's labels. With a boundary backend's agglomeration
-    ``threshold``, union-find and relabel are redone when the finished union-find used another one.
+    ``threshold``, union-find and relabel are redone when the finished union-find used another one;
+    and since a boundary seam task reads its backward neighbours too, their redone blocks redo it.
     """
     n = grid.num_blocks
     done = {s: scratch.done_items(s) for s in STAGES}
@@ -340,11 +350,12 @@ def _todo(scratch: Scratch, grid: BlockGrid, neighbour_prompts: bool = False,
         prompted_by_redo = (redo_seg[np.maximum(nbs, 0)] & (nbs >= 0)).any(axis=1)
         redo_seg |= grid.odd() & prompted_by_redo
     redo_nb = np.zeros(n, bool)
-    for axis in range(3):
-        has = fwd[:, axis] >= 0
-        redo_nb[has] |= redo_seg[fwd[has, axis]]
+    readers = np.concatenate([fwd, grid.backward_ids()], axis=1) if boundary else fwd
+    for axis in range(readers.shape[1]):
+        has = readers[:, axis] >= 0
+        redo_nb[has] |= redo_seg[readers[has, axis]]
     redo_seams = ~finished("2-seams") | redo_seg | redo_nb
-    uf_items = unionfind_items(grid.grid_shape)
+    uf_items = unionfind_items(grid.grid_shape, global_agglomeration)
     stale = threshold is not None and (scratch.done_info("3-unionfind", "finish") or {}).get("threshold") != threshold
     uf: list[int | str] = (list(uf_items) if stale or redo_seams.any() or not set(uf_items) <= done["3-unionfind"]
                            else [])
@@ -357,10 +368,10 @@ def _todo(scratch: Scratch, grid: BlockGrid, neighbour_prompts: bool = False,
     }
 
 
-def _all_items(grid: BlockGrid) -> dict[str, list[Any]]:
+def _all_items(grid: BlockGrid, global_agglomeration: bool = False) -> dict[str, list[Any]]:
     ids = list(range(grid.num_blocks))
-    return {"1-segment": ids, "2-seams": ids, "3-unionfind": list(unionfind_items(grid.grid_shape)),
-            "4-relabel": ids}
+    return {"1-segment": ids, "2-seams": ids,
+            "3-unionfind": list(unionfind_items(grid.grid_shape, global_agglomeration)), "4-relabel": ids}
 
 
 def execute(p: Plan, *, restart: bool = False, stages: Sequence[str] = STAGES, progress: bool = True) -> dict[str, Any]:
@@ -381,18 +392,18 @@ def _execute(p: Plan, *, restart: bool, stages: Sequence[str], progress: bool) -
     scratch = prepare_output(p, restart=restart)
     for stage in stages:
         for earlier in STAGES[: STAGES.index(stage)]:
-            if earlier not in stages and _incomplete(scratch, earlier, grid):
+            if earlier not in stages and _incomplete(scratch, earlier, grid, ctx.global_agglomeration):
                 raise ConfigError(
                     f"stage {stage} needs stage {earlier} to be complete first; run `emseg stage {earlier}` before it"
                 )
-    todo = _todo(scratch, grid, ctx.neighbour_prompts, ctx.threshold)
+    todo = _todo(scratch, grid, ctx.neighbour_prompts, ctx.threshold, ctx.boundary, ctx.global_agglomeration)
     # Invalidate the markers of everything that is to be redone (now or by a later stage command)
     # before anything runs, so that a kill at any point leaves consistent markers.
     scratch.clear_done("2-seams", todo["2-seams"])
     if todo["3-unionfind"]:
         scratch.clear_done("3-unionfind")
         scratch.clear_done("4-relabel")
-    totals = {stage: len(items) for stage, items in _all_items(grid).items()}
+    totals = {stage: len(items) for stage, items in _all_items(grid, ctx.global_agglomeration).items()}
     for stage in STAGES:
         if stage not in stages:
             todo[stage] = []
@@ -498,8 +509,8 @@ def _ids(items: list[Any]) -> str:
     return ", ".join(map(str, items[:10])) + (f", … ({len(items)} in all)" if len(items) > 10 else "")
 
 
-def _incomplete(scratch: Scratch, stage: str, grid: BlockGrid) -> bool:
-    return not {str(i) for i in _all_items(grid)[stage]} <= scratch.done_items(stage)
+def _incomplete(scratch: Scratch, stage: str, grid: BlockGrid, global_agglomeration: bool = False) -> bool:
+    return not {str(i) for i in _all_items(grid, global_agglomeration)[stage]} <= scratch.done_items(stage)
 
 
 def _progress(total: int, *, enabled: bool) -> Any:

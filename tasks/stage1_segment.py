@@ -76,20 +76,21 @@ def segment_block(ctx: RunContext, block_id: int, *upstream: Any) -> dict[str, A
 
 
 def fragment_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
-    """Stage 1 of a boundary backend: affinities, fragments and the merge tree of one block.
+    """Stage 1 of a boundary backend: affinities, fragments and the region graph of one block.
 
     ::
 
         read box   ┌────────────────────┐   the model sees the whole read box (core + halo >= context + 1)
-                   │  write box ┌────┐  │   fragments and the merge tree cover the write box only;
+                   │  write box ┌────┐  │   fragments and their region graph cover the write box;
                    │            │    │  │   the faces keep the first and last planes of fragments,
                    │            └────┘  │   and on the first plane along each axis the affinities to
                    └────────────────────┘   the voxel before it (in the previous block's core)
 
-    Scratch: ``labels/<block>`` (fragments, ``n``), ``tree/<block>`` (merge tree: local ``a``, ``b``,
-    ``score``), ``faces/<block>/<axis><sign>`` (``labels`` plane; ``affs`` too on the ``-`` side).
+    Scratch: ``labels/<block>`` (fragments, ``n``), ``rag/<block>`` (touching fragments: local ``u``,
+    ``v``, affinity ``total`` and ``count`` across their faces), ``faces/<block>/<axis><sign>``
+    (``labels`` plane; ``affs`` too on the ``-`` side).
     """
-    from pipeline.agglomeration import agglomerate_block
+    from pipeline.agglomeration import fragments, region_graph
 
     t0 = time.perf_counter()
     grid = ctx.grid
@@ -106,8 +107,8 @@ def fragment_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
     core = block.write_box.slices(block.read_box.start)
     core_affs = affs[(slice(None), *core)]
     core_mask = None if mask is None else mask[core]
-    result = agglomerate_block(core_affs, core_mask, **backend.fragment_options())
-    frags = result.fragments
+    frags, n = fragments(core_affs, core_mask, **backend.fragment_options())
+    rag = region_graph(frags, core_affs)
     store = runtime.scratch(ctx.output)
     for axis, direction, _ in grid.neighbours(block):
         plane = [slice(None)] * 3
@@ -116,10 +117,10 @@ def fragment_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
         if direction < 0:
             arrays["affs"] = core_affs[(axis, *plane)]
         store.put_arrays(face_key(block_id, axis, direction), arrays)
-    store.put_arrays(f"tree/{block_id}", {"a": result.a, "b": result.b, "score": result.score})
-    store.put_arrays(f"labels/{block_id}", {"core": frags, "n": np.array([result.n, result.n], np.int64)})
-    info = {"n_core": result.n, "n_total": result.n, "model_seconds": t_model,
-            "seconds": time.perf_counter() - t0}
+    store.put_arrays(f"rag/{block_id}", {"u": rag.u.astype(np.uint32), "v": rag.v.astype(np.uint32),
+                                         "total": rag.total.astype(np.float32), "count": rag.count.astype(np.int32)})
+    store.put_arrays(f"labels/{block_id}", {"core": frags, "n": np.array([n, n], np.int64)})
+    info = {"n_core": n, "n_total": n, "model_seconds": t_model, "seconds": time.perf_counter() - t0}
     store.mark_done(STAGE, block_id, info)
     return info
 

@@ -79,48 +79,61 @@ def _positions(centres: list[np.ndarray]) -> np.ndarray:
 
 
 def fragment_seams_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
-    """Stage 2 of a boundary backend: scored edges between fragments facing each other across the
-    block's forward faces (:func:`pipeline.agglomeration.face_edges`).
+    """Stage 2 of a boundary backend: the block's fragment edges, scored when agglomeration is blockwise.
 
-    ``edges/<block>`` holds ``a``, ``b`` (global keys), ``count`` (voxel pairs in contact), ``score``
-    (1 - the affinity statistic), ``iou`` (the affinity statistic itself, which the seam audit shows),
-    ``merge`` (score <= the run's threshold; stage 3 applies the threshold itself) and ``pos`` (the
-    centroid of each pair's contact, on the seam plane).
+    ``edges/<block>`` holds the edges the block owns — between its own fragments (its region graph)
+    and to the fragments facing them across its forward faces (:func:`pipeline.agglomeration.face_graph`)
+    — as global keys ``a``, ``b`` with ``total`` and ``count`` (the affinities across their shared
+    faces), ``seam`` (True for the forward-face edges), ``iou`` (their mean affinity, which the seam
+    audit shows), ``pos`` (a seam edge's contact centroid on the seam plane; NaN for the others).
+
+    Blockwise agglomeration (``ctx.global_agglomeration`` False) also writes ``score``: the block's
+    edges agglomerated together with the region graphs of its six face neighbours and the seams
+    between them (:func:`pipeline.agglomeration.agglomerate`). Global agglomeration scores every
+    edge in stage 3's first task instead. Faces are read by several blocks' seam tasks here, so
+    they stay until the run's scratch is pruned.
     """
-    from pipeline.agglomeration import face_edges
+    from pipeline.agglomeration import Graph, agglomerate, face_graph
 
     t0 = time.perf_counter()
     grid = ctx.grid
     block = grid.block(block_id)
     store = runtime.scratch(ctx.output)
-    scoring = runtime.backend(ctx.backend_key).params.scoring
-    a_parts, b_parts, counts, scores, centres = [], [], [], [], []
-    consumed: list[str] = []
+
+    def rag(b: int) -> Graph:
+        r = store.get_arrays(f"rag/{b}")
+        return Graph(key(b, r["u"]), key(b, r["v"]), r["total"].astype(np.float64), r["count"].astype(np.int64))
+
+    def seam(lower: Block, axis: int, upper: Block) -> tuple[Graph, np.ndarray]:
+        mine = store.get_arrays(face_key(lower.id, axis, +1))["labels"]
+        theirs = store.get_arrays(face_key(upper.id, axis, -1))
+        g = face_graph(mine, theirs["labels"], theirs["affs"])
+        pos = pair_centroids(mine, theirs["labels"], g.u, g.v) + face_origin(ctx, lower, axis, upper)
+        return Graph(key(lower.id, g.u), key(upper.id, g.v), g.total, g.count), pos
+
+    own = [rag(block_id)]
+    centres = [np.full((len(own[0]), 3), np.nan)]
     for axis, neighbour in grid.forward_neighbours(block):
-        keys = face_key(block_id, axis, +1), face_key(neighbour.id, axis, -1)
-        mine = store.get_arrays(keys[0])["labels"]
-        theirs = store.get_arrays(keys[1])
-        a, b, count, score = face_edges(mine, theirs["labels"], theirs["affs"], scoring=scoring)
-        a_parts.append(key(block_id, a))
-        b_parts.append(key(neighbour.id, b))
-        counts.append(count)
-        scores.append(score)
-        centres.append(pair_centroids(mine, theirs["labels"], a, b) + face_origin(ctx, block, axis, neighbour))
-        consumed.extend(keys)
-    u64 = np.zeros(0, np.uint64)
-    score = np.concatenate(scores) if scores else np.zeros(0, np.float32)
-    edges = {
-        "a": np.concatenate(a_parts) if a_parts else u64,
-        "b": np.concatenate(b_parts) if b_parts else u64.copy(),
-        "count": np.concatenate(counts) if counts else np.zeros(0, np.int64),
-        "iou": (1.0 - score).astype(np.float32),
-        "merge": score <= ctx.threshold,
-        "score": score,
-        "pos": _positions(centres),
-    }
-    store.put_arrays(f"edges/{block_id}", edges)
-    info = {"candidates": len(score), "merges": int(edges["merge"].sum()), "seconds": time.perf_counter() - t0}
+        g, pos = seam(block, axis, neighbour)
+        own.append(g)
+        centres.append(pos)
+    mine = Graph.concat(own)
+    seam_flag = np.ones(len(mine), bool)
+    seam_flag[: len(own[0])] = False
+    arrays = {"a": mine.u, "b": mine.v, "total": mine.total, "count": mine.count, "seam": seam_flag,
+              "iou": (mine.total / np.maximum(mine.count, 1)).astype(np.float32), "pos": _positions(centres)}
+    info: dict[str, Any] = {"edges": len(mine), "seam_edges": int(seam_flag.sum())}
+    if not ctx.global_agglomeration:
+        context = [mine]
+        for axis, direction, nb in grid.neighbours(block):
+            context.append(rag(nb.id))
+            if direction < 0:
+                context.append(seam(nb, axis, block)[0])
+        score = agglomerate(Graph.concat(context))[: len(mine)]
+        arrays["score"] = score
+        arrays["merge"] = score <= ctx.threshold
+        info["merges"] = int(arrays["merge"].sum())
+    store.put_arrays(f"edges/{block_id}", arrays)
+    info["seconds"] = time.perf_counter() - t0
     store.mark_done(STAGE, block_id, info)
-    if not ctx.keep_scratch:
-        store.delete(consumed)
     return info

@@ -35,7 +35,6 @@ from pipeline.unionfind import (
     split_by,
     table_from,
 )
-from pipeline.labels import key
 from tasks import runtime
 from tasks.context import RunContext
 from tasks.stage1_segment import STAGE as SEGMENT
@@ -74,6 +73,45 @@ def _n_core(ctx: RunContext, block_ids: np.ndarray) -> np.ndarray:
     return np.asarray(values, np.int64)[inverse]
 
 
+AGGLOMERATE = "agglomerate"
+
+
+def agglomerate_all(ctx: RunContext, *upstream: Any) -> dict[str, Any]:
+    """Global agglomeration (boundary backends): every block's edges in one region graph.
+
+    Reads ``edges/<block>`` of all blocks, agglomerates the whole graph by mean affinity
+    (:func:`pipeline.agglomeration.agglomerate`) and writes each block's scores to
+    ``scores/<block>``, in the order of its edges. Memory grows with the number of edges (about
+    0.5 KB each in the agglomeration's Python structures); ``agglomeration.scope: blockwise``
+    avoids this task for volumes whose graph does not fit one worker.
+    """
+    from pipeline.agglomeration import Graph, agglomerate
+
+    t0 = time.perf_counter()
+    store = runtime.scratch(ctx.output)
+    n = ctx.grid.num_blocks
+    parts, sizes = [], []
+    for b in range(n):
+        e = store.get_arrays(f"edges/{b}")
+        parts.append(Graph(e["a"], e["b"], e["total"].astype(np.float64), e["count"].astype(np.int64)))
+        sizes.append(len(e["a"]))
+    score = agglomerate(Graph.concat(parts))
+    bounds = np.cumsum([0] + sizes)
+    for b in range(n):
+        store.put_arrays(f"scores/{b}", {"score": score[bounds[b]:bounds[b + 1]]})
+    info = {"edges": int(bounds[-1]), "seconds": time.perf_counter() - t0}
+    store.mark_done(STAGE, AGGLOMERATE, info)
+    return info
+
+
+def edge_scores(ctx: RunContext, store: Any, block_id: int, edges: dict[str, np.ndarray]) -> np.ndarray:
+    """The agglomeration scores of a boundary backend's ``edges/<block>`` (stage 2's own when
+    blockwise, the global agglomeration's otherwise)."""
+    if not ctx.global_agglomeration:
+        return edges["score"]
+    return store.get_arrays(f"scores/{block_id}")["score"]
+
+
 def up(ctx: RunContext, level: int, group: Vec, *upstream: Any) -> dict[str, Any]:
     t0 = time.perf_counter()
     store = runtime.scratch(ctx.output)
@@ -90,19 +128,13 @@ def up(ctx: RunContext, level: int, group: Vec, *upstream: Any) -> dict[str, Any
                     sources.add(nb.id)
         for source in sorted(sources):
             edges = store.get_arrays(f"edges/{source}")
-            # boundary backends: the edge's score against the agglomeration threshold (so that a new
+            # boundary backends: the edge's agglomeration score against the threshold (so that a new
             # threshold needs no new edges); instance backends: the stitching rule's decision
-            keep = edges["score"] <= ctx.threshold if ctx.boundary else edges["merge"]
+            keep = edge_scores(ctx, store, source, edges) <= ctx.threshold if ctx.boundary else edges["merge"]
             if source not in members:
                 keep = keep & np.isin(plain_block(edges["b"]).astype(np.int64), list(members))
             a_parts.append(edges["a"][keep])
             b_parts.append(edges["b"][keep])
-        if ctx.boundary:  # the merge trees inside the group's blocks
-            for block_id in sorted(members):
-                tree = store.get_arrays(f"tree/{block_id}")
-                keep = tree["score"] <= ctx.threshold
-                a_parts.append(key(block_id, tree["a"][keep]))
-                b_parts.append(key(block_id, tree["b"][keep]))
     else:
         for child in children(group, level, grid.grid_shape):
             passed = store.get_arrays(f"uf/up/{level - 1}/{_name(child)}")
@@ -203,10 +235,12 @@ def _groups(grid_shape: Vec, level: int) -> list[Vec]:
     return list(groups(grid_shape, level))
 
 
-def items(grid_shape: Vec) -> list[str]:
-    """Every stage-3 task of a grid, in an order that respects dependencies."""
+def items(grid_shape: Vec, agglomerate: bool = False) -> list[str]:
+    """Every stage-3 task of a grid, in an order that respects dependencies (``agglomerate``: a
+    boundary backend's global agglomeration comes first)."""
     top = levels(grid_shape)
-    out = [up_item(L, g) for L in range(1, top + 1) for g in _groups(grid_shape, L)]
+    out = [AGGLOMERATE] if agglomerate else []
+    out += [up_item(L, g) for L in range(1, top + 1) for g in _groups(grid_shape, L)]
     out += [down_item(L, g) for L in range(top, 0, -1) for g in _groups(grid_shape, L)]
     return out + ["finish"]
 

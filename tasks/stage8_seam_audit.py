@@ -60,7 +60,14 @@ def audit_block_task(plan: AuditPlan, block_id: int, *upstream: Any) -> dict[str
     block = grid.block(block_id)
     store = runtime.scratch(ctx.output)
     edges = store.get_arrays(f"edges/{block_id}")
-    pick = near(edges["iou"], plan.threshold, plan.margin)
+    if ctx.boundary:  # the seam edges, by the mean affinity at which agglomeration merges them
+        from tasks.stage3_unionfind import edge_scores
+
+        score = edge_scores(ctx, store, block_id, edges)
+        edges = {**edges, "iou": (1.0 - score).astype(np.float32), "merge": score <= ctx.threshold}
+        pick = near(edges["iou"], plan.threshold, plan.margin) & edges["seam"]
+    else:
+        pick = near(edges["iou"], plan.threshold, plan.margin)
     rows: dict[str, list[np.ndarray]] = {k: [] for k in ("pos", "a", "b", "iou", "count", "merge")}
     if pick.any():
         def finals(b: int, local: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ import cc3d
 import numpy as np
 import pytest
 
-from pipeline.agglomeration import affinities_from_labels, face_edges, segment as segment_whole
+from pipeline.agglomeration import Graph, affinities_from_labels, agglomerate, face_graph, segment as segment_whole
 from tasks.run import segment
 from tests.conftest import read_output, run_config, same_partition, write_zarr
 
@@ -46,14 +46,15 @@ def cells(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, np.ndarray]:
 
 
 @pytest.mark.parametrize(
-    ("block", "halo"),
-    [((16, 16, 16), (1, 1, 1)), ((32, 16, 24), (2, 1, 3)), ((8, 8, 8), (4, 4, 4)), ((48, 56, 40), (0, 0, 0))],
+    ("block", "halo", "scope"),
+    [((16, 16, 16), (1, 1, 1), "global"), ((32, 16, 24), (2, 1, 3), "blockwise"), ((8, 8, 8), (4, 4, 4), "global"),
+     ((16, 16, 16), (1, 1, 1), "blockwise"), ((48, 56, 40), (0, 0, 0), "auto")],
 )
-def test_labels_come_back_for_any_block_shape(cells, tmp_path, dask_address, block, halo):
+def test_labels_come_back_for_any_block_shape(cells, tmp_path, dask_address, block, halo, scope):
     url, labels = cells
     cfg = run_config(url, tmp_path / "out", dask_address,
                      backend={"name": "affinities", "model": {"kind": "labels"}},
-                     blocks={"shape": list(block), "halo": list(halo)})
+                     blocks={"shape": list(block), "halo": list(halo)}, agglomeration={"scope": scope})
     run = segment(cfg, progress=False)
     out = read_output(tmp_path / "out")
     expected = cc3d.connected_components(labels, connectivity=6)
@@ -64,7 +65,7 @@ def test_labels_come_back_for_any_block_shape(cells, tmp_path, dask_address, blo
 
 def test_whole_volume_reference_equals_components(cells):
     _, labels = cells
-    out = segment_whole(affinities_from_labels(labels), 0.5, mask=labels != 0, fragments="zwatershed")
+    out = segment_whole(affinities_from_labels(labels), 0.5, mask=labels != 0, method="zwatershed")
     assert same_partition(out, cc3d.connected_components(labels, connectivity=6))
 
 
@@ -101,14 +102,24 @@ def test_halo_smaller_than_context_is_refused(tmp_path):
         plan(cfg)
 
 
-def test_face_edges_mean_and_quantile():
-    mine = np.array([[1, 1, 1, 1]])
-    theirs = np.array([[4, 4, 4, 4]])
+def test_face_graph_sums_affinities_per_facing_pair():
+    mine = np.array([[1, 1, 1, 2]])
+    theirs = np.array([[1, 1, 4, 4]])  # ids of another block: 1 facing 1 is an edge too
     affs = np.array([[0.9, 0.8, 0.1, 0.9]], np.float32)
-    _, _, n, mean = face_edges(mine, theirs, affs)
-    _, _, _, median = face_edges(mine, theirs, affs, scoring="quantile_50")
-    assert n.tolist() == [4]
-    assert mean[0] == pytest.approx(1 - 0.675) and median[0] == pytest.approx(1 - 0.85)
+    g = face_graph(mine, theirs, affs)
+    assert g.u.tolist() == [1, 1, 2] and g.v.tolist() == [1, 4, 4]
+    assert g.count.tolist() == [2, 1, 1]
+    assert np.allclose(g.total, [1.7, 0.1, 0.9])
+
+
+def test_agglomeration_merges_by_mean_affinity_of_grown_regions():
+    # 1-2 and 1-4 are strong (score 0.1); 2-3 alone would be fairly strong (0.2), but once {1, 2, 4}
+    # has grown, its faces with 3 are 2-3 and the large weak 3-4 face together: mean 1.8 / 11.
+    g = Graph(np.array([1, 2, 3, 1]), np.array([2, 3, 4, 4]),
+              np.array([0.9, 0.8, 1.0, 0.9]), np.array([1, 1, 10, 1]))
+    s = agglomerate(g)
+    assert s[0] == pytest.approx(0.1) and s[3] == pytest.approx(0.1)
+    assert s[1] == s[2] == pytest.approx(1 - 1.8 / 11, rel=1e-6)
 
 
 def test_viewing_outputs_of_a_boundary_run(tmp_path, dask_address):

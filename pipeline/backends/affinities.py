@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipeline.agglomeration import SCORING, affinities_from_labels, segment
+from pipeline.agglomeration import affinities_from_labels, segment
 from pipeline.backends.base import BackendParams
 from pipeline.errors import ConfigError, DtypeError
 
@@ -59,8 +59,6 @@ class Params(BackendParams):
     #: intensities mapped to 0 and 1 before the model; None: the dtype's range (uint8 0..255,
     #: uint16 0..65535), float32 is taken as already in [0, 1]
     value_range: tuple[float, float] | None = None
-    #: edge score: "mean" (1 - mean affinity on the shared face, waterz's default) or "quantile_N"
-    scoring: str = "mean"
     #: how blocks are cut into fragments: "watershed" (distance-transform seeds, seeded watershed on
     #: the mean affinity; for learned models) or "zwatershed" (waterz's watershed on the affinity
     #: graph; exact on binary affinities). None: zwatershed for model.kind labels, else watershed
@@ -79,10 +77,6 @@ class Params(BackendParams):
 
     @model_validator(mode="after")
     def _check(self) -> Params:
-        if self.scoring not in SCORING:
-            raise ConfigError(
-                f"backend.scoring {self.scoring!r} is unknown; choose 'mean' or 'quantile_N' with N in 10, 15, ..., 95"
-            )
         if not self.aff_threshold_low < self.aff_threshold_high:
             raise ConfigError(
                 f"backend.aff_threshold_low ({self.aff_threshold_low}) must be below aff_threshold_high "
@@ -179,10 +173,10 @@ class Backend:
         return affs, mask
 
     def fragment_options(self) -> dict[str, Any]:
-        """The keyword arguments of :func:`pipeline.agglomeration.agglomerate_block` these params ask for."""
+        """The keyword arguments of :func:`pipeline.agglomeration.fragments` these params ask for."""
         p = self.params
         method = p.fragments or ("zwatershed" if p.model.kind == "labels" else "watershed")
-        return {"scoring": p.scoring, "fragments": method, "seed_threshold": p.seed_threshold,
+        return {"method": method, "seed_threshold": p.seed_threshold,
                 "seed_min_distance": p.seed_min_distance, "voxel_size_zyx": p.voxel_size_zyx,
                 "aff_threshold_low": p.aff_threshold_low, "aff_threshold_high": p.aff_threshold_high}
 
