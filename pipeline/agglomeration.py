@@ -8,28 +8,26 @@ Affinities follow the waterz / MALA convention, shape ``(3, z, y, x)`` float32 i
 
 1 means "the same object". Per block (axis order z, y, x)::
 
-      affinities on the write box  ──▶ fragments (waterz's seeded watershed, zwatershed)
+      affinities on the write box ──▶ fragments (:func:`fragments`: seeded watershed, or zwatershed)
                                               │
                                               ▼
-      merge tree: hierarchical agglomeration of the fragments (waterz), the score of every merge
-      recorded; score = 1 - mean affinity on the shared face (or a quantile of it)
+      region graph: touching fragments with the sum and count of the affinities across their faces
+      (:func:`region_graph`), and the same across each block face (:func:`face_graph`)
                                               │
-      seam edges: fragments facing each other across a block face, scored the same way from the
-      affinities on that face                 │
                                               ▼
-      global union-find over every tree and seam edge whose score <= threshold
+      agglomeration of the region graph by mean affinity (:func:`agglomerate`): every edge gets the
+      score at which its two ends join; union-find over the edges with score <= threshold
 
 Only the write box is cut into fragments, so fragment ids are unique per block without coordination
-(``block << 32 | local``). The model's affinities inside the write box do not depend on where the
-block was cut when the halo covers the model's context, so every edge score is a property of the
-volume, not of the blocks — except the order of in-block merges, which agglomeration decides from
-the regions it has grown so far, inside the block only. ``benchmarks/bench_affinities.py`` measures
-how much that moves the result.
+(``block << 32 | local``). The stages run these kernels per block (``tasks.stage1_segment``,
+``tasks.stage2_seams``) and agglomerate either the whole graph at once or each block with its face
+neighbours as context (``tasks.stage3_unionfind.agglomerate_all``, ``agglomeration.scope``);
+:func:`segment` is the whole-volume reference. docs/agglomeration.md has the measurements.
 
-Libraries: waterz (Funke et al. 2019, "Large scale image segmentation with structured loss based
-deep learning for connectome reconstruction", IEEE TPAMI) makes the fragments and the in-block
-merge tree; the seam edges, thresholding and union-find are numpy. This module is pure numpy/waterz;
-``tasks.stage1_segment`` and ``tasks.stage2_seams`` run it per block.
+Libraries: edt, cc3d and scikit-image make the seeded-watershed fragments; waterz (Funke et al. 2019,
+"Large scale image segmentation with structured loss based deep learning for connectome
+reconstruction", IEEE TPAMI) makes zwatershed fragments, and its mean-affinity agglomeration is the
+algorithm :func:`agglomerate` runs on a region graph assembled from blocks.
 """
 
 from __future__ import annotations

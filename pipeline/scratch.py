@@ -6,10 +6,12 @@ Layout under ``<output>/scratch/`` (any kvstore: local, gs://, s3://)::
     labels/<block>            stage 1: the block's core labels (uint32, local ids, core-first)     kept
     faces/<block>/<axis><dir> stage 1: its labels on the overlap with each face neighbour (boundary
                               backends: its first/last fragment planes, and the affinities across);
-                              deleted by the one stage-2 task that reads each of them
-    tree/<block>              stage 1, boundary backends: the fragments' merge tree with scores     kept
+                              instance backends: deleted by the one stage-2 task that reads each
+    rag/<block>               stage 1, boundary backends: the fragments' region graph (affinity sums)
     edges/<block>             stage 2: scored candidate edges to its forward neighbours, with the
-                              centroid of each pair's shared voxels                                kept
+                              centroid of each pair's shared voxels (boundary backends: every edge
+                              the block owns, with affinity sums)                                  kept
+    scores/<block>            stage 3, boundary backends with global agglomeration: edge scores   kept
     uf/up/, uf/down/          stage 3: the octree's partial results
     uf/table/<block>, uf/offsets  stage 3: the union-find result (per-block tables, id offsets)   kept
     post/                     stages 6-8: per-block partial results of post-processing
@@ -17,7 +19,7 @@ Layout under ``<output>/scratch/`` (any kvstore: local, gs://, s3://)::
 
 Lifecycle: after a complete run (post-processing included) :meth:`Scratch.prune` removes everything
 not marked *kept* above, unless ``keep_scratch`` is set. What is kept is what a later step needs:
-the done-markers (a rerun recomputes nothing), the scored edges, the merge trees and the core labels
+the done-markers (a rerun recomputes nothing), the scored edges and the core labels
 (a new merge threshold reruns union-find and relabel only), the union-find result (relabel, the seam audit).
 ``emseg clean OUTPUT`` removes the scratch area whole (a later run into that output starts over).
 
@@ -44,7 +46,7 @@ from pipeline import urls
 
 STAGES = ("1-segment", "2-seams", "3-unionfind", "4-relabel")
 #: what :meth:`Scratch.prune` removes after a complete run
-TRANSIENT = ("faces/", "uf/up/", "uf/down/", "post/")
+TRANSIENT = ("faces/", "rag/", "uf/up/", "uf/down/", "post/")
 _CODEC = Blosc(cname="lz4", clevel=3, shuffle=Blosc.SHUFFLE)
 _MAGIC = b"EMSG"
 #: label volumes at least this large go through crackle; small ones are not worth its header
