@@ -186,3 +186,15 @@ def test_unet_checkpoint_round_trip_and_mismatch(tmp_path) -> None:
         load_model("unet", str(tmp_path / "plain.pt"))
     with pytest.raises(ConfigError, match="precision 'fp8'"):
         load_model("unet", str(path), precision="fp8")
+
+
+def test_bundled_forest_loads_and_finds_phantom_boundaries(phantom) -> None:
+    from pipeline.checkpoints import BUNDLED_DIR
+
+    assert (BUNDLED_DIR / "forest_fib25.skops").stat().st_size < 5e6
+    model = load_model("forest")
+    image, labels = phantom
+    # a phantom of another contrast than fib25: the normalisation and augmentation must carry over
+    b = model.boundary(image[:16, :40, :40] * 0.6 + 0.3)
+    target = forest_mod.boundary_target(labels[:16, :40, :40])
+    assert b[target == 1].mean() > b[target == 0].mean() + 0.2

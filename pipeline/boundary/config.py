@@ -39,8 +39,8 @@ class ForestSpec(_Strict):
     Parameters
     ----------
     classifier
-        ``hgb`` (scikit-learn HistGradientBoostingClassifier), ``rf`` (RandomForestClassifier) or
-        ``extra-trees`` (ExtraTreesClassifier).
+        ``hgb`` (scikit-learn HistGradientBoostingClassifier), ``rf`` (RandomForestClassifier),
+        ``extra-trees`` (ExtraTreesClassifier) or ``mlp`` (StandardScaler + MLPClassifier).
     params
         Keyword arguments of the classifier, over emseg's defaults (:func:`forest.make_classifier`).
     voxels_per_class
@@ -50,8 +50,8 @@ class ForestSpec(_Strict):
     """
 
     kind: Literal["forest"]
-    classifier: Literal["hgb", "rf", "extra-trees"] = "rf"
-    params: dict[str, int | float | str | None] = Field(default_factory=dict)
+    classifier: Literal["hgb", "rf", "extra-trees", "mlp"] = "hgb"
+    params: dict[str, int | float | str | None | list[int]] = Field(default_factory=dict)
     voxels_per_class: int = Field(100_000, ge=10)
     augmented_copies: int = Field(2, ge=0, le=16)
 

@@ -46,6 +46,9 @@ TRUSTED_TYPES: tuple[str, ...] = (
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn._loss.loss.HalfBinomialLoss", "sklearn._loss.link.LogitLink", "sklearn._loss.link.Interval",
     "sklearn._loss._loss.CyHalfBinomialLoss",
+    "sklearn.pipeline.Pipeline", "sklearn.preprocessing._data.StandardScaler",
+    "sklearn.neural_network._multilayer_perceptron.MLPClassifier",
+    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer", "sklearn.preprocessing._label.LabelBinarizer",
 )
 
 #: image context (voxels per side) of one affinity: the features' context plus the predecessor voxel
@@ -106,11 +109,16 @@ class ForestModel:
         Facts about training (data, split, voxels, wall time, scores); str / number values.
     tile_z
         Planes predicted at once; bounds memory to about ``(tile_z + 2 * CONTEXT) * y * x * 31 * 4`` bytes.
+    threads
+        OpenMP / BLAS threads of the classifier (None: the library's default, all cores). 1 by
+        default: Dask runs one block per core already, and OpenMP threads spinning on a busy
+        machine made prediction several times slower here.
     """
 
     classifier: Any
     meta: dict[str, Any] = field(default_factory=dict)
     tile_z: int = 32
+    threads: int | None = 1
     context_zyx: tuple[int, int, int] = (CONTEXT, CONTEXT, CONTEXT)
 
     def boundary(self, image: np.ndarray) -> np.ndarray:
@@ -118,6 +126,8 @@ class ForestModel:
         image = np.asarray(image, dtype=np.float32)
         if image.ndim != 3:
             raise ValueError(f"the forest predicts (z, y, x) images, got shape {image.shape}")
+        from threadpoolctl import threadpool_limits
+
         out = np.empty(image.shape, dtype=np.float32)
         c = feats.CONTEXT
         depth = image.shape[0]
@@ -125,7 +135,9 @@ class ForestModel:
             z1 = min(depth, z0 + self.tile_z)
             lo, hi = max(0, z0 - c), min(depth, z1 + c)
             f = feats.compute(image[lo:hi])[z0 - lo : z1 - lo]
-            out[z0:z1] = self.classifier.predict_proba(f.reshape(-1, f.shape[-1]))[:, 1].reshape(f.shape[:3])
+            with threadpool_limits(self.threads):
+                p = self.classifier.predict_proba(f.reshape(-1, f.shape[-1]))[:, 1]
+            out[z0:z1] = p.reshape(f.shape[:3])
         return out
 
     def predict(self, image: np.ndarray, origin_zyx: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
@@ -201,8 +213,12 @@ def load(path: str | os.PathLike[str]) -> ForestModel:
     payload = sio.loads(data, trusted=sorted(set(untrusted)))
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an emseg forest (no format={FORMAT!r}); train one with `emseg train`")
-    allowed = ("RandomForestClassifier", "ExtraTreesClassifier", "HistGradientBoostingClassifier")
-    kind = type(payload.get("classifier")).__name__
+    allowed = ("RandomForestClassifier", "ExtraTreesClassifier", "HistGradientBoostingClassifier",
+               "StandardScaler+MLPClassifier")
+    classifier = payload.get("classifier")
+    kind = type(classifier).__name__
+    if kind == "Pipeline":
+        kind = "+".join(type(step).__name__ for _, step in getattr(classifier, "steps", []))
     if kind not in allowed:
         raise CheckpointError(
             f"{path} holds a {kind}, which emseg does not trust as a boundary classifier (only "
@@ -242,7 +258,17 @@ def sample_voxels(
 
 
 def make_classifier(kind: str, seed: int, **params: Any) -> Any:
-    """A scikit-learn classifier by name: ``hgb`` (HistGradientBoosting), ``rf`` or ``extra-trees``."""
+    """A scikit-learn classifier by name: ``hgb`` (HistGradientBoosting), ``rf``, ``extra-trees`` or
+    ``mlp`` (standard scaling + a multi-layer perceptron; ``params`` go to the MLPClassifier)."""
+    if kind == "mlp":
+        from sklearn.neural_network import MLPClassifier
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        defaults = {"hidden_layer_sizes": (32, 32), "max_iter": 30, "batch_size": 1024, "early_stopping": False}
+        if isinstance(params.get("hidden_layer_sizes"), list):
+            params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
+        return make_pipeline(StandardScaler(), MLPClassifier(random_state=seed, **{**defaults, **params}))
     if kind == "hgb":
         from sklearn.ensemble import HistGradientBoostingClassifier
 
@@ -256,4 +282,4 @@ def make_classifier(kind: str, seed: int, **params: Any) -> Any:
         return cls(random_state=seed, **{**defaults, **params})
     from pipeline.errors import ConfigError
 
-    raise ConfigError(f"model.classifier {kind!r} is not known; use hgb, rf or extra-trees")
+    raise ConfigError(f"model.classifier {kind!r} is not known; use hgb, rf, extra-trees or mlp")
