@@ -38,13 +38,22 @@ IGNEOUS_SCRIPT = textwrap.dedent("""
     from taskqueue import LocalTaskQueue
     import igneous, igneous.task_creation as tc
     path, levels, block, workers, error_nm = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+    parts = sys.argv[6].split(",")
     from importlib.metadata import version
     out = {"version": version("igneous-pipeline")}
-    tq = LocalTaskQueue(parallel=workers, progress=False)
-    t = time.perf_counter()
-    tq.insert(tc.create_downsampling_tasks(path, mip=0, num_mips=levels, compress=False, factor=(2, 2, 2)))
-    tq.execute(progress=False)
-    out["downsample_seconds"] = time.perf_counter() - t
+    times = []
+    for _ in range(int(sys.argv[7])):
+        tq = LocalTaskQueue(parallel=workers, progress=False)
+        t = time.perf_counter()
+        tq.insert(tc.create_downsampling_tasks(path, mip=0, num_mips=levels, compress=False, factor=(2, 2, 2)))
+        tq.execute(progress=False)
+        times.append(time.perf_counter() - t)
+    if times:
+        out["downsample_runs_seconds"] = times
+        out["downsample_seconds"] = sorted(times)[len(times) // 2]
+    if "meshes" not in parts:
+        print("IGNEOUS " + json.dumps(out))
+        sys.exit(0)
     tq = LocalTaskQueue(parallel=workers, progress=False)
     t = time.perf_counter()
     tq.insert(tc.create_meshing_tasks(path, mip=0, shape=(block, block, block), simplification=True,
@@ -94,8 +103,11 @@ def fresh_copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def run_emseg(store: Path, block: int, workers: int, error_voxels: float) -> dict[str, Any]:
-    """emseg's stage 5 (segmentation pyramid) and stage 6 (legacy meshes) on a local Dask cluster."""
+def run_emseg(store: Path, block: int, workers: int, error_voxels: float, parts: list[str],
+              repeat: int = 1, between: Any = None) -> dict[str, Any]:
+    """emseg's stage 5 (segmentation pyramid) and stage 6 (legacy meshes) on a local Dask cluster.
+
+    ``between(rep)`` runs after each pyramid run (igneous's, so that both see the same machine load)."""
     import logging
 
     import numpy as np
@@ -115,20 +127,30 @@ def run_emseg(store: Path, block: int, workers: int, error_voxels: float) -> dic
         futures: list[Any] = []
 
         def submit(stage: str, item: Any, fn: Any, *args: Any, deps: list[Any] = ()) -> Any:  # type: ignore[assignment]
-            f = client.submit(fn, *args, *deps, key=f"{stage}-{item}-bench", pure=False)
+            f = client.submit(fn, *args, *deps, key=f"{stage}-{item}-{len(futures)}-{time.time()}", pure=False)
             futures.append(f)
             return f
 
-        client.run(lambda: None)  # workers up before timing
-        t = time.perf_counter()
-        layer = stage5_pyramid.plan_layer(url, "segmentation", None)
-        submit_pyramid(submit, layer, "bench")
-        wait(futures)
-        for f in futures:
-            f.result()
-        out["pyramid_seconds"] = time.perf_counter() - t
+        # Workers up and the modules imported before timing, as igneous's forked processes inherit its imports.
+        client.run(lambda: [__import__(m) for m in ("tasks.stage5_pyramid", "tasks.stage6_meshes", "tinybrain")])
+        times = []
+        for rep in range(repeat):  # the same work each time (the scales are rewritten), median reported
+            futures.clear()
+            t = time.perf_counter()
+            layer = stage5_pyramid.plan_layer(url, "segmentation", None)
+            submit_pyramid(submit, layer, f"bench{rep}")
+            wait(futures)
+            for f in futures:
+                f.result()
+            times.append(time.perf_counter() - t)
+            if between is not None:
+                between(rep)
+        out["pyramid_runs_seconds"] = times
+        out["pyramid_seconds"] = sorted(times)[len(times) // 2]
         out["pyramid_scales"] = [s.key for s in layer.scales]
         out["pyramid_tasks"] = len(futures)
+        if "meshes" not in parts:
+            return out
 
         futures.clear()
         t = time.perf_counter()
@@ -167,9 +189,10 @@ def igneous_python(arg: str | None) -> str | None:
     return sys.executable
 
 
-def run_igneous(python: str, store: Path, levels: int, block: int, workers: int, error_nm: float) -> dict[str, Any]:
+def run_igneous(python: str, store: Path, levels: int, block: int, workers: int, error_nm: float,
+                parts: list[str], repeat: int = 1) -> dict[str, Any]:
     proc = subprocess.run([python, "-c", IGNEOUS_SCRIPT, f"file://{store}", str(levels), str(block), str(workers),
-                           str(error_nm)], capture_output=True, text=True)
+                           str(error_nm), ",".join(parts), str(repeat)], capture_output=True, text=True)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("IGNEOUS ")), None)
     if proc.returncode != 0 or line is None:
         raise RuntimeError(f"igneous failed (status {proc.returncode}): {proc.stderr.strip()[-2000:]}")
@@ -207,7 +230,10 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "bench-postprocess")
     ap.add_argument("--igneous-python", help="python that imports igneous (default $EMSEG_IGNEOUS_PYTHON)")
     ap.add_argument("--out", type=Path, help="results JSON (default benchmarks/results/postprocess_<shape>.json)")
+    ap.add_argument("--parts", default="pyramid,meshes", help="comma-separated: pyramid (always), meshes")
+    ap.add_argument("--repeat", type=int, default=5, help="pyramid runs per tool (median reported; the machine is shared)")
     args = ap.parse_args()
+    parts = args.parts.split(",")
     os.environ.setdefault("TQDM_DISABLE", "1")
     args.work.mkdir(parents=True, exist_ok=True)
     started = machine()
@@ -216,33 +242,58 @@ def main() -> None:
     mv = voxels / 1e6
 
     emseg_store = fresh_copy(labels, args.work / "emseg" / "labels")
-    emseg = run_emseg(emseg_store, args.block, args.workers, args.error)
-    levels = len(emseg["pyramid_scales"]) - 1
-    print("emseg:", json.dumps(emseg), flush=True)
+    from pipeline.downsample import pyramid
+    from tasks.stage5_pyramid import base_scale, read_info
 
+    levels = len(pyramid(base_scale(read_info(f"file://{labels}")), None)) - 1
     python = igneous_python(args.igneous_python)
-    igneous: dict[str, Any]
+    igneous: dict[str, Any] = {}
+    ig_times: list[float] = []
     if python is None:
         igneous = {"error": "igneous is not installed: pass --igneous-python or set EMSEG_IGNEOUS_PYTHON"}
+        between = None
     else:
         igneous_store = fresh_copy(labels, args.work / "igneous" / "labels")
-        try:
-            igneous = run_igneous(python, igneous_store, levels, args.block, args.workers, args.error * 8.0)
-        except RuntimeError as exc:
-            igneous = {"error": str(exc)}
-        else:
-            print("igneous:", json.dumps(igneous), flush=True)
+
+        def between(rep: int) -> None:  # one igneous pyramid run after each of emseg's: the same load for both
+            if "error" in igneous:
+                return
+            try:
+                got = run_igneous(python, igneous_store, levels, args.block, args.workers, args.error * 8.0,
+                                  ["pyramid"], 1)
+            except RuntimeError as exc:
+                igneous["error"] = str(exc)
+                return
+            igneous["version"] = got["version"]
+            ig_times.extend(got["downsample_runs_seconds"])
+
+    emseg = run_emseg(emseg_store, args.block, args.workers, args.error, parts, args.repeat, between)
+    print("emseg:", json.dumps(emseg), flush=True)
+    if python is not None and "error" not in igneous:
+        igneous["downsample_runs_seconds"] = ig_times
+        igneous["downsample_seconds"] = sorted(ig_times)[len(ig_times) // 2]
+        if "meshes" in parts:
+            try:
+                igneous.update(run_igneous(python, igneous_store, levels, args.block, args.workers, args.error * 8.0,
+                                           parts, 0))
+            except RuntimeError as exc:
+                igneous["error"] = str(exc)
+        print("igneous:", json.dumps(igneous), flush=True)
+        if "error" not in igneous:
             try:
                 igneous["agreement"] = compare(emseg_store, igneous_store, levels)
             except Exception as exc:  # noqa: BLE001 - a comparison failure must not lose the timings
                 igneous["agreement"] = {"error": f"{type(exc).__name__}: {exc}"}
 
-    rows = [("emseg 5-pyramid (mode, %d scales)" % levels, emseg["pyramid_seconds"]),
-            ("emseg 6-meshes (blocks + join per segment)", emseg["mesh_seconds"])]
+    rows = [("emseg 5-pyramid (mode, %d scales)" % levels, emseg["pyramid_seconds"])]
     if "error" not in igneous:
-        rows += [("igneous DownsampleTask (mode, %d mips)" % levels, igneous["downsample_seconds"]),
-                 ("igneous MeshTask", igneous["mesh_tasks_seconds"]),
-                 ("igneous MeshTask + MeshManifestTask", igneous["mesh_tasks_seconds"] + igneous["mesh_manifest_seconds"])]
+        rows += [("igneous DownsampleTask (mode, %d mips)" % levels, igneous["downsample_seconds"])]
+    if "meshes" in parts:
+        rows += [("emseg 6-meshes (blocks + join per segment)", emseg["mesh_seconds"])]
+        if "error" not in igneous:
+            rows += [("igneous MeshTask", igneous["mesh_tasks_seconds"]),
+                     ("igneous MeshTask + MeshManifestTask",
+                      igneous["mesh_tasks_seconds"] + igneous["mesh_manifest_seconds"])]
     print(f"\n{args.shape}^3 voxels ({mv:.1f} Mvoxel), {args.block}^3 mesh blocks, {args.workers} workers, "
           f"simplification error {args.error} voxel; {started['cpu']}, {started['cores']} cores, "
           f"load average at start {started['load_average_at_start']}")
@@ -253,8 +304,9 @@ def main() -> None:
         print(f"igneous: {igneous['error']}")
     else:
         print("mode pyramids, emseg vs igneous:", json.dumps(igneous["agreement"]))
-    print(f"emseg meshes: {emseg['mesh_segments']} segments, {emseg['mesh_faces']} triangles, block tasks "
-          f"{emseg['mesh_block_task_seconds']:.1f} task-s, joins {emseg['mesh_merge_task_seconds']:.1f} task-s")
+    if "meshes" in parts:
+        print(f"emseg meshes: {emseg['mesh_segments']} segments, {emseg['mesh_faces']} triangles, block tasks "
+              f"{emseg['mesh_block_task_seconds']:.1f} task-s, joins {emseg['mesh_merge_task_seconds']:.1f} task-s")
 
     result = {"shape": [args.shape] * 3, "block": args.block, "workers": args.workers,
               "simplification_error_voxels": args.error, "machine": started,

@@ -85,14 +85,16 @@ def submit_pyramid(submit: Any, layer: stage5_pyramid.PyramidLayer, run_id: str)
             block.id: submit(stage5_pyramid.STAGE, f"{layer.kind}-0-{block.id}", stage5_pyramid.copy_task, layer,
                              block.id, run_id)
             for block in layer.grid(0)}
-    for level in range(1, len(layer.scales)):
-        below = out.get((layer.kind, level - 1), {})
+    previous = out.get((layer.kind, 0), {})
+    for index, step in enumerate(layer.level_steps()):
         mine: dict[int, Any] = {}
-        for block in layer.grid(level):
-            deps = [below[i] for i in layer.upstream(level, block) if i in below]
-            mine[block.id] = submit(stage5_pyramid.STAGE, f"{layer.kind}-{level}-{block.id}",
-                                    stage5_pyramid.downsample_task, layer, level, block.id, run_id, deps=deps)
-        out[(layer.kind, level)] = mine
+        for block in layer.grid(step[1]):
+            deps = [previous[i] for i in layer.step_upstream(index, block) if i in previous]
+            mine[block.id] = submit(stage5_pyramid.STAGE, f"{layer.kind}-{step[0]}-{step[1]}-{block.id}",
+                                    stage5_pyramid.downsample_task, layer, step, block.id, run_id, deps=deps)
+        for level in range(step[0], step[1] + 1):
+            out[(layer.kind, level)] = mine
+        previous = mine
     return out
 
 

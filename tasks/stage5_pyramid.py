@@ -1,9 +1,11 @@
 """Stage 5, pyramid: further scales of the segmentation (mode) and of the image (average).
 
-Scale ``k`` is computed from scale ``k - 1`` as written, by tasks whose boxes are unions of whole
-storage chunks (whole shards when sharded) of scale ``k``, so no two tasks write one object. A task
-of scale ``k`` starts when the tasks of scale ``k - 1`` that cover its source box are done. The
-kernels are :func:`pipeline.downsample.downsample_labels` and ``downsample_image``.
+Scale ``k`` is computed from scale ``k - 1``, by tasks whose boxes are unions of whole storage
+chunks (whole shards when sharded) of scale ``k``, so no two tasks write one object. Where the
+geometry allows (unsharded, aligned offsets: :func:`plan_steps`), one task makes several scales from
+one read, each from the previous in memory, as igneous does; a task starts when the tasks that wrote
+its source box are done. The kernels are :func:`pipeline.downsample.downsample_labels` and
+``downsample_image`` (tinybrain).
 
 The scales are created in the ``info`` by the driver (:func:`plan_layer`) before any task runs; they
 sit beside the base scale in the same precomputed volume, keyed by resolution (``16_16_16``).
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -26,7 +29,7 @@ import tensorstore as ts
 from pipeline import urls
 from pipeline.downsample import Scale, downsample_image, downsample_labels, pyramid, source_box, task_shape
 from pipeline.errors import ConfigError
-from pipeline.geometry import Block, BlockGrid
+from pipeline.geometry import Block, BlockGrid, Box
 from pipeline.sharding import choose_bits, shard_shape
 from pipeline.volume import sharding_spec, ts_message
 from tasks import runtime
@@ -49,6 +52,33 @@ class PyramidLayer:
     #: whose voxel 0 lies at absolute voxel ``source_origin_zyx`` of scale 0
     source: str | None = None
     source_origin_zyx: tuple[int, int, int] = (0, 0, 0)
+    #: the levels one task makes together, ``(first, last)`` each, from one read of level first - 1;
+    #: its boxes are the grid of ``last``; empty = one level per task
+    steps: tuple[tuple[int, int], ...] = ()
+
+    def level_steps(self) -> tuple[tuple[int, int], ...]:
+        return self.steps or tuple((level, level) for level in range(1, len(self.scales)))
+
+    def boxes(self, step: tuple[int, int], block_id: int) -> dict[int, Box]:
+        """The boxes task ``block_id`` of ``step`` reads (level first - 1) and writes (first..last)."""
+        first, last = step
+        out = {last: self.grid(last).block(block_id).write_box}
+        for level in range(last, first - 1, -1):
+            out[level - 1] = source_box(out[level], self.scales[level].factor_zyx, self.scales[level - 1].box)
+        return out
+
+    def step_upstream(self, index: int, block: Block) -> list[int]:
+        """Ids of the previous step's tasks whose boxes feed ``block`` of step ``index``."""
+        steps = self.level_steps()
+        first, last = steps[index]
+        if index == 0 and self.source is None:
+            return []
+        src = self.boxes(steps[index], block.id)[first - 1]
+        grid = self.grid(first - 1)
+        lo = [(s - r) // t for s, r, t in zip(src.start, grid.roi.start, grid.block_shape)]
+        hi = [(e - 1 - r) // t for e, r, t in zip(src.stop, grid.roi.start, grid.block_shape)]
+        return [grid.block_id((z, y, x)) for z in range(lo[0], hi[0] + 1)
+                for y in range(lo[1], hi[1] + 1) for x in range(lo[2], hi[2] + 1)]
 
     def spec(self, level: int) -> dict[str, Any]:
         return {"driver": "neuroglancer_precomputed", "kvstore": urls.kvstore_spec(self.store),
@@ -57,17 +87,6 @@ class PyramidLayer:
     def grid(self, level: int) -> BlockGrid:
         """The task grid of ``level`` in that scale's absolute voxel coordinates."""
         return BlockGrid(self.scales[level].box, self.task_shapes[level], (0, 0, 0))
-
-    def upstream(self, level: int, block: Block) -> list[int]:
-        """Ids of the ``level - 1`` tasks whose boxes feed ``block`` of ``level`` (none for level 1)."""
-        if level < 1 or (level == 1 and self.source is None):
-            return []
-        src = source_box(block.write_box, self.scales[level].factor_zyx, self.scales[level - 1].box)
-        grid = self.grid(level - 1)
-        lo = [(s - r) // t for s, r, t in zip(src.start, grid.roi.start, grid.block_shape)]
-        hi = [(e - 1 - r) // t for e, r, t in zip(src.stop, grid.roi.start, grid.block_shape)]
-        return [grid.block_id((z, y, x)) for z in range(lo[0], hi[0] + 1)
-                for y in range(lo[1], hi[1] + 1) for x in range(lo[2], hi[2] + 1)]
 
 
 def read_info(store: str) -> dict[str, Any]:
@@ -110,7 +129,7 @@ def plan_image(source_spec: dict[str, Any], roi_zyx: Any, origin_zyx: tuple[int,
 
 
 def plan_layer(store: str, kind: Kind, levels: int | None, *, block_voxels: int = 64**3, source: str | None = None,
-               source_origin_zyx: tuple[int, int, int] = (0, 0, 0)) -> PyramidLayer:
+               source_origin_zyx: tuple[int, int, int] = (0, 0, 0), read_voxels: int = 256**3) -> PyramidLayer:
     """Create (or reopen) the coarser scales of the volume at ``store`` and describe the tasks.
 
     The new scales copy the base scale's encoding; when the base is sharded, each coarser scale is
@@ -154,7 +173,41 @@ def plan_layer(store: str, kind: Kind, levels: int | None, *, block_voxels: int 
                 "metadata exists — rerun with --restart (segmentation) or remove the extra scales (image)"
             ) from None
         shapes.append(shape)  # type: ignore[arg-type]
-    return PyramidLayer(store, kind, tuple(scales), tuple(shapes), source, source_origin_zyx)
+    steps = () if "sharding" in base else plan_steps(scales, shapes, read_voxels)
+    return PyramidLayer(store, kind, tuple(scales), tuple(shapes), source, source_origin_zyx, steps)
+
+
+def plan_steps(scales: list[Scale], shapes: list[tuple[int, int, int]], read_voxels: int,
+               min_tasks: int = 4) -> tuple[tuple[int, int], ...]:
+    """Group levels so that one task makes several from one read (as igneous's DownsampleTask does):
+    a group grows while its task reads at most ``read_voxels``, it keeps ``min_tasks`` tasks (a small
+    volume is faster split among workers than read once), and every finer level it writes stays
+    chunk-aligned (its voxel offset a multiple of the next factor, so that a coarse box maps onto
+    whole chunks). Unsharded volumes only: sharded scales keep one level per task.
+
+    >>> s = pyramid(Scale((512, 512, 512), (0, 0, 0), (8., 8., 8.), (64, 64, 64)), None)
+    >>> plan_steps(s, [(64, 64, 64)] * 4, 256**3)
+    ((1, 2), (3, 3))
+    >>> plan_steps(s, [(64, 64, 64)] * 4, 128**3)
+    ((1, 1), (2, 2), (3, 3))
+    """
+    steps: list[tuple[int, int]] = []
+    level = 1
+    while level < len(scales):
+        last = level
+        while last + 1 < len(scales):
+            nxt = last + 1
+            f = [1, 1, 1]
+            for k in range(level, nxt + 1):
+                f = [a * b for a, b in zip(f, scales[k].factor_zyx)]
+            aligned = all(o % k == 0 for o, k in zip(scales[last].offset_zyx, scales[nxt].factor_zyx))
+            tasks = math.prod(-(-n // t) for n, t in zip(scales[nxt].shape_zyx, shapes[nxt]))
+            if not aligned or math.prod(t * k for t, k in zip(shapes[nxt], f)) > read_voxels or tasks < min_tasks:
+                break
+            last = nxt
+        steps.append((level, last))
+        level = last + 1
+    return tuple(steps)
 
 
 def copy_task(layer: PyramidLayer, block_id: int, run_id: str) -> dict[str, Any]:
@@ -169,18 +222,20 @@ def copy_task(layer: PyramidLayer, block_id: int, run_id: str) -> dict[str, Any]
     return {"seconds": time.perf_counter() - t0, "voxels": int(target.size)}
 
 
-def downsample_task(layer: PyramidLayer, level: int, block_id: int, run_id: str, *upstream: Any) -> dict[str, Any]:
-    """Write box ``block_id`` of scale ``level`` from scale ``level - 1``."""
+def downsample_task(layer: PyramidLayer, step: tuple[int, int], block_id: int, run_id: str, *upstream: Any) -> dict[str, Any]:
+    """Write box ``block_id`` of the levels ``step = (first, last)`` from one read of level first - 1,
+    each level from the one before it in memory."""
     t0 = time.perf_counter()
-    target_scale = layer.scales[level]
-    source_scale = layer.scales[level - 1]
-    target = layer.grid(level).block(block_id).write_box
-    source = source_box(target, target_scale.factor_zyx, source_scale.box)
-    src = runtime.volume(json.dumps(layer.spec(level - 1)), False, run_id)
-    data = src.read(source.shift([-o for o in source_scale.offset_zyx]))
+    first, last = step
+    boxes = layer.boxes(step, block_id)
+    below = layer.scales[first - 1]
+    src = runtime.volume(json.dumps(layer.spec(first - 1)), False, run_id)
+    data = src.read(boxes[first - 1].shift([-o for o in below.offset_zyx]))
+    voxels = int(data.size)
     kernel = downsample_labels if layer.kind == "segmentation" else downsample_image
-    out = kernel(data, target, source, target_scale.factor_zyx)
-    spec = dict(layer.spec(level), store_data_equal_to_fill_value=True)
-    dst = runtime.volume(json.dumps(spec), True, run_id)
-    dst.write(target.shift([-o for o in target_scale.offset_zyx]), out)
-    return {"seconds": time.perf_counter() - t0, "voxels": int(source.size)}
+    for level in range(first, last + 1):
+        scale = layer.scales[level]
+        data = kernel(data, boxes[level], boxes[level - 1], scale.factor_zyx)
+        spec = dict(layer.spec(level), store_data_equal_to_fill_value=True)
+        runtime.volume(json.dumps(spec), True, run_id).write(boxes[level].shift([-o for o in scale.offset_zyx]), data)
+    return {"seconds": time.perf_counter() - t0, "voxels": voxels}

@@ -72,12 +72,13 @@ def test_segmentation_pyramid_is_mode_without_new_ids(pyramid_run):
         # An independent reference: Counter over each 2x2x2 cell of the absolute grid, C order.
         fine, coarse = arrays[level - 1], arrays[level]
         fo, co = offsets[level - 1], offsets[level]
-        expected = np.zeros_like(coarse)
+        expected = np.zeros(coarse.shape, bool)
         for idx in np.ndindex(coarse.shape):
             a = [2 * (i + o) - f for i, o, f in zip(idx, co, fo)]
-            cell = fine[max(a[0], 0):a[0] + 2, max(a[1], 0):a[1] + 2, max(a[2], 0):a[2] + 2].ravel().tolist()
-            expected[idx] = Counter(cell).most_common(1)[0][0]
-        assert np.array_equal(coarse, expected), f"scale {level} is not the mode of scale {level - 1}"
+            cell = Counter(fine[max(a[0], 0):a[0] + 2, max(a[1], 0):a[1] + 2, max(a[2], 0):a[2] + 2].ravel().tolist())
+            # a commonest label of the cell's real voxels (which of several tied ones is the kernel's choice)
+            expected[idx] = cell[coarse[idx]] == max(cell.values())
+        assert expected.all(), f"scale {level}: {np.sum(~expected.astype(bool))} voxels are not a mode of their cell"
 
 
 def test_image_pyramid_averages_on_the_absolute_grid(pyramid_run):
@@ -94,7 +95,7 @@ def test_image_pyramid_averages_on_the_absolute_grid(pyramid_run):
     for idx in [(0, 0, 0), (5, 7, 9), tuple(s - 1 for s in level1.shape)]:
         a = [2 * (i + o) - f for i, o, f in zip(idx, lo, roi_offset)]
         cell = base[max(a[0], 0):a[0] + 2, max(a[1], 0):a[1] + 2, max(a[2], 0):a[2] + 2]
-        assert level1[idx] == int(np.floor(cell.mean() + 0.5))
+        assert level1[idx] == int(np.floor(cell.mean()))  # tinybrain's integer mean rounds down
 
 
 def test_run_report_has_pyramid_timings(pyramid_run):
@@ -133,10 +134,65 @@ def test_kernels_with_partial_cells():
     img = rng.integers(0, 256, fine.shape_zyx).astype(np.uint8)
     mean = downsample_image(img, target, src, (2, 2, 2))
     # The first coarse voxel covers fine z 1 only (offset 1 -> cell [0, 2)), y 2..3, x 3 only.
-    assert mean[0, 0, 0] == int(np.floor(img[0:1, 0:2, 0:1].mean() + 0.5))
+    assert mean[0, 0, 0] == int(np.floor(img[0:1, 0:2, 0:1].mean()))
     assert out.shape == coarse.shape_zyx == mean.shape
     # Unaligned reads of a sub-box give the same values as the whole-volume kernel.
     sub = Box((1, 2, 2), (4, 4, 4))
     sub_src = source_box(sub, (2, 2, 2), fine.box)
     part = downsample_labels(labels[sub_src.slices(fine.offset_zyx)], sub, sub_src, (2, 2, 2))
-    assert np.array_equal(part, out[sub.slices(coarse.offset_zyx)])
+    whole = out[sub.slices(coarse.offset_zyx)]
+    # Equal wherever the cell has one commonest label; a tie may go either way (tinybrain breaks ties
+    # by ids it renumbers per call), and both answers are modes (test_mode_kernel_is_a_mode_for_every_factor).
+    for idx in np.ndindex(part.shape):
+        a = [2 * (i + o) - f for i, o, f in zip(idx, sub.start, fine.offset_zyx)]
+        cell = Counter(labels[tuple(slice(max(x, 0), x + 2) for x in a)].ravel().tolist())
+        top = [v for v, n in cell.items() if n == max(cell.values())]
+        assert part[idx] in top and whole[idx] in top
+        if len(top) == 1:
+            assert part[idx] == whole[idx]
+
+
+@pytest.mark.parametrize("factor", [(2, 2, 2), (1, 2, 2), (2, 1, 2), (1, 1, 2), (2, 1, 1)])
+def test_mode_kernel_is_a_mode_for_every_factor(factor):
+    """tinybrain for cells that halve two or three axes, a numpy vote for one: a commonest label each time."""
+    rng = np.random.default_rng(1)
+    fine = Scale((11, 9, 13), (1, 0, 3), (8.0, 8.0, 8.0), (8, 8, 8))
+    coarse = coarser(fine, factor)
+    labels = rng.integers(0, 3, fine.shape_zyx).astype(np.uint64) * np.uint64(2**40)  # large ids: no narrowing
+    out = downsample_labels(labels, coarse.box, source_box(coarse.box, factor, fine.box), factor)
+    assert out.shape == coarse.shape_zyx and out.dtype == np.uint64
+    for idx in np.ndindex(out.shape):
+        a = [k * (i + o) - f for i, o, f, k in zip(idx, coarse.offset_zyx, fine.offset_zyx, factor)]
+        sl = tuple(slice(max(x, 0), x + k) for x, k in zip(a, factor))
+        cell = Counter(labels[sl].ravel().tolist())
+        assert cell[int(out[idx])] == max(cell.values()), (idx, cell, out[idx])
+
+
+def test_several_scales_per_task_equal_one_scale_per_task(tmp_path):
+    """With aligned offsets one task makes two scales from one read; the result equals one scale per task."""
+    import dataclasses
+
+    from tasks import stage5_pyramid
+
+    labels = (blobs((70, 64, 66), sigma=2.0, seed=9) // 16).astype(np.uint64)  # ~16 ids, big regions
+    stores = []
+    for name in ("grouped", "single"):
+        vol = create_precomputed(str(tmp_path / name), layer_type="segmentation", dtype="uint64", shape_zyx=labels.shape,
+                                 voxel_size_nm=(8, 8, 8), offset_zyx=(4, 0, 8), chunk_zyx=(8, 8, 8))
+        vol.write(vol.box, labels)
+        layer = stage5_pyramid.plan_layer(f"file://{tmp_path / name}", "segmentation", 3, block_voxels=8**3,
+                                          read_voxels=32**3)
+        if name == "single":
+            layer = dataclasses.replace(layer, steps=())
+        stores.append((layer, tmp_path / name))
+    grouped = stores[0][0]
+    assert grouped.level_steps() == ((1, 2), (3, 3)), grouped.level_steps()  # offset 4 >> 2 = 1 is odd: no third
+    for layer, _ in stores:
+        for index, step in enumerate(layer.level_steps()):
+            for block in layer.grid(step[1]):
+                stage5_pyramid.downsample_task(layer, step, block.id, "t")
+    a, b = (_scales(path) for _, path in stores)
+    assert len(a) == len(b) == 4
+    for level in range(1, 4):
+        x, y = a[level].read().result(), b[level].read().result()
+        assert np.array_equal(x, y), f"scale {level} differs between grouped and single-level tasks"
