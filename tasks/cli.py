@@ -10,6 +10,7 @@
     emseg train-ffn CONFIG                                       train a flood-filling network
     emseg plan CONFIG [--volume-shape Z Y X] [--workers W]        estimate blocks, storage, time and cost
     emseg clean OUTPUT                                           remove an output's scratch area
+    emseg import SOURCE DEST [--voxel-size Z Y X]                TIFF stack / HDF5 into precomputed or zarr
 
 Errors in the input print one line, ``emseg: error: ...``, and exit with status 2; a run whose
 blocks failed exits with status 1 after writing ``run.json``.
@@ -299,6 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
     estimate.add_arguments(p)
     _add_log_args(p, quiet=False)
     p.set_defaults(func=estimate.run)
+
+    from tasks import import_volume
+
+    p = sub.add_parser("import", help="copy a TIFF stack or HDF5 dataset into a chunked store emseg and Neuroglancer read")
+    import_volume.add_arguments(p)
+    _add_log_args(p)
+    p.set_defaults(func=import_volume.run)
 
     from tasks import clean
 
