@@ -188,6 +188,20 @@ class PostprocessConfig(Strict):
     #: audit the edges whose IoU lies within this distance of stitch.min_iou
     seam_audit_margin: float = Field(0.15, ge=0, le=1)
     seam_audit_limit: int = Field(100_000, ge=1)
+    #: TEASAR skeletons per segment (kimimaro), joined across the seams: stage 9
+    skeletons: bool = False
+    #: pyramid scale to skeletonize (0 = full resolution; coarser is much faster, as with igneous's mip)
+    skeleton_scale: int = Field(0, ge=0)
+    #: unsharded | sharded; auto = sharded when write.sharded
+    skeleton_format: Literal["auto", "unsharded", "sharded"] = "auto"
+    #: TEASAR invalidation ball: radius = scale * distance-to-boundary + const (nm); kimimaro's defaults
+    skeleton_teasar_scale: float = Field(1.5, gt=0)
+    skeleton_teasar_const: float = Field(300.0, ge=0)
+    #: objects under this many voxels in a block are not skeletonized there (unless they touch its faces)
+    skeleton_dust_voxels: int = Field(100, ge=0)
+    #: after joining: drop pieces under this much cable (nm) and remove ticks shorter than this (nm)
+    skeleton_dust_nm: float = Field(0.0, ge=0)
+    skeleton_tick_nm: float = Field(0.0, ge=0)
 
 
 class Config(Strict):

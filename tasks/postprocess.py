@@ -1,9 +1,10 @@
-"""Post-processing for viewing, after a complete run: stages 5 to 8 as one Dask graph.
+"""Post-processing for viewing, after a complete run: stages 5 to 9 as one Dask graph.
 
     5-pyramid       per box and scale   coarser scales of the segmentation (mode) and image (average)
     6-meshes        per block, then per group of segment ids: meshes joined across seams
     7-properties    per block, then once: voxel counts and bounding boxes as segment properties
     8-seam-audit    per block, then once: near-threshold stitching edges as point annotations
+    9-skeletons     per block, then per group of segment ids: TEASAR skeletons joined across seams
 
 Everything runs through the run's own Dask client (:func:`postprocess` is called by
 :func:`tasks.run.execute` when the four segmentation stages finished without failures). Stages that
@@ -28,7 +29,7 @@ from pipeline import urls
 from pipeline.errors import ConfigError
 from pipeline.geometry import BlockGrid
 from pipeline.scratch import Scratch
-from tasks import stage5_pyramid, stage6_meshes, stage7_properties, stage8_seam_audit
+from tasks import stage5_pyramid, stage6_meshes, stage7_properties, stage8_seam_audit, stage9_skeletons
 
 if TYPE_CHECKING:
     from tasks.context import RunContext
@@ -36,7 +37,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("emseg")
 
-STAGES = (stage5_pyramid.STAGE, stage6_meshes.STAGE, stage7_properties.STAGE, stage8_seam_audit.STAGE)
+STAGES = (stage5_pyramid.STAGE, stage6_meshes.STAGE, stage7_properties.STAGE, stage8_seam_audit.STAGE,
+          stage9_skeletons.STAGE)
 MARKER = "postprocess"
 
 
@@ -104,6 +106,37 @@ def submit_meshes(submit: Any, plan: stage6_meshes.MeshPlan, num_segments: int, 
               for b in plan.grid]
     return [submit(stage6_meshes.STAGE, f"group-{group}", stage6_meshes.merge_group_task, plan, group, deps=blocks)
             for group in range((max(num_segments, 1) >> plan.shift) + 1)]
+
+
+def _skeleton_plan(p: Plan, seg_layer: Any, num_segments: int) -> stage9_skeletons.SkeletonPlan:
+    """Stage 9's plan: the scale to skeletonize, blocks, groups (= shards when sharded), parameters."""
+    cfg = p.config.postprocess
+    ctx = p.ctx
+    scales = seg_layer.scales if seg_layer is not None else None
+    if cfg.skeleton_scale > 0 and (scales is None or cfg.skeleton_scale >= len(scales)):
+        have = 0 if scales is None else len(scales) - 1
+        raise ConfigError(f"postprocess.skeleton_scale {cfg.skeleton_scale} needs that pyramid scale, but the pyramid "
+                          f"has {have} coarser scales; raise postprocess.pyramid_levels or lower skeleton_scale")
+    scale = scales[cfg.skeleton_scale] if scales is not None else stage5_pyramid.base_scale(
+        stage5_pyramid.read_info(ctx.segmentation))
+    voxel = tuple(float(v) for v in p.input.voxel_size_nm)
+    factor = [round(a / b) for a, b in zip(scale.voxel_size_nm, voxel)]
+    block_shape = tuple(max(16, b // f) for b, f in zip(ctx.block_shape, factor))
+    fmt = cfg.skeleton_format
+    if fmt == "auto":
+        fmt = "sharded" if p.config.write.sharded else "unsharded"
+    n_blocks = math.prod(-(-s // b) for s, b in zip(scale.shape_zyx, block_shape))
+    shift, sharding = stage6_meshes.plan_groups(num_segments, n_blocks, "sharded" if fmt == "sharded" else "legacy")
+    return stage9_skeletons.SkeletonPlan(
+        output=ctx.output,
+        volume_spec={"driver": "neuroglancer_precomputed", "kvstore": urls.kvstore_spec(ctx.segmentation),
+                     "scale_metadata": {"key": scale.key}},
+        scale=scale, block_shape=block_shape, skeleton_dir=urls.join(ctx.segmentation, "skeletons"),  # type: ignore[arg-type]
+        format=fmt, shift=shift, sharding=sharding,
+        teasar={"scale": cfg.skeleton_teasar_scale, "const": cfg.skeleton_teasar_const},
+        dust_voxels=cfg.skeleton_dust_voxels, dust_nm=cfg.skeleton_dust_nm, tick_nm=cfg.skeleton_tick_nm,
+        run_id=ctx.run_id,
+    )
 
 
 def _settings(p: Plan) -> dict[str, Any]:
@@ -200,6 +233,21 @@ def postprocess(client: Any, p: Plan, *, progress: bool = True) -> dict[str, Any
         submit_meshes(submit, mesh_plan, num_segments, upstream)
         summary["meshes"] = {"format": fmt, "scale": scale.key}
 
+    # 9: skeletons ------------------------------------------------------------------------
+    skel_plan = None
+    if cfg.skeletons:
+        skel_plan = _skeleton_plan(p, seg_layer, num_segments)
+        skel_kv = _kv(skel_plan.skeleton_dir)
+        skel_kv.delete_range(ts.KvStore.KeyRange()).result()
+        skel_kv.write("info", json.dumps(skel_plan.info()).encode()).result()
+        upstream = list(level_futures.get(("segmentation", cfg.skeleton_scale), {}).values())
+        blocks_f = [submit(stage9_skeletons.STAGE, f"block-{b.id}", stage9_skeletons.skeleton_block_task, skel_plan,
+                           b.id, deps=upstream) for b in skel_plan.grid]
+        for group in range((max(num_segments, 1) >> skel_plan.shift) + 1):
+            submit(stage9_skeletons.STAGE, f"group-{group}", stage9_skeletons.merge_group_task, skel_plan, group,
+                   deps=blocks_f)
+        summary["skeletons"] = {"format": skel_plan.format, "scale": skel_plan.scale.key}
+
     # 7: segment properties -----------------------------------------------------------------
     if cfg.segment_properties:
         props = stage7_properties.PropertiesPlan(
@@ -265,6 +313,10 @@ def postprocess(client: Any, p: Plan, *, progress: bool = True) -> dict[str, Any
     if mesh_plan is not None:
         groups = [v for (st, it), v in results.items() if st == stage6_meshes.STAGE and str(it).startswith("group")]
         summary["meshes"].update(segments=sum(g["segments"] for g in groups), faces=sum(g["faces"] for g in groups))
+    if skel_plan is not None:
+        groups = [v for (st, it), v in results.items() if st == stage9_skeletons.STAGE and str(it).startswith("group")]
+        summary["skeletons"].update(segments=sum(g["segments"] for g in groups),
+                                    vertices=sum(g["vertices"] for g in groups))
     reduce = results.get((stage7_properties.STAGE, "reduce"))
     if reduce is not None:
         summary["segment_properties"] = {"segments": reduce["segments"]}
@@ -279,6 +331,7 @@ def postprocess(client: Any, p: Plan, *, progress: bool = True) -> dict[str, Any
     if not failures:
         update_info(ctx.segmentation,
                     mesh="mesh" if mesh_plan is not None else None,
+                    skeletons="skeletons" if skel_plan is not None else None,
                     segment_properties="segment_properties" if reduce is not None else None)
         scratch.mark_done(MARKER, "all", {"token": token, "settings": settings, "summary": summary})
     return summary
