@@ -102,3 +102,26 @@ def test_every_argument_has_help_and_defaults_are_shown(capsys):
                 block = block[: block.index("\n  -", 1) if "\n  -" in block[1:] else len(block)]
                 assert "default" in block, f"emseg {name} {flag}: the help does not show its default"
     assert _plural(1, "segment") == "1 segment" and _plural(2, "segment") == "2 segments"
+
+
+def test_dask_logs_only_with_verbose(tmp_path):
+    """A local cluster's own log lines (workers starting, comms closing) show only with --verbose."""
+    import subprocess
+    import sys
+
+    url = write_zarr(tmp_path / "in.zarr", blobs((16, 16, 16), sigma=2.0, seed=3), chunks=(16, 16, 16))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(json.dumps({
+        "input": url, "output": str(tmp_path / "out"), "backend": {"name": "threshold-cc"},
+        "blocks": {"shape": [16, 16, 16], "halo": [1, 1, 1]}, "write": {"chunk_shape": [16, 16, 16]},
+        "cluster": {"workers": 1}, "postprocess": None,
+    }))
+    runs = {}
+    for flag in ("default", "-v"):
+        extra = [] if flag == "default" else [flag]
+        got = subprocess.run([sys.executable, "-m", "tasks.cli", "segment", str(cfg), "--no-progress", "--restart", *extra],
+                             capture_output=True, text=True, cwd=REPO, timeout=600)
+        assert got.returncode == 0, got.stderr
+        runs[flag] = got.stderr
+    assert "distributed." not in runs["default"], runs["default"]
+    assert "distributed." in runs["-v"], "--verbose shows Dask's own logs"

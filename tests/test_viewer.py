@@ -426,3 +426,27 @@ def test_view_stops_cleanly_on_ctrl_c(legacy_output):
             proc.kill()
     assert proc.returncode == 0, err
     assert "stopped" in err and "interrupted" not in err and "resume" not in err and "Traceback" not in err
+
+
+def test_view_open_starts_the_browser(legacy_output, tmp_path):
+    """--open hands the printed viewer URL to the user's browser ($BROWSER, as Python's webbrowser reads it)."""
+    import signal
+
+    opened = tmp_path / "opened.txt"
+    browser = tmp_path / "browser.sh"
+    browser.write_text(f'#!/bin/sh\necho "$1" > {opened}\n')
+    browser.chmod(0o755)
+    env = {**os.environ, "BROWSER": f"{browser} %s"}
+    proc = subprocess.Popen([sys.executable, "-m", "tasks.cli", "view", str(legacy_output), "--open"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+    try:
+        url = proc.stdout.readline().split(" ", 1)[1].strip()  # type: ignore[union-attr]
+        deadline = time.time() + 30
+        while not (opened.exists() and opened.read_text().strip()) and time.time() < deadline:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert opened.exists() and opened.read_text().strip() == url
