@@ -345,12 +345,12 @@ def evaluate_arrays(seg: np.ndarray, gt: np.ndarray, **kwargs: Any) -> dict[str,
 
 #: what each score says, in one line (printed beside the numbers by `emseg segment` and the notebook)
 READINGS: dict[str, str] = {
-    "adapted_rand_error": "voxel pairs wrongly joined or separated (SNEMI3D/CREMI); 0 is perfect, "
-                          "the demo's bar is <= 0.10",
+    "adapted_rand_error": "share of voxel pairs wrongly joined or separated (1 - Rand F-score, SNEMI3D/CREMI); "
+                          "0 is perfect",
     "voi_split": "over-segmentation: bits to tell which segment a true object's voxel is in; 0 = no splits",
     "voi_merge": "under-segmentation: bits to tell which true object a segment's voxel is in; 0 = no merges",
     "f1": "objects matched one-to-one at IoU >= {iou:g}: 2 x matched / (segments + true objects); "
-          "1 is perfect, the demo's bar is >= 0.8",
+          "1 is perfect",
     "precision": "share of segments that match a true object (low: many extra pieces)",
     "recall": "share of true objects that some segment matches (low: objects missed or merged)",
 }
@@ -360,7 +360,7 @@ def readings(result: dict[str, Any]) -> list[str]:
     """One line per score of :func:`scores` (or ``emseg evaluate``): the number and what it says.
 
     >>> print(readings({"adapted_rand_error": 0.05, "f1": 0.9, "iou_threshold": 0.5})[1])
-    f1                   0.9000  objects matched one-to-one at IoU >= 0.5: 2 x matched / (segments + true objects); 1 is perfect, the demo's bar is >= 0.8
+    f1                   0.9000  objects matched one-to-one at IoU >= 0.5: 2 x matched / (segments + true objects); 1 is perfect
     """
     iou = result.get("iou_threshold", 0.5)
     return [f"{key:<20} {result[key]:.4f}  {text.format(iou=iou)}" for key, text in READINGS.items() if key in result]
