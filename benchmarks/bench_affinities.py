@@ -4,7 +4,8 @@ Segments the validation part of ``../shared/data/fib25_ts2.zarr/raw`` (z >= 170,
 voxels at 10 nm; the bundled models were trained on z < 150) with the ``affinities`` backend through
 the real pipeline (local Dask cluster, zarr in, precomputed out), and reports:
 
-- block invariance: VOI between the result in 64³ blocks, in 128³ blocks and in one block;
+- block invariance: VOI between the result in 64³ blocks, in 128³ blocks and in one block (global
+  agglomeration), and in 64³ blocks with blockwise agglomeration;
 - accuracy against the ground truth (``emseg evaluate``'s code, label 0 ignored) at the default
   threshold, beside ``watershed`` run in the same session and the recorded bundled-FFN and published
   Google FFN numbers;
@@ -41,7 +42,7 @@ GOOGLE = {"voi_split": 0.92, "voi_merge": 0.91, "adapted_rand_error": 0.158, "no
 
 
 def _config(backend: dict[str, Any], out: Path, block: list[int], halo: list[int], workers: int,
-            roi: dict | None = VALIDATION, threshold: float | None = None) -> Any:
+            roi: dict | None = VALIDATION, threshold: float | None = None, scope: str = "auto") -> Any:
     return from_dict({
         "input": f"zarr://{DATA}/raw",
         "output": str(out),
@@ -50,7 +51,7 @@ def _config(backend: dict[str, Any], out: Path, block: list[int], halo: list[int
         "write": {"chunk_shape": [64, 64, 64]},
         "cluster": {"workers": workers},
         "roi": roi,
-        "agglomeration": {"threshold": threshold},
+        "agglomeration": {"threshold": threshold, "scope": scope},
         "postprocess": None,
     })
 
@@ -109,12 +110,13 @@ def main() -> None:
                            "machine": f"{platform.processor() or platform.machine()}, {args.workers} worker processes"}
     try:
         runs: dict[str, dict[str, Any]] = {}
-        for name, block in (("64", [64] * 3), ("128", [128] * 3), ("one block", [128, 256, 256])):
+        from tasks.run import segment
+
+        for name, block, scope in (("64", [64] * 3, "global"), ("128", [128] * 3, "global"),
+                                   ("one block", [128, 256, 256], "global"), ("64 blockwise", [64] * 3, "blockwise")):
             out = work / name.replace(" ", "_")
             t = time.perf_counter()
-            from tasks.run import segment
-
-            run = segment(_config(backend, out, block, halo, args.workers), restart=True, progress=False)
+            run = segment(_config(backend, out, block, halo, args.workers, scope=scope), restart=True, progress=False)
             runs[name] = {"segments": run["segments"], "blocks": run["blocks"]["total"],
                           "seconds": round(time.perf_counter() - t, 1), "speed": _speed(run, out),
                           "vs_groundtruth": _scores(f"precomputed://{out}/segmentation", gt)}
@@ -122,15 +124,14 @@ def main() -> None:
         seg = {k: f"precomputed://{work / k.replace(' ', '_')}/segmentation" for k in runs}
         res["runs"] = runs
         res["block_invariance"] = {}
-        for k in ("64", "128"):
+        for k in ("64", "128", "64 blockwise"):
             d = _scores(seg[k], seg["one block"], ignore_gt_zero=False)
             res["block_invariance"][f"{k} vs one block"] = {**d, "voi": round(d["voi_split"] + d["voi_merge"], 4)}
         # threshold sweep on the 128³ output: union-find and relabel only
         sweep = []
-        from tasks.run import segment
-
         for t in [float(v) for v in args.thresholds.split(",")]:
-            run = segment(_config(backend, work / "128", [128] * 3, halo, args.workers, threshold=t), progress=False)
+            run = segment(_config(backend, work / "128", [128] * 3, halo, args.workers, threshold=t, scope="global"),
+                          progress=False)
             assert run["stages"]["1-segment"]["ran"] == 0, "a threshold change must not rerun inference"
             s = _scores(seg["128"], gt)
             sweep.append({"threshold": t, "segments": run["segments"], **s})
