@@ -2,8 +2,8 @@
 
 The full numbers come from benchmarks/bench_affinities.py (results/affinities_forest.json, the
 validation part z >= 170 in 64³ and 128³ blocks); this test runs the same pipeline on a 64 x 128 x 128
-slab of it (2 x 2 blocks of 64 x 64 x 64 ... as 1 x 2 x 2 blocks, and one block) within the suite's
-time budget and holds the block dependence and the accuracy within bounds.
+slab of it, in 64³ blocks (1 x 2 x 2) and as one block, within the suite's time budget, and holds
+the block dependence and the accuracy within bounds.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def _run(tmp_path, address, name: str, block: list[int]) -> str:
         "backend": {"name": "affinities", "model": {"kind": "forest"}},
         "blocks": {"shape": block, "halo": [24, 24, 24]},
         "write": {"chunk_shape": [64, 64, 64]},
-        "cluster": {"address": address},
+        "cluster": {"address": address} if address else {"workers": 2},
         "roi": ROI,
         "postprocess": None,
     }), progress=False)
@@ -51,5 +51,7 @@ def test_forest_blocks_against_one_block(tmp_path, dask_address):
     assert abs(scores["chunked"]["adapted_rand_error"] - scores["whole"]["adapted_rand_error"]) < BOUNDS["are_gap"]
 
 
-# Measured on this slab (2 cores, 2026-11-30): filled in below from the first run.
-BOUNDS = {"dependence_voi": 0.6, "voi": 2.5, "are": 0.3, "are_gap": 0.08}
+# Measured on this slab (2 cores, 2026-11-30, global agglomeration at the card's 0.7): 64³ blocks
+# against one block VOI 0.036 (split 0.006, merge 0.030), adapted Rand 0.002; against the ground
+# truth VOI 0.61 / 0.27 and adapted Rand 0.042 in blocks, 0.63 / 0.27 and 0.044 as one block.
+BOUNDS = {"dependence_voi": 0.15, "voi": 1.3, "are": 0.1, "are_gap": 0.03}

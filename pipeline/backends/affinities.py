@@ -34,6 +34,9 @@ from pipeline.backends.base import BackendParams
 from pipeline.errors import ConfigError, DtypeError
 
 _DTYPE_RANGE: dict[str, tuple[float, float]] = {"uint8": (0.0, 255.0), "uint16": (0.0, 65535.0)}
+#: agglomeration thresholds when the config and the model give none: the bundled forest's card
+#: (best adapted Rand on FIB-25 z >= 170), the bundled U-Net's card, any value in (0, 1) for labels
+DEFAULT_THRESHOLD: dict[str, float] = {"forest": 0.7, "unet": 0.5, "labels": 0.5}
 _LABEL_DTYPES = ("uint8", "uint16", "uint32", "uint64", "int32", "int64")
 
 
@@ -123,10 +126,13 @@ class Backend:
 
     @property
     def default_threshold(self) -> float:
-        """The model's recommended agglomeration threshold (from its card), else 0.5."""
-        if self.params.model.kind == "labels":
-            return 0.5
-        return float(getattr(self.model, "threshold", 0.5))
+        """The agglomeration threshold the model recommends: ``threshold`` in its metadata when it
+        records one, else :data:`DEFAULT_THRESHOLD` of its kind (the bundled models' cards)."""
+        kind = self.params.model.kind
+        if kind == "labels":
+            return DEFAULT_THRESHOLD[kind]
+        meta = getattr(self.model, "meta", None) or {}
+        return float(meta.get("threshold", DEFAULT_THRESHOLD[kind]))
 
     def check_input(self, dtype: np.dtype | str) -> None:
         """Refuse an input dtype the chosen model cannot take, before any work."""
