@@ -83,7 +83,7 @@ def affinities_from_boundary(boundary: np.ndarray, valid: np.ndarray | None = No
     The first plane along each axis is 0 (no predecessor); voxels where ``valid`` is false give 0.
 
     >>> b = np.array([[[0.0, 0.2, 0.9, 0.1]]], dtype=np.float32)
-    >>> affinities_from_boundary(b)[2].round(2).tolist()
+    >>> affinities_from_boundary(b)[2].astype(float).round(2).tolist()
     [[[0.0, 0.8, 0.1, 0.1]]]
     """
     b = np.asarray(boundary, dtype=np.float32)

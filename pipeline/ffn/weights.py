@@ -13,10 +13,7 @@ tensorstore kvstore URL (``gs://``, ``s3://``...), or ``bundled`` for the model 
 
 from __future__ import annotations
 
-import hashlib
 import os
-import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -172,48 +169,9 @@ def build_model(checkpoint: dict[str, Any]) -> Any:
 def fetch(location: str) -> Path:
     """A local path for a checkpoint location; URLs are downloaded once into the cache.
 
-    The cache is ``$EMSEG_CACHE`` or ``~/.cache/emseg``, under ``ffn/``.
+    The cache is ``$EMSEG_CACHE`` or ``~/.cache/emseg``, under ``ffn/`` (see :mod:`pipeline.checkpoints`,
+    which resolves the locations of every emseg model).
     """
-    if location == "bundled":
-        path = bundled_path()
-        if not path.exists():
-            raise CheckpointError(
-                f"the bundled FFN model {path} is missing from this installation; reinstall emseg or "
-                "set backend.checkpoint to a path or URL"
-            )
-        return path
-    parsed = urllib.parse.urlparse(location)
-    if parsed.scheme in ("", "file"):
-        return Path(urllib.parse.unquote(parsed.path) if parsed.scheme == "file" else location)
-    cache = Path(os.environ.get("EMSEG_CACHE", Path.home() / ".cache" / "emseg")) / "ffn"
-    digest = hashlib.sha256(location.encode()).hexdigest()[:16]
-    target = cache / f"{digest}-{Path(parsed.path).name or 'checkpoint.pt'}"
-    if target.exists():
-        return target
-    data = _download(location, parsed)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
-    return target
+    from pipeline import checkpoints
 
-
-def _download(location: str, parsed: urllib.parse.ParseResult) -> bytes:
-    try:
-        if parsed.scheme in ("http", "https"):
-            with urllib.request.urlopen(location, timeout=60) as response:
-                return bytes(response.read())
-        import tensorstore as ts
-
-        directory, _, key = location.rpartition("/")
-        store = ts.KvStore.open(directory + "/").result()
-        result = store.read(key).result()
-        if result.state != "value":
-            raise FileNotFoundError(location)
-        return bytes(result.value)
-    except Exception as exc:
-        raise CheckpointError(
-            f"could not fetch the FFN checkpoint {location} ({type(exc).__name__}: {exc}); check the "
-            "URL and credentials, or copy the file locally and give its path"
-        ) from None
-
+    return checkpoints.resolve(location, bundled=BUNDLED_NAME, family="ffn", what="FFN checkpoint")
