@@ -228,8 +228,9 @@ def axis_metadata(arr: ts.TensorStore, spec: Mapping[str, Any], name: str) -> Ax
     if transform is not None and len(transform.axes) != rank:
         transform = None
 
-    labels = [str(v).lower() for v in arr.domain.labels]
-    relabel = False
+    raw_labels = [str(v) for v in arr.domain.labels]
+    labels = [v.lower() for v in raw_labels]
+    relabel = labels != raw_labels  # "Z", "Y", "X" are relabelled z, y, x
     if all(labels):
         names = labels
     else:

@@ -218,6 +218,13 @@ def test_every_place_metadata_lives(row, tmp_path, dask_address):
     assert same_partition(read_output(out), want)
 
 
+def test_upper_case_dimension_names(tmp_path):
+    _zarr3(tmp_path / "v.zarr", IMAGE.transpose(XYZ), ["X", "Y", "Z"], {"resolution_nm": list(VOXEL[::-1])})
+    vol = open_volume(f"zarr3://{tmp_path}/v.zarr")
+    assert vol.shape_zyx == SHAPE and vol.voxel_size_nm == VOXEL
+    np.testing.assert_array_equal(vol.read(vol.box), IMAGE)
+
+
 def test_disagreeing_places_are_refused(tmp_path):
     from pipeline.errors import ConfigError
 
