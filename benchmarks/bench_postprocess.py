@@ -1,4 +1,4 @@
-"""Benchmark: emseg's pyramid and mesh stages next to igneous's downsample and mesh tasks.
+"""Benchmark: emseg's pyramid, mesh and skeleton stages next to igneous's downsample, mesh and skeleton tasks.
 
 Both work on copies of the same volume in the same run: the ground-truth labels of an emseg phantom
 (neurite-like segments, uint64, compressed_segmentation, 64^3 chunks), with the same number of
@@ -51,21 +51,35 @@ IGNEOUS_SCRIPT = textwrap.dedent("""
     if times:
         out["downsample_runs_seconds"] = times
         out["downsample_seconds"] = sorted(times)[len(times) // 2]
-    if "meshes" not in parts:
+    if "meshes" not in parts and "skeletons" not in parts:
         print("IGNEOUS " + json.dumps(out))
         sys.exit(0)
-    tq = LocalTaskQueue(parallel=workers, progress=False)
-    t = time.perf_counter()
-    tq.insert(tc.create_meshing_tasks(path, mip=0, shape=(block, block, block), simplification=True,
-                                      max_simplification_error=error_nm, mesh_dir="mesh", compress=False,
-                                      spatial_index=False))
-    tq.execute(progress=False)
-    out["mesh_tasks_seconds"] = time.perf_counter() - t
-    tq = LocalTaskQueue(parallel=workers, progress=False)
-    t = time.perf_counter()
-    tq.insert(tc.create_mesh_manifest_tasks(path, magnitude=3, mesh_dir="mesh"))
-    tq.execute(progress=False)
-    out["mesh_manifest_seconds"] = time.perf_counter() - t
+    if "meshes" in parts:
+        tq = LocalTaskQueue(parallel=workers, progress=False)
+        t = time.perf_counter()
+        tq.insert(tc.create_meshing_tasks(path, mip=0, shape=(block, block, block), simplification=True,
+                                          max_simplification_error=error_nm, mesh_dir="mesh", compress=False,
+                                          spatial_index=False))
+        tq.execute(progress=False)
+        out["mesh_tasks_seconds"] = time.perf_counter() - t
+        tq = LocalTaskQueue(parallel=workers, progress=False)
+        t = time.perf_counter()
+        tq.insert(tc.create_mesh_manifest_tasks(path, magnitude=3, mesh_dir="mesh"))
+        tq.execute(progress=False)
+        out["mesh_manifest_seconds"] = time.perf_counter() - t
+    if "skeletons" in parts:
+        tq = LocalTaskQueue(parallel=workers, progress=False)
+        t = time.perf_counter()
+        tq.insert(tc.create_skeletonizing_tasks(path, mip=0, shape=(block, block, block),
+                                                teasar_params={"scale": 1.5, "const": 300}, dust_threshold=100,
+                                                fix_borders=True, sharded=False, spatial_index=False))
+        tq.execute(progress=False)
+        out["skeleton_tasks_seconds"] = time.perf_counter() - t
+        tq = LocalTaskQueue(parallel=workers, progress=False)
+        t = time.perf_counter()
+        tq.insert(tc.create_unsharded_skeleton_merge_tasks(path, dust_threshold=0, tick_threshold=0))
+        tq.execute(progress=False)
+        out["skeleton_merge_seconds"] = time.perf_counter() - t
     print("IGNEOUS " + json.dumps(out))
 """)
 
@@ -149,6 +163,8 @@ def run_emseg(store: Path, block: int, workers: int, error_voxels: float, parts:
         out["pyramid_seconds"] = sorted(times)[len(times) // 2]
         out["pyramid_scales"] = [s.key for s in layer.scales]
         out["pyramid_tasks"] = len(futures)
+        if "skeletons" in parts:
+            out.update(_emseg_skeletons(client, submit, futures, url, layer.scales[0], block, max_id))
         if "meshes" not in parts:
             return out
 
@@ -176,6 +192,41 @@ def run_emseg(store: Path, block: int, workers: int, error_voxels: float, parts:
         out["mesh_faces"] = sum(r["faces"] for r in results[len(results) - len(merges):])
         out["mesh_tasks"] = len(futures)
     return out
+
+
+def _emseg_skeletons(client: Any, submit: Any, futures: list[Any], url: str, scale: Any, block: int,
+                     max_id: int) -> dict[str, Any]:
+    """emseg's stage 9 with the same TEASAR parameters, block shape and dust threshold as igneous's run."""
+    import tensorstore as ts
+    from distributed import wait
+
+    from pipeline import urls
+    from tasks import stage6_meshes, stage9_skeletons
+
+    futures.clear()
+    t = time.perf_counter()
+    n_blocks = -(-scale.shape_zyx[0] // block) ** 3
+    shift, _ = stage6_meshes.plan_groups(max_id, n_blocks, "legacy")
+    plan = stage9_skeletons.SkeletonPlan(
+        output=url, volume_spec={"driver": "neuroglancer_precomputed", "kvstore": urls.kvstore_spec(url),
+                                 "scale_metadata": {"key": scale.key}},
+        scale=scale, block_shape=(block, block, block), skeleton_dir=urls.join(url, "skeletons"), format="unsharded",
+        shift=shift, sharding=None, teasar={"scale": 1.5, "const": 300.0}, dust_voxels=100, run_id="bench-skel",
+    )
+    ts.KvStore.open(urls.kvstore_spec(plan.skeleton_dir)).result().write(
+        "info", json.dumps(plan.info()).encode()).result()
+    blocks = [submit(stage9_skeletons.STAGE, f"block-{b.id}", stage9_skeletons.skeleton_block_task, plan, b.id)
+              for b in plan.grid]
+    t_blocks = time.perf_counter()
+    wait(blocks)
+    t_blocks = time.perf_counter() - t
+    merges = [submit(stage9_skeletons.STAGE, f"group-{g}", stage9_skeletons.merge_group_task, plan, g, deps=blocks)
+              for g in range((max(max_id, 1) >> shift) + 1)]
+    wait(merges)
+    results = [f.result() for f in merges]
+    return {"skeleton_seconds": time.perf_counter() - t, "skeleton_block_wall_seconds": t_blocks,
+            "skeleton_segments": sum(r["segments"] for r in results),
+            "skeleton_vertices": sum(r["vertices"] for r in results), "skeleton_tasks": len(blocks) + len(merges)}
 
 
 def igneous_python(arg: str | None) -> str | None:
@@ -230,7 +281,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "bench-postprocess")
     ap.add_argument("--igneous-python", help="python that imports igneous (default $EMSEG_IGNEOUS_PYTHON)")
     ap.add_argument("--out", type=Path, help="results JSON (default benchmarks/results/postprocess_<shape>.json)")
-    ap.add_argument("--parts", default="pyramid,meshes", help="comma-separated: pyramid (always), meshes")
+    ap.add_argument("--parts", default="pyramid,meshes,skeletons",
+                    help="comma-separated: pyramid (always), meshes, skeletons")
     ap.add_argument("--repeat", type=int, default=5, help="pyramid runs per tool (median reported; the machine is shared)")
     args = ap.parse_args()
     parts = args.parts.split(",")
@@ -272,7 +324,7 @@ def main() -> None:
     if python is not None and "error" not in igneous:
         igneous["downsample_runs_seconds"] = ig_times
         igneous["downsample_seconds"] = sorted(ig_times)[len(ig_times) // 2]
-        if "meshes" in parts:
+        if "meshes" in parts or "skeletons" in parts:
             try:
                 igneous.update(run_igneous(python, igneous_store, levels, args.block, args.workers, args.error * 8.0,
                                            parts, 0))
@@ -294,6 +346,11 @@ def main() -> None:
             rows += [("igneous MeshTask", igneous["mesh_tasks_seconds"]),
                      ("igneous MeshTask + MeshManifestTask",
                       igneous["mesh_tasks_seconds"] + igneous["mesh_manifest_seconds"])]
+    if "skeletons" in parts:
+        rows += [("emseg 9-skeletons (blocks + join per segment)", emseg["skeleton_seconds"])]
+        if "error" not in igneous and "skeleton_tasks_seconds" in igneous:
+            rows += [("igneous SkeletonTask + UnshardedSkeletonMergeTask",
+                      igneous["skeleton_tasks_seconds"] + igneous["skeleton_merge_seconds"])]
     print(f"\n{args.shape}^3 voxels ({mv:.1f} Mvoxel), {args.block}^3 mesh blocks, {args.workers} workers, "
           f"simplification error {args.error} voxel; {started['cpu']}, {started['cores']} cores, "
           f"load average at start {started['load_average_at_start']}")
