@@ -82,7 +82,7 @@ def agglomerate_all(ctx: RunContext, *upstream: Any) -> dict[str, Any]:
     Reads ``edges/<block>`` of all blocks, agglomerates the whole graph by mean affinity
     (:func:`pipeline.agglomeration.agglomerate`) and writes each block's scores to
     ``scores/<block>``, in the order of its edges. Memory grows with the number of edges (about
-    0.5 KB each in the agglomeration's Python structures); ``agglomeration.scope: blockwise``
+    0.8 KB each at the peak: 10⁶ random edges took 0.8 GB and 28 s of CPU); ``agglomeration.scope: blockwise``
     avoids this task for volumes whose graph does not fit one worker.
     """
     from pipeline.agglomeration import Graph, agglomerate
