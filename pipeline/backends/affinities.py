@@ -3,7 +3,7 @@
 This is the field's blockwise method (MALA / LSD; Funke et al. 2019, Sheridan et al. 2023), done the
 way the engine stitches boundary backends (see :mod:`pipeline.agglomeration`)::
 
-    image (z, y, x) ─▶ intensities to [0, 1] (value_range; NaN = no data)
+    image (z, y, x) ─▶ intensities to [0, 1] (dtype range or input_value_range; NaN = no data)
           ─▶ model: affinities (3, z, y, x) on the read box
           ─▶ crop to the write box ─▶ fragments + merge tree (waterz)        stage 1
           ─▶ seam edges from the affinities on each block face                stage 2
@@ -59,9 +59,6 @@ class Params(BackendParams):
     """Config keys of the ``affinities`` backend (``backend: {name: affinities, ...}``)."""
 
     model: ModelParams = ModelParams()
-    #: intensities mapped to 0 and 1 before the model; None: the dtype's range (uint8 0..255,
-    #: uint16 0..65535), float32 is taken as already in [0, 1]
-    value_range: tuple[float, float] | None = None
     #: how blocks are cut into fragments: "watershed" (distance-transform seeds, seeded watershed on
     #: the mean affinity; for learned models) or "zwatershed" (waterz's watershed on the affinity
     #: graph; exact on binary affinities). None: zwatershed for model.kind labels, else watershed
@@ -85,11 +82,6 @@ class Params(BackendParams):
                 f"backend.aff_threshold_low ({self.aff_threshold_low}) must be below aff_threshold_high "
                 f"({self.aff_threshold_high})"
             )
-        if self.value_range is not None and not self.value_range[0] < self.value_range[1]:
-            raise ConfigError(
-                f"backend.value_range must be [low, high] with low < high, got {list(self.value_range)}; "
-                "e.g. [0, 255] for uint8 images"
-            )
         return self
 
 
@@ -100,6 +92,8 @@ class Backend:
     #: boundary backends are stitched through fragments and scored edges, not overlap IoU
     kind: ClassVar[str] = "boundary"
     input_dtypes: ClassVar[tuple[str, ...]] = ("uint8", "uint16", "float32", "uint32", "uint64", "int32", "int64")
+    #: float images are intensities in 0..1 (the run's input_value_range maps other ranges there)
+    float_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
     min_halo: ClassVar[int] = 1
     default_stitch: ClassVar[dict[str, Any]] = {"min_overlap": 1, "min_iou": 0.0, "mutual_best": False}
 
@@ -148,14 +142,18 @@ class Backend:
 
     # per block ---------------------------------------------------------------------------------
     def normalise(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Intensities to float32 [0, 1] and the data mask (False where NaN); (image, None) if all data."""
+        """Intensities to float32 [0, 1] and the data mask (False where NaN); (image, None) if all data.
+
+        Integer images by their dtype's range (uint8 0..255, uint16 0..65535); float images are taken
+        as 0..1 already (the engine maps ``input_value_range`` there before the backend sees them).
+        """
         if image.dtype.kind == "f":
             x = image.astype(np.float32, copy=False)
             nan = np.isnan(x)
-            low, high = self.params.value_range or (0.0, 1.0)
+            low, high = 0.0, 1.0
         else:
             nan = None
-            low, high = self.params.value_range or _DTYPE_RANGE.get(image.dtype.name, (0.0, 1.0))
+            low, high = _DTYPE_RANGE.get(image.dtype.name, (0.0, 1.0))
             x = image.astype(np.float32)
         if (low, high) != (0.0, 1.0):
             x = (x - np.float32(low)) / np.float32(high - low)
