@@ -289,13 +289,17 @@ def main() -> None:
                 "sweep": sweep,
             }
         else:
-            from pipeline.agglomeration import agglomerate_block, components
+            from pipeline.agglomeration import agglomerate, components, fragments, region_graph
 
-            r = agglomerate_block(affs)  # the merge tree once; each threshold cuts it (as segment() does)
+            # fragments, region graph and scores once; each threshold cuts them (as segment() does)
+            frags, n = fragments(affs, None)
+            graph = region_graph(frags, affs)
+            scores_ = agglomerate(graph)
             sweep = {}
             for t_ in THRESHOLDS:
-                keep = r.score <= t_
-                sweep[str(t_)] = score(components(r.n, r.a[keep], r.b[keep])[r.fragments], gt)
+                keep = scores_ <= t_
+                lut = components(n, graph.u[keep].astype(np.int64), graph.v[keep].astype(np.int64))
+                sweep[str(t_)] = score(lut[frags], gt)
             best_t = min(sweep, key=lambda k: sweep[k]["voi_split"] + sweep[k]["voi_merge"])
             out["emseg_whole_volume_reference"] = {"default": {"threshold": 0.5, **sweep["0.5"]},
                                                    "best": {"threshold": float(best_t), **sweep[best_t]},
