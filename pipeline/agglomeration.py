@@ -288,9 +288,14 @@ def _pairs(a: np.ndarray, b: np.ndarray, aff: np.ndarray, *, same_ids_differ: bo
     if not len(a):
         u = np.zeros(0, np.uint64)
         return Graph(u, u.copy(), np.zeros(0), np.zeros(0, np.int64))
-    uniq, inverse = np.unique(np.stack([a, b]), axis=1, return_inverse=True)
+    if max(int(a.max()), int(b.max())) < 1 << 32:  # block-local ids: one sortable key per pair
+        uniq, inverse = np.unique((a << np.uint64(32)) | b, return_inverse=True)
+        first, second = uniq >> np.uint64(32), uniq & np.uint64(0xFFFFFFFF)
+    else:
+        pairs, inverse = np.unique(np.stack([a, b]), axis=1, return_inverse=True)
+        first, second = pairs[0], pairs[1]
     inverse = inverse.ravel()
-    return Graph(uniq[0], uniq[1], np.bincount(inverse, aff), np.bincount(inverse).astype(np.int64))
+    return Graph(first, second, np.bincount(inverse, aff), np.bincount(inverse).astype(np.int64))
 
 
 def region_graph(frags: np.ndarray, affs: np.ndarray) -> Graph:
