@@ -189,6 +189,9 @@ class PostprocessConfig(Strict):
     #: audit the edges whose IoU lies within this distance of stitch.min_iou
     seam_audit_margin: float = Field(0.15, ge=0, le=1)
     seam_audit_limit: int = Field(100_000, ge=1)
+    #: also write <output>/segmentation.ome.zarr, an OME-NGFF label image of every scale: "0.4" (zarr v2)
+    #: or "0.5" (zarr v3); stage 10
+    ome_zarr: Literal["0.4", "0.5"] | None = None
     #: TEASAR skeletons per segment (kimimaro), joined across the seams: stage 9
     skeletons: bool = False
     #: pyramid scale to skeletonize (0 = full resolution; coarser is much faster, as with igneous's mip)

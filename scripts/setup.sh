@@ -42,4 +42,9 @@ PY
 pip_quiet install -q -e ".[ml,test]"
 # sam2 last and without its dependencies (see above); with --no-deps pip checks no conflicts here.
 SAM2_BUILD_CUDA=0 pip_quiet install -q --no-build-isolation --no-deps sam2==1.1.0
+# ome-zarr (tests read emseg's OME-Zarr output with it, as napari's plugin does): ome-zarr-models
+# pins pydantic<2.13, which emseg's newer pydantic satisfies in practice, so those two go in without
+# their dependencies; the rest of what they need is installed normally first.
+pip_quiet install -q "Deprecated>=1.2" "rangehttpserver>=1.2" "pydantic-zarr>=0.8.2" "aiohttp>=3.8"
+pip_quiet install -q --no-deps ome-zarr==0.18.0 ome-zarr-models==1.7
 touch "$stamp"

@@ -1,10 +1,11 @@
-"""Post-processing for viewing, after a complete run: stages 5 to 9 as one Dask graph.
+"""Post-processing for viewing, after a complete run: stages 5 to 10 as one Dask graph.
 
     5-pyramid       per box and scale   coarser scales of the segmentation (mode) and image (average)
     6-meshes        per block, then per group of segment ids: meshes joined across seams
     7-properties    per block, then once: voxel counts and bounding boxes as segment properties
     8-seam-audit    per block, then once: near-threshold stitching edges as point annotations
     9-skeletons     per block, then per group of segment ids: TEASAR skeletons joined across seams
+    10-ome-zarr     per box and scale: the segmentation's scales as an OME-NGFF label image
 
 Everything runs through the run's own Dask client (:func:`postprocess` is called by
 :func:`tasks.run.execute` when the four segmentation stages finished without failures). Stages that
@@ -29,7 +30,7 @@ from pipeline import urls
 from pipeline.errors import ConfigError
 from pipeline.geometry import BlockGrid
 from pipeline.scratch import Scratch
-from tasks import stage5_pyramid, stage6_meshes, stage7_properties, stage8_seam_audit, stage9_skeletons
+from tasks import stage5_pyramid, stage6_meshes, stage7_properties, stage8_seam_audit, stage9_skeletons, stage10_ome_zarr
 
 if TYPE_CHECKING:
     from tasks.context import RunContext
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("emseg")
 
 STAGES = (stage5_pyramid.STAGE, stage6_meshes.STAGE, stage7_properties.STAGE, stage8_seam_audit.STAGE,
-          stage9_skeletons.STAGE)
+          stage9_skeletons.STAGE, stage10_ome_zarr.STAGE)
 MARKER = "postprocess"
 
 
@@ -247,6 +248,19 @@ def postprocess(client: Any, p: Plan, *, progress: bool = True) -> dict[str, Any
             submit(stage9_skeletons.STAGE, f"group-{group}", stage9_skeletons.merge_group_task, skel_plan, group,
                    deps=blocks_f)
         summary["skeletons"] = {"format": skel_plan.format, "scale": skel_plan.scale.key}
+
+    # 10: OME-Zarr ------------------------------------------------------------------------
+    if cfg.ome_zarr is not None:
+        scales = seg_layer.scales if seg_layer is not None else (
+            stage5_pyramid.base_scale(stage5_pyramid.read_info(ctx.segmentation)),)
+        ome = stage10_ome_zarr.plan(ctx.segmentation, ctx.output, scales, cfg.ome_zarr, run_id)
+        for level in range(len(scales)):
+            upstream = list(level_futures.get(("segmentation", level), {}).values())
+            for b in ome.grid(level):
+                submit(stage10_ome_zarr.STAGE, f"{level}-{b.id}", stage10_ome_zarr.copy_task, ome, level, b.id,
+                       deps=upstream)
+        summary["ome_zarr"] = {"version": cfg.ome_zarr, "url": "zarr://" + ome.store if cfg.ome_zarr == "0.4"
+                               else "zarr3://" + ome.store, "scales": len(scales)}
 
     # 7: segment properties -----------------------------------------------------------------
     if cfg.segment_properties:
