@@ -209,3 +209,41 @@ def find(kvstore_spec: Any, *, rank: int | None = None, levels: int = 3, context
 def names_in(values: Sequence[Any]) -> bool:
     """True when ``values`` is a list of axis names (strings)."""
     return isinstance(values, list | tuple) and all(isinstance(v, str) for v in values)
+
+
+def scale_choices(group_dir: str) -> str | None:
+    """For a local directory that is an NGFF multiscale group (not an array), a sentence naming its
+    scales as arrays to point at, with their voxel sizes; None for anything else.
+
+    emseg segments one scale: the input URL names the array (``.../image.ome.zarr/1``), and its voxel
+    size and offset then come from the group (:func:`find`). This is what a refusal of the group says.
+    """
+    import os
+
+    attrs: dict[str, Any] = {}
+    for name, key in ((".zattrs", None), ("zarr.json", "attributes")):
+        path = os.path.join(group_dir, name)
+        if os.path.isfile(path):
+            try:
+                with open(path) as f:
+                    data = json.load(f)
+            except (OSError, ValueError):
+                return None
+            if key is not None:
+                if data.get("node_type") != "group":
+                    return None
+                data = data.get(key) or {}
+            attrs.update(data)
+    found = multiscales(attrs)
+    if not found:
+        return None
+    parts = []
+    for ds in found[0].get("datasets") or []:
+        p = str(ds.get("path", "")).strip("/")
+        t = array_transform(attrs, p)
+        size = t.voxel_size_nm() if t is not None else None
+        text = " x ".join(f"{v:g}" for v in size if v is not None) + " nm" if size else "voxel size unknown"
+        parts.append(f"{group_dir.rstrip('/')}/{p} ({text})")
+    if not parts:
+        return None
+    return "it is an OME-Zarr multiscale group: choose a scale and point at its array, one of " + ", ".join(parts)

@@ -123,6 +123,11 @@ def parse(url: str) -> VolumeURL:
 def _detect(path: str) -> str:
     if not os.path.exists(path):
         raise VolumeNotFoundError(f"no volume at {path!r}: the path does not exist; check the input URL or path")
+    from pipeline.ngff import scale_choices
+
+    hint = scale_choices(path)
+    if hint is not None:
+        raise VolumeNotFoundError(f"{path!r} holds no single volume: {hint}")
     for marker, fmt in _MARKERS:
         if os.path.isfile(os.path.join(path, marker)):
             return fmt

@@ -77,6 +77,13 @@ def ts_message(exc: Exception) -> str:
 
 def _open_error(source: str, exc: Exception) -> EmsegError:
     text = ts_message(exc)
+    group = urls.local_path(urls.source_store(source) or "") if isinstance(source, str) else None
+    if group is not None:
+        from pipeline.ngff import scale_choices
+
+        hint = scale_choices(group)
+        if hint is not None:
+            return VolumeNotFoundError(f"{source} holds no single volume: {hint}")
     if "NOT_FOUND" in text:
         return VolumeNotFoundError(
             f"no volume at {source}: {text}; check the URL (for zarr, point at the array inside the "

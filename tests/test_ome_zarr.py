@@ -77,3 +77,28 @@ def test_emseg_reads_the_same_voxel_size_and_offset(ome_run):
         np.testing.assert_array_equal(vol.read(vol.box), want)
     assert offsets == {(2, 6, 6), (1, 3, 3), (0, 1, 1)}
     assert run["postprocess"]["ome_zarr"]["version"] == version
+
+
+def test_a_multiscale_group_as_input_names_its_scales(ome_run, tmp_path, capsys):
+    """Input from an OME-Zarr multiscale group: the URL chooses the scale's array; the group itself is
+    refused with one line that lists the scales to choose from, with their voxel sizes."""
+    import yaml
+
+    from pipeline.errors import VolumeNotFoundError
+    from tasks.cli import main
+
+    _, out, version = ome_run
+    group = out / "segmentation.ome.zarr"
+    prefix = "zarr" if version == "0.4" else "zarr3"
+    for url in (f"{prefix}://{group}", str(group)):
+        with pytest.raises(VolumeNotFoundError) as exc:
+            open_volume(url)
+        text = str(exc.value)
+        assert "OME-Zarr multiscale group" in text and f"{group}/1 (16 x 16 x 16 nm)" in text, text
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"input": f"{prefix}://{group}", "output": str(tmp_path / "o"),
+                                   "backend": {"name": "threshold-cc"}}))
+    assert main(["segment", str(cfg), "--no-progress", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{group}/0 (8 x 8 x 8 nm)" in err
+    assert not (tmp_path / "o").exists()
