@@ -207,7 +207,9 @@ def state(
     centre = [o + s + (e - s) / 2 for o, s, e in zip(offset_zyx, roi_start_zyx, roi_stop_zyx)]
     # the region's largest side in units of the finest voxel: the scales are in global (voxel) units
     finest = min(vz, vy, vx)
-    extent = max((e - s) * v / finest for s, e, v in zip(roi_start_zyx, roi_stop_zyx, (vz, vy, vx)))
+    sides = [(e - s) * v / finest for s, e, v in zip(roi_start_zyx, roi_stop_zyx, (vz, vy, vx))]
+    extent = max(sides)  # the 3D view shows the whole region
+    in_plane = max(sides[1:])  # the 2D panels fill with the x-y section (z is often far longer in nm)
     layers: list[dict[str, Any]] = []
     if image:
         layers.append({"type": "image", "source": image, "name": "image"})
@@ -231,7 +233,7 @@ def state(
     out: dict[str, Any] = {
         "dimensions": {"x": [vx * 1e-9, "m"], "y": [vy * 1e-9, "m"], "z": [vz * 1e-9, "m"]},
         "position": [float(centre[2]), float(centre[1]), float(centre[0])],
-        "crossSectionScale": max(extent / 400, 0.05),
+        "crossSectionScale": max(in_plane / 400, 0.05),
         "projectionScale": max(extent * 1.6, 16),
         "layers": layers,
         "layout": "4panel",
