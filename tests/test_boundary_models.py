@@ -198,3 +198,13 @@ def test_bundled_forest_loads_and_finds_phantom_boundaries(phantom) -> None:
     b = model.boundary(image[:16, :40, :40] * 0.6 + 0.3)
     target = forest_mod.boundary_target(labels[:16, :40, :40])
     assert b[target == 1].mean() > b[target == 0].mean() + 0.2
+
+
+def test_bundled_unet_loads_and_predicts() -> None:
+    from pipeline.checkpoints import BUNDLED_DIR
+
+    assert (BUNDLED_DIR / "unet_fib25.pt").stat().st_size < 5e6
+    model = load_model("unet", precision="fp32")
+    assert model.context_zyx == (24, 24, 24) and model.device == "cpu"
+    affs = model.predict(np.random.default_rng(0).random((12, 20, 20), dtype=np.float32), origin_zyx=(3, 5, 7))
+    assert affs.shape == (3, 12, 20, 20) and 0 <= affs.min() and affs.max() <= 1
