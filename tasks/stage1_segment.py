@@ -102,7 +102,7 @@ def fragment_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
     if ctx.value_range is not None:  # NaN stays NaN: the backend masks it out as no data
         image = intensity.map_range(image, ctx.value_range)
     backend = runtime.backend(ctx.backend_key)
-    affs, mask = backend.affinities(image)
+    affs, mask = backend.affinities(image, block.read_box.start)
     t_model = time.perf_counter() - t0
     core = block.write_box.slices(block.read_box.start)
     core_affs = affs[(slice(None), *core)]

@@ -137,3 +137,22 @@ def test_viewing_outputs_of_a_boundary_run(tmp_path, dask_address):
     assert run["status"] == "complete"
     audit = run["postprocess"]["seam_audit"]
     assert audit["threshold"] == 0.5 and audit["points"] > 0
+
+
+def test_backend_passes_the_block_origin_so_the_unet_predicts_like_the_whole_volume():
+    """The U-Net pools on a grid anchored to the volume: a block must say where it starts (stage 1
+    passes its read box's start). With that, a crop's core equals the whole image's prediction."""
+    from pipeline import backends
+
+    backend = backends.create("affinities", backends.validate_params("affinities", {"model": {"kind": "unet"}}))
+    c = backend.context_zyx
+    rng = np.random.default_rng(0)
+    from scipy import ndimage
+
+    img = (ndimage.gaussian_filter(rng.random((84, 84, 84)), 2) * 255).astype(np.uint8)
+    whole, _ = backend.affinities(img, (0, 0, 0))
+    o = (13, 7, 5)
+    part, _ = backend.affinities(img[o[0]:, o[1]:, o[2]:], o)
+    core = tuple(slice(c[i] + 1, 84 - o[i] - c[i] - 1) for i in range(3))
+    shifted = tuple(slice(s.start + o[i], s.stop + o[i]) for i, s in enumerate(core))
+    assert np.abs(part[(slice(None), *core)] - whole[(slice(None), *shifted)]).max() < 1e-4

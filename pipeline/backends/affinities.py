@@ -163,12 +163,18 @@ class Backend:
             return x, ~nan
         return x, None
 
-    def affinities(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """``image`` (z, y, x) in; affinities ``(3, z, y, x)`` float32 and the data mask (or None) out."""
+    def affinities(
+        self, image: np.ndarray, origin_zyx: tuple[int, int, int] = (0, 0, 0)
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``image`` (z, y, x) in; affinities ``(3, z, y, x)`` float32 and the data mask (or None) out.
+
+        ``origin_zyx`` is the input voxel of ``image[0, 0, 0]``: the U-Net aligns its pooling grid to
+        the volume with it, so that a block predicts what the whole volume would.
+        """
         if self.params.model.kind == "labels":
             return affinities_from_labels(image), image != 0
         x, mask = self.normalise(image)
-        affs = np.asarray(self.model.predict(x), np.float32)
+        affs = np.asarray(self.model.predict(x, tuple(int(o) for o in origin_zyx)), np.float32)
         if affs.shape != (3, *image.shape):
             raise RuntimeError(f"the {self.params.model.kind} model returned affinities of shape {affs.shape} "
                                f"for an image of {image.shape}; expected {(3, *image.shape)}")
