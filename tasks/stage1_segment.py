@@ -30,16 +30,21 @@ def face_key(block_id: int, axis: int, direction: int) -> str:
     return f"faces/{block_id}/{'zyx'[axis]}{'+' if direction > 0 else '-'}"
 
 
+def read_block(ctx: RunContext, block: Block) -> np.ndarray:
+    """The input on the block's read box; a missing or unreadable chunk raises with its key."""
+    try:
+        return runtime.volume(ctx.input_key).read(block.read_box)
+    except ValueError as exc:  # a missing chunk (fill_missing: false) or an unreadable one
+        raise read_error(str(ctx.input_spec.get("kvstore", "")), exc) from None
+
+
 def segment_block(ctx: RunContext, block_id: int, *upstream: Any) -> dict[str, Any]:
     if ctx.boundary:
         return fragment_block(ctx, block_id)
     t0 = time.perf_counter()
     grid = ctx.grid
     block = grid.block(block_id)
-    try:
-        raw = runtime.volume(ctx.input_key).read(block.read_box)
-    except ValueError as exc:  # a missing chunk (fill_missing: false) or an unreadable one
-        raise read_error(str(ctx.input_spec.get("kvstore", "")), exc) from None
+    raw = read_block(ctx, block)
     # NaN is no data, and input_value_range maps to 0..1: the same for every backend (pipeline.intensity).
     backend = runtime.backend(ctx.backend_key)
     fill = backend.nodata_value() if hasattr(backend, "nodata_value") else None
@@ -95,10 +100,7 @@ def fragment_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     grid = ctx.grid
     block = grid.block(block_id)
-    try:
-        image = runtime.volume(ctx.input_key).read(block.read_box)
-    except ValueError as exc:  # a missing chunk (fill_missing: false) or an unreadable one
-        raise read_error(str(ctx.input_spec.get("kvstore", "")), exc) from None
+    image = read_block(ctx, block)
     if ctx.value_range is not None:  # NaN stays NaN: the backend masks it out as no data
         image = intensity.map_range(image, ctx.value_range)
     backend = runtime.backend(ctx.backend_key)
