@@ -10,7 +10,7 @@ The keys, with their defaults::
     write: {chunk_shape: [64, 64, 64], sharded: false}
     roi: null                                # {start: [z, y, x], stop: [z, y, x], units: voxels | nm}
     stitch: null                             # {min_overlap, min_iou, mutual_best}; null = backend's rule
-    agglomeration: {threshold: null}         # boundary backends: merge edges with score <= threshold
+    agglomeration: {threshold: null, scope: auto}  # boundary backends: merge edges with score <= threshold
     retries: 2                               # extra attempts per task before the block counts as failed
     evaluate: null                           # {groundtruth: URL, iou_threshold: 0.5, min_size: 0, ...}
     phantom: null                            # make a synthetic input (and ground truth) if none exists
