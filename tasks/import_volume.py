@@ -27,8 +27,6 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from pipeline import urls
 from pipeline.errors import ConfigError, OutputExistsError
 from pipeline.geometry import BlockGrid, Box

@@ -29,7 +29,7 @@ import numpy as np
 from pipeline.boundary import augment as aug
 from pipeline.boundary import features as feats
 from pipeline.boundary import forest as forest_mod
-from pipeline.boundary.config import ForestSpec, Region, TrainConfig, UNetSpec
+from pipeline.boundary.config import ForestSpec, Region, TrainConfig
 from pipeline.boundary.validation import score_thresholds
 from pipeline.errors import ConfigError, DtypeError
 
