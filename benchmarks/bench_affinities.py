@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import from_dict
+from emseg.pipeline.config import from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "fib25_ts2.zarr"
@@ -57,21 +57,21 @@ def _config(backend: dict[str, Any], out: Path, block: list[int], halo: list[int
 
 
 def _halo(backend: dict[str, Any]) -> list[int]:
-    from pipeline import backends
+    from emseg.pipeline import backends
 
     b = backends.create(backend["name"], backends.validate_params(backend["name"], {k: v for k, v in backend.items() if k != "name"}))
     return [c + 1 for c in b.context_zyx], b.default_threshold
 
 
 def _model_seconds(out: Path, n_blocks: int) -> float:
-    from pipeline.scratch import Scratch
+    from emseg.pipeline.io.scratch import Scratch
 
     s = Scratch(str(out))
     return sum((s.done_info("1-segment", i) or {}).get("model_seconds", 0.0) for i in range(n_blocks))
 
 
 def _scores(seg: str, gt: str, **kw: Any) -> dict[str, float]:
-    from tasks.evaluate import evaluate
+    from emseg.tasks.commands.evaluate import evaluate
 
     s = evaluate(seg, gt, **kw)
     return {k: round(float(s[k]), 4) for k in KEYS if k in s}
@@ -110,7 +110,7 @@ def main() -> None:
                            "machine": f"{platform.processor() or platform.machine()}, {args.workers} worker processes"}
     try:
         runs: dict[str, dict[str, Any]] = {}
-        from tasks.run import segment
+        from emseg.tasks.driver.run import segment
 
         for name, block, scope in (("64", [64] * 3, "global"), ("128", [128] * 3, "global"),
                                    ("one block", [128, 256, 256], "global"), ("64 blockwise", [64] * 3, "blockwise")):

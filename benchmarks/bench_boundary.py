@@ -31,7 +31,7 @@ def _image() -> np.ndarray:
             import zarr
 
             return np.asarray(zarr.open(str(path), mode="r")["raw"][:64, :128, :128]).astype(np.float32) / 255
-    from pipeline.phantom import Phantom, PhantomParams
+    from emseg.pipeline.quality.phantom import Phantom, PhantomParams
 
     return Phantom(PhantomParams(shape_zyx=(64, 128, 128))).render()[0].astype(np.float32) / 255
 
@@ -52,8 +52,8 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from pipeline.boundary import features as feats
-    from pipeline.boundary import unet as unet_mod
+    from emseg.pipeline.backends.boundary import features as feats
+    from emseg.pipeline.backends.boundary import unet as unet_mod
 
     image = _image()
     result: dict = {
@@ -66,7 +66,7 @@ def main() -> None:
     result["forest_features_mvoxel_s"] = round(image.size / sec / 1e6, 3)
     bundled = Path(__file__).resolve().parents[1] / "pipeline" / "models" / "forest_fib25.skops"
     if bundled.exists():
-        from pipeline.boundary import load_model
+        from emseg.pipeline.backends.boundary import load_model
 
         model = load_model("forest")
         sec = _timed(lambda: model.predict(image), 1)

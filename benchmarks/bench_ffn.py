@@ -39,13 +39,13 @@ KEYS = ("voi_split", "voi_merge", "voi", "adapted_rand_error", "precision", "rec
 def _device_name(device: str) -> str:
     import torch
 
-    from pipeline.ffn.model import describe_device
+    from emseg.pipeline.backends.ffn.model import describe_device
 
     return describe_device(torch.device(device))
 
 
 def _segment_timed(image: np.ndarray, params: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
-    from pipeline import backends
+    from emseg.pipeline import backends
 
     backend = backends.create("ffn", backends.validate_params("ffn", params))
     backend.segment(image[:20, :40, :40])  # load the model and warm up
@@ -72,12 +72,12 @@ def _segment_timed(image: np.ndarray, params: dict[str, Any]) -> tuple[np.ndarra
 def cmd_speed(args: argparse.Namespace) -> int:
     import torch
 
-    from pipeline.metrics import evaluate_arrays
-    from pipeline.volume import open_volume
+    from emseg.pipeline.quality.metrics import evaluate_arrays
+    from emseg.pipeline.io.volume import open_volume
 
     torch.set_num_threads(args.threads)
     box_stop = tuple(s + n for s, n in zip(VAL_START, args.shape))
-    from pipeline.geometry import Box
+    from emseg.pipeline.geometry import Box
 
     image = open_volume(str(DATA / "raw")).read(Box(VAL_START, box_stop))
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -113,7 +113,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
             "voxels_differing": int((bf16 != fp32).sum()),
             "note": "bf16 output scored against the fp32 output as if it were ground truth",
         }
-    from pipeline import backends
+    from emseg.pipeline import backends
 
     ws = backends.create("watershed", backends.validate_params("watershed", {}))
     t0 = time.perf_counter()
@@ -142,13 +142,13 @@ def cmd_speed(args: argparse.Namespace) -> int:
 
 
 def _emseg(*argv: str) -> None:
-    cmd = [sys.executable, "-m", "tasks.cli", *argv]
+    cmd = [sys.executable, "-m", "emseg.tasks.cli", *argv]
     print("$ emseg " + " ".join(argv[0:]), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from tasks.evaluate import evaluate
+    from emseg.tasks.commands.evaluate import evaluate
 
     results: dict[str, Any] = {
         "data": "fib25_ts2, validation part z >= 170 (all y, x): voxels [170,0,0]..[250,250,250]",

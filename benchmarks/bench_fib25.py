@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.config import from_dict
+from emseg.pipeline.config import from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "fib25_ts2.zarr"
@@ -32,8 +32,8 @@ KEYS = ("voi_split", "voi_merge", "adapted_rand_error", "f1")
 
 def run_both(backend: dict, block: int, halo: int, work: Path, address: str | None = None,
              roi: dict | None = None) -> dict:
-    from tasks.evaluate import evaluate
-    from tasks.run import segment
+    from emseg.tasks.commands.evaluate import evaluate
+    from emseg.tasks.driver.run import segment
 
     out: dict = {}
     cluster = {"address": address} if address else {"workers": 2}

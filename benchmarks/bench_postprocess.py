@@ -99,8 +99,8 @@ def machine() -> dict[str, Any]:
 
 def make_volume(work: Path, shape: int, workers: int) -> Path:
     """The phantom's ground-truth labels as a single-scale precomputed segmentation (made once)."""
-    from pipeline.config import ClusterConfig, PhantomConfig
-    from tasks.phantom import write_phantom
+    from emseg.pipeline.config import ClusterConfig, PhantomConfig
+    from emseg.tasks.commands.phantom import write_phantom
 
     labels = work / "phantom" / "labels"
     if not (labels / "info").exists():
@@ -127,10 +127,11 @@ def run_emseg(store: Path, block: int, workers: int, error_voxels: float, parts:
     import numpy as np
     from distributed import Client, LocalCluster, wait
 
-    from pipeline import urls
-    from pipeline.volume import open_volume
-    from tasks import stage5_pyramid, stage6_meshes
-    from tasks.postprocess import submit_meshes, submit_pyramid
+    from emseg.pipeline.io import urls
+    from emseg.pipeline.io.volume import open_volume
+    from emseg.tasks import stage5_pyramid
+    from emseg.tasks import stage6_meshes
+    from emseg.tasks.driver.postprocess import submit_meshes, submit_pyramid
 
     url = urls.store_url(str(store))
     vol = open_volume(f"precomputed://{store}")
@@ -146,7 +147,7 @@ def run_emseg(store: Path, block: int, workers: int, error_voxels: float, parts:
             return f
 
         # Workers up and the modules imported before timing, as igneous's forked processes inherit its imports.
-        client.run(lambda: [__import__(m) for m in ("tasks.stage5_pyramid", "tasks.stage6_meshes", "tinybrain")])
+        client.run(lambda: [__import__(m) for m in ("emseg.tasks.stage5_pyramid", "emseg.tasks.stage6_meshes", "tinybrain")])
         times = []
         for rep in range(repeat):  # the same work each time (the scales are rewritten), median reported
             futures.clear()
@@ -200,8 +201,9 @@ def _emseg_skeletons(client: Any, submit: Any, futures: list[Any], url: str, sca
     import tensorstore as ts
     from distributed import wait
 
-    from pipeline import urls
-    from tasks import stage6_meshes, stage9_skeletons
+    from emseg.pipeline.io import urls
+    from emseg.tasks import stage6_meshes
+    from emseg.tasks import stage9_skeletons
 
     futures.clear()
     t = time.perf_counter()
@@ -294,8 +296,8 @@ def main() -> None:
     mv = voxels / 1e6
 
     emseg_store = fresh_copy(labels, args.work / "emseg" / "labels")
-    from pipeline.downsample import pyramid
-    from tasks.stage5_pyramid import base_scale, read_info
+    from emseg.pipeline.outputs.downsample import pyramid
+    from emseg.tasks.stage5_pyramid import base_scale, read_info
 
     levels = len(pyramid(base_scale(read_info(f"file://{labels}")), None)) - 1
     python = igneous_python(args.igneous_python)

@@ -2,8 +2,8 @@
 
 For each object count, one block is prompted on its middle slice with one click per object, and the
 objects are propagated forward and backward through every slice, twice on the same frames and
-prompts with the same model: by :func:`pipeline.sam2.propagate.propagate_batch` (objects in one
-batch, image encoder once per frame) and by :func:`pipeline.sam2.stock.stock_propagate` (the stock
+prompts with the same model: by :func:`emseg.pipeline.backends.sam2.propagate.propagate_batch` (objects in one
+batch, image encoder once per frame) and by :func:`emseg.pipeline.backends.sam2.stock.stock_propagate` (the stock
 ``SAM2VideoPredictor``, one object at a time). Both timings include the image encoder. Reported:
 slices per second and object-slices per second, and the speed-up. A last row compares the masks of
 a bf16 run with an fp32 run of the batched path (mean IoU over objects and slices).
@@ -83,9 +83,9 @@ def run(predictor: Any, image: np.ndarray, points: np.ndarray, path: str, device
     """Time one propagation: wall seconds, process CPU seconds, masks (object, slice) -> bool."""
     import torch
 
-    from pipeline.sam2.frames import FrameFeatures
-    from pipeline.sam2.propagate import propagate_batch
-    from pipeline.sam2.stock import stock_propagate
+    from emseg.pipeline.backends.sam2.frames import FrameFeatures
+    from emseg.pipeline.backends.sam2.propagate import propagate_batch
+    from emseg.pipeline.backends.sam2.stock import stock_propagate
 
     masks: dict[tuple[int, int], np.ndarray] = {}
 
@@ -157,9 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import sam2  # noqa: F401  (version below)
-    from pipeline.sam2.weights import get_predictor
+    from emseg.pipeline.backends.sam2.weights import get_predictor
 
-    from pipeline.sam2.propagate import default_batch_size
+    from emseg.pipeline.backends.sam2.propagate import default_batch_size
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -35,13 +35,14 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from pipeline.geometry import Box
-from pipeline.labels import key
-from pipeline.scratch import Scratch
-from tasks import graph, runtime
-from tasks import stage3_unionfind as stage3
-from tasks.cluster import configure_workers
-from tasks.context import RunContext
+from emseg.pipeline.geometry import Box
+from emseg.pipeline.stitching.labels import key
+from emseg.pipeline.io.scratch import Scratch
+from emseg.tasks.driver import graph
+from emseg.tasks.driver import runtime
+from emseg.tasks import stage3_unionfind as stage3
+from emseg.tasks.driver.cluster import configure_workers
+from emseg.tasks.driver.context import RunContext
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -188,7 +189,7 @@ def stage3_segments(store: Scratch) -> int:
 
 def write_dry_input(work: Path, side: int) -> None:
     """A zero image of ``side``³ voxels for a dry run in 2³ blocks."""
-    from pipeline.volume import create_zarr
+    from emseg.pipeline.io.volume import create_zarr
 
     vol = create_zarr(str(work / "in.zarr"), dtype="uint8", shape_zyx=(side,) * 3, chunk_zyx=(20, 20, 20),
                       voxel_size_nm=(8, 8, 8))
@@ -197,8 +198,8 @@ def write_dry_input(work: Path, side: int) -> None:
 
 def plan_dry_run(work: Path):
     """Plan a dry run (backend ``noop``, 2³ blocks) of ``work/in.zarr``: the plan and what is to do."""
-    from pipeline.config import from_dict
-    from tasks.run import plan, prepare_output, _todo
+    from emseg.pipeline.config import from_dict
+    from emseg.tasks.driver.run import plan, prepare_output, _todo
 
     cfg = from_dict({"input": f"zarr://{work}/in.zarr", "output": str(work / "out"), "backend": {"name": "noop"},
                      "blocks": {"shape": [2, 2, 2], "halo": [0, 0, 0]}, "write": {"chunk_shape": [2, 2, 2]},

@@ -29,8 +29,8 @@ import fastremap
 import numpy as np
 from scipy import ndimage
 
-from pipeline.config import from_dict
-from pipeline.volume import create_precomputed, create_zarr, open_volume
+from emseg.pipeline.config import from_dict
+from emseg.pipeline.io.volume import create_precomputed, create_zarr, open_volume
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -77,8 +77,8 @@ def main() -> None:
 
     from distributed import LocalCluster
 
-    from tasks.cluster import configure_workers
-    from tasks.run import segment
+    from emseg.tasks.driver.cluster import configure_workers
+    from emseg.tasks.driver.run import segment
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="emseg-bench-"))
     n = args.size

@@ -2,7 +2,7 @@
 
 One run, one machine, the same number of workers, the same block shape:
 
-1. Affinities: the bundled forest (``pipeline.boundary.load_model("forest")``) predicts the whole of
+1. Affinities: the bundled forest (``emseg.pipeline.backends.boundary.load_model("forest")``) predicts the whole of
    ``../shared/data/fib25_ts2.zarr/raw`` once, through the ``affinities`` backend's own intensity
    handling; they go to a temp dir for volara. (``--affinities standin``: affinities made from the
    ground truth, blurred and noised, for developing without a model; emseg's engine cannot take
@@ -12,10 +12,10 @@ One run, one machine, the same number of workers, the same block shape:
    ``--workers`` worker processes, with the parameters of volara's tutorial for nearest-neighbour
    affinities (bias -0.5, context 2). Its graph bias is swept; each bias reruns ``GraphMWS`` and
    ``Relabel`` only.
-3. emseg: ``tasks.run.segment`` with backend ``affinities`` (the same forest) end to end on a local
+3. emseg: ``emseg.tasks.driver.run.segment`` with backend ``affinities`` (the same forest) end to end on a local
    Dask cluster of ``--workers`` processes x 1 thread; the threshold is swept by rerunning stages 3-4.
 
-Both are scored on the validation part (z >= 170) with ``pipeline.metrics`` as ``emseg evaluate``
+Both are scored on the validation part (z >= 170) with ``emseg.pipeline.quality.metrics`` as ``emseg evaluate``
 does (label 0 of the ground truth ignored): VOI split / merge and adapted Rand error at each tool's
 default and at its best threshold. emseg's threshold ``t`` merges edges whose score ``1 - mean
 affinity`` is <= t; volara's graph bias ``b`` merges edges whose ``mean affinity + b`` is > 0, so
@@ -69,7 +69,7 @@ def load_volume() -> tuple[np.ndarray, np.ndarray]:
 
 def standin_affinities(labels: np.ndarray, seed: int = 0) -> np.ndarray:
     """Ground-truth affinities mapped to 0.1 / 0.9, plus Gaussian noise (sd 0.15), clipped to [0, 1]."""
-    from pipeline.agglomeration import affinities_from_labels
+    from emseg.pipeline.stitching.agglomeration import affinities_from_labels
 
     affs = 0.1 + 0.8 * affinities_from_labels(labels)
     affs += np.random.default_rng(seed).normal(0.0, 0.15, affs.shape).astype(np.float32)
@@ -78,7 +78,7 @@ def standin_affinities(labels: np.ndarray, seed: int = 0) -> np.ndarray:
 
 def forest_affinities(raw: np.ndarray, weights: str) -> tuple[np.ndarray, float, tuple[int, int, int], float]:
     """The whole volume through the affinities backend once: (affs, seconds, context, default threshold)."""
-    from pipeline.backends.affinities import Backend, Params
+    from emseg.pipeline.backends.affinities import Backend, Params
 
     backend = Backend(Params(model={"kind": "forest", "weights": weights}))
     t = time.perf_counter()
@@ -88,7 +88,7 @@ def forest_affinities(raw: np.ndarray, weights: str) -> tuple[np.ndarray, float,
 
 def score(seg: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     """``emseg evaluate``'s scores of one segmentation on the validation part (gt label 0 ignored)."""
-    from pipeline.metrics import evaluate_arrays
+    from emseg.pipeline.quality.metrics import evaluate_arrays
 
     r = evaluate_arrays(seg[VAL_Z:], gt[VAL_Z:], ignore_gt_zero=True)
     big = evaluate_arrays(seg[VAL_Z:], gt[VAL_Z:], ignore_gt_zero=True, min_size=1000)
@@ -142,10 +142,10 @@ def volara_speed(v: dict[str, Any], voxels: int) -> dict[str, Any]:
 
 
 def run_emseg(work: Path, block: int, halo: int, address: str, weights: str) -> dict[str, Any]:
-    from pipeline.config import from_dict
-    from pipeline.scratch import Scratch
-    from pipeline.volume import open_volume
-    from tasks.run import segment
+    from emseg.pipeline.config import from_dict
+    from emseg.pipeline.io.scratch import Scratch
+    from emseg.pipeline.io.volume import open_volume
+    from emseg.tasks.driver.run import segment
 
     def config(threshold: float | None) -> Any:
         return from_dict({
@@ -289,7 +289,7 @@ def main() -> None:
                 "sweep": sweep,
             }
         else:
-            from pipeline.agglomeration import agglomerate, components, fragments, region_graph
+            from emseg.pipeline.stitching.agglomeration import agglomerate, components, fragments, region_graph
 
             # fragments, region graph and scores once; each threshold cuts them (as segment() does)
             frags, n = fragments(affs, None)

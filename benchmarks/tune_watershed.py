@@ -1,7 +1,7 @@
 """Tune the ``watershed`` backend on FIB-25: a few settings, each scored against the ground truth.
 
 Segments ``../shared/data/fib25_ts2.zarr/raw`` (250³, 10 nm) whole, in memory, with each setting
-below (the backend's defaults plus overrides), and scores it with ``pipeline.metrics`` against
+below (the backend's defaults plus overrides), and scores it with ``emseg.pipeline.quality.metrics`` against
 ``labels`` (ground-truth 0 ignored), for all bodies and for bodies of at least 1000 voxels.
 VOI is in bits. For scale, Google's FFN scores VOI split 0.92 + merge 0.91, adapted Rand error
 0.158 on this volume.
@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import zarr
 
-from pipeline.backends.watershed import Backend, Params
-from pipeline.metrics import Contingency, scores
+from emseg.pipeline.backends.watershed import Backend, Params
+from emseg.pipeline.quality.metrics import Contingency, scores
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "fib25_ts2.zarr"

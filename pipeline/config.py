@@ -32,9 +32,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline import backends
-from pipeline.errors import ConfigError
-from pipeline.seams import StitchRule
+from emseg.pipeline import backends
+from emseg.pipeline.errors import ConfigError
+from emseg.pipeline.stitching.seams import StitchRule
 
 Vec3 = tuple[int, int, int]
 
@@ -162,7 +162,7 @@ class PhantomConfig(Strict):
     seed: int = 0
     voxel_size_nm: tuple[float, float, float] = (8.0, 8.0, 8.0)
     chunk_shape: Vec3 = (64, 64, 64)
-    #: extra keys of pipeline.phantom.PhantomParams
+    #: extra keys of emseg.pipeline.quality.phantom.PhantomParams
     options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -230,7 +230,7 @@ class Config(Strict):
     #: viewing outputs after a complete run; null skips them all
     postprocess: PostprocessConfig | None = Field(default_factory=PostprocessConfig)
     #: keep every scratch object after a complete run (by default only what a later step needs stays:
-    #: done-markers, scored edges, core labels, the union-find result; pipeline/scratch.py)
+    #: done-markers, scored edges, core labels, the union-find result; pipeline/io/scratch.py)
     keep_scratch: bool = False
 
     @field_validator("input_voxel_size_nm")

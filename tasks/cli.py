@@ -27,15 +27,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.errors import BlocksFailedError, EmsegError
-from pipeline.scratch import STAGES
+from emseg.pipeline.errors import BlocksFailedError, EmsegError
+from emseg.pipeline.io.scratch import STAGES
 
 log = logging.getLogger("emseg")
 
 
 def _setup_logging(quiet: bool, verbose: bool = False) -> None:
     """emseg's lines on stderr (``emseg: ...``); Dask's own loggers stay at ERROR unless ``verbose``
-    (:func:`tasks.cluster.connect` reads the level)."""
+    (:func:`emseg.tasks.driver.cluster.connect` reads the level)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("emseg: %(message)s"))
     log.handlers[:] = [handler]
@@ -56,7 +56,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace) -> Any:
-    from pipeline import config as config_mod
+    from emseg.pipeline import config as config_mod
 
     overrides = list(args.overrides)
     if args.workers is not None:
@@ -67,7 +67,7 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def _summary(cfg: Any, run: dict[str, Any], evaluation: dict[str, Any] | None) -> None:
-    from pipeline import neuroglancer
+    from emseg.pipeline.outputs import neuroglancer
 
     voxels = 1
     for s, e in zip(run["roi"]["start"], run["roi"]["stop"]):
@@ -81,7 +81,7 @@ def _summary(cfg: Any, run: dict[str, Any], evaluation: dict[str, Any] | None) -
     print(f"segmentation: {run['segmentation']}")
     print(f"report:       {cfg.output.rstrip('/')}/run.json")
     if evaluation is not None:
-        from pipeline.metrics import readings
+        from emseg.pipeline.quality.metrics import readings
 
         keys = ("voi_split", "voi_merge", "adapted_rand_error", "precision", "recall", "f1", "mean_iou")
         print("evaluation:   " + json.dumps({k: round(evaluation[k], 4) for k in keys if k in evaluation}))
@@ -99,14 +99,14 @@ def _summary(cfg: Any, run: dict[str, Any], evaluation: dict[str, Any] | None) -
 
 
 def cmd_segment(args: argparse.Namespace, stages: Sequence[str] = STAGES) -> int:
-    from tasks import report
-    from tasks.run import segment
+    from emseg.tasks.driver import report
+    from emseg.tasks.driver.run import segment
 
     cfg = _load(args)
     run = segment(cfg, restart=args.restart, stages=stages, progress=not args.no_progress)
     evaluation = None
     if cfg.evaluate is not None and run["status"] == "complete" and list(stages) == list(STAGES):
-        from tasks.evaluate import evaluate
+        from emseg.tasks.commands.evaluate import evaluate
 
         t0 = time.time()
         e = cfg.evaluate
@@ -124,7 +124,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from tasks.evaluate import evaluate
+    from emseg.tasks.commands.evaluate import evaluate
 
     result = evaluate(args.segmentation, args.groundtruth, iou_threshold=args.iou_threshold,
                       min_size=args.min_size, ignore_gt_zero=not args.keep_gt_zero, resample=args.resample)
@@ -133,8 +133,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_phantom(args: argparse.Namespace) -> int:
-    from pipeline.config import ClusterConfig, PhantomConfig
-    from tasks.phantom import write_phantom
+    from emseg.pipeline.config import ClusterConfig, PhantomConfig
+    from emseg.tasks.commands.phantom import write_phantom
 
     cfg = PhantomConfig(shape=tuple(args.shape), seed=args.seed, voxel_size_nm=tuple(args.voxel_size))
     write_phantom(cfg, args.image, args.labels, cluster=ClusterConfig(workers=args.workers or 2))
@@ -143,7 +143,7 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
 
 def cmd_link(args: argparse.Namespace) -> int:
-    from tasks import view
+    from emseg.tasks.commands import view
 
     run, state, url = view.link(args.output, image=args.image)
     print(json.dumps(state, indent=2))
@@ -161,7 +161,7 @@ def cmd_link(args: argparse.Namespace) -> int:
 
 
 def cmd_view(args: argparse.Namespace) -> int:
-    from tasks import view
+    from emseg.tasks.commands import view
 
     lock = threading.Lock()
 
@@ -226,14 +226,9 @@ def _plural(n: int, word: str, plural: str | None = None) -> str:
 
 
 def _version() -> str:
-    try:
-        import importlib.metadata
+    import importlib.metadata
 
-        return importlib.metadata.version("emseg")
-    except Exception:  # noqa: BLE001 - not installed (a source checkout on PYTHONPATH)
-        import pipeline
-
-        return pipeline.__version__
+    return importlib.metadata.version("emseg")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -294,28 +289,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_log_args(p)
     p.set_defaults(func=cmd_view)
 
-    from tasks import estimate
+    from emseg.tasks.commands import estimate
 
     p = sub.add_parser("plan", help="estimate blocks, storage, time and cost of a run from a few calibration blocks")
     estimate.add_arguments(p)
     _add_log_args(p, quiet=False)
     p.set_defaults(func=estimate.run)
 
-    from tasks import import_volume
+    from emseg.tasks.commands import import_volume
 
     p = sub.add_parser("import", help="copy a TIFF stack or HDF5 dataset into a chunked store emseg and Neuroglancer read")
     import_volume.add_arguments(p)
     _add_log_args(p)
     p.set_defaults(func=import_volume.run)
 
-    from tasks import clean
+    from emseg.tasks.commands import clean
 
     p = sub.add_parser("clean", help="remove an output's scratch area (a later run into it starts over)")
     clean.add_arguments(p)
     _add_log_args(p)
     p.set_defaults(func=clean.run)
 
-    from tasks import train as train_boundary
+    from emseg.tasks.commands import train as train_boundary
 
     p = sub.add_parser("train", help="train a boundary model (forest or U-Net) on a labelled volume")
     train_boundary.add_arguments(p)
@@ -323,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=train_boundary.run)
 
     try:
-        from tasks import train_ffn
+        from emseg.tasks.commands import train_ffn
     except ImportError:
         train_ffn = None  # type: ignore[assignment]
     if train_ffn is not None and hasattr(train_ffn, "add_arguments"):

@@ -23,10 +23,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pipeline import urls
-from pipeline.downsample import Scale, task_shape
-from pipeline.geometry import BlockGrid
-from tasks import runtime
+from emseg.pipeline.io import urls
+from emseg.pipeline.outputs.downsample import Scale, task_shape
+from emseg.pipeline.geometry import BlockGrid
+from emseg.tasks.driver import runtime
 
 STAGE = "10-ome-zarr"
 NAME = "segmentation.ome.zarr"

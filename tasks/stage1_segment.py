@@ -6,7 +6,7 @@ its labels on the overlap of the two read boxes, which stage 2 matches.
 With ``neighbour_prompts`` (a backend option, sam2), blocks are coloured like a checkerboard by the
 parity of ``i + j + k``: even blocks run first and alone; an odd block runs after its face
 neighbours (all even) and gets their labels in the shared overlaps as ``prior``, read from the faces
-they stored. The task graph (:mod:`tasks.graph`) holds the dependencies.
+they stored. The task graph (:mod:`emseg.tasks.driver.graph`) holds the dependencies.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import intensity
-from pipeline.geometry import Block
-from pipeline.labels import renumber_core_first
-from pipeline.volume import read_error
-from tasks import runtime
-from tasks.context import RunContext
+from emseg.pipeline.io import intensity
+from emseg.pipeline.geometry import Block
+from emseg.pipeline.stitching.labels import renumber_core_first
+from emseg.pipeline.io.volume import read_error
+from emseg.tasks.driver import runtime
+from emseg.tasks.driver.context import RunContext
 
 STAGE = "1-segment"
 
@@ -45,7 +45,7 @@ def segment_block(ctx: RunContext, block_id: int, *upstream: Any) -> dict[str, A
     grid = ctx.grid
     block = grid.block(block_id)
     raw = read_block(ctx, block)
-    # NaN is no data, and input_value_range maps to 0..1: the same for every backend (pipeline.intensity).
+    # NaN is no data, and input_value_range maps to 0..1: the same for every backend (emseg.pipeline.io.intensity).
     backend = runtime.backend(ctx.backend_key)
     fill = backend.nodata_value() if hasattr(backend, "nodata_value") else None
     image, nodata = intensity.prepare(raw, ctx.value_range, fill)
@@ -95,7 +95,7 @@ def fragment_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
     ``v``, affinity ``total`` and ``count`` across their faces), ``faces/<block>/<axis><sign>``
     (``labels`` plane; ``affs`` too on the ``-`` side).
     """
-    from pipeline.agglomeration import fragments, region_graph
+    from emseg.pipeline.stitching.agglomeration import fragments, region_graph
 
     t0 = time.perf_counter()
     grid = ctx.grid

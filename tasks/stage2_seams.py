@@ -1,6 +1,6 @@
 """Stage 2, seams: match each block's labels to its forward face neighbours' on their overlap.
 
-The matching kernel is :func:`pipeline.seams.match_overlap`; this stage only reads the two faces,
+The matching kernel is :func:`emseg.pipeline.stitching.seams.match_overlap`; this stage only reads the two faces,
 turns local ids into global keys and stores every scored candidate (merged or not) for the audit.
 
 Each candidate also keeps the centroid of the voxels its two labels share (``pos``: z, y, x,
@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.geometry import Block
-from pipeline.labels import key
-from pipeline.seams import Edges, match_overlap, pair_centroids
-from tasks import runtime
-from tasks.context import RunContext
-from tasks.stage1_segment import face_key
+from emseg.pipeline.geometry import Block
+from emseg.pipeline.stitching.labels import key
+from emseg.pipeline.stitching.seams import Edges, match_overlap, pair_centroids
+from emseg.tasks.driver import runtime
+from emseg.tasks.driver.context import RunContext
+from emseg.tasks.stage1_segment import face_key
 
 STAGE = "2-seams"
 
@@ -82,18 +82,18 @@ def fragment_seams_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
     """Stage 2 of a boundary backend: the block's fragment edges, scored when agglomeration is blockwise.
 
     ``edges/<block>`` holds the edges the block owns — between its own fragments (its region graph)
-    and to the fragments facing them across its forward faces (:func:`pipeline.agglomeration.face_graph`)
+    and to the fragments facing them across its forward faces (:func:`emseg.pipeline.stitching.agglomeration.face_graph`)
     — as global keys ``a``, ``b`` with ``total`` and ``count`` (the affinities across their shared
     faces), ``seam`` (True for the forward-face edges), ``iou`` (their mean affinity, which the seam
     audit shows), ``pos`` (a seam edge's contact centroid on the seam plane; NaN for the others).
 
     Blockwise agglomeration (``ctx.global_agglomeration`` False) also writes ``score``: the block's
     edges agglomerated together with the region graphs of its six face neighbours and the seams
-    between them (:func:`pipeline.agglomeration.agglomerate`). Global agglomeration scores every
+    between them (:func:`emseg.pipeline.stitching.agglomeration.agglomerate`). Global agglomeration scores every
     edge in stage 3's first task instead. Faces are read by several blocks' seam tasks here, so
     they stay until the run's scratch is pruned.
     """
-    from pipeline.agglomeration import Graph, agglomerate, face_graph
+    from emseg.pipeline.stitching.agglomeration import Graph, agglomerate, face_graph
 
     t0 = time.perf_counter()
     grid = ctx.grid

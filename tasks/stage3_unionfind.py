@@ -1,6 +1,6 @@
 """Stage 3, union-find: the merge edges reduced up an octree of blocks, then resolved down it.
 
-Tasks (see :mod:`pipeline.unionfind` for the algorithm)::
+Tasks (see :mod:`emseg.pipeline.stitching.unionfind` for the algorithm)::
 
     up-L-g      level L = 1..top, per group: join the edges inside the group, pass the rest up
     down-L-g    level L = top..1, per group: final representatives, handed to the children
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.unionfind import (
+from emseg.pipeline.stitching.unionfind import (
     Renaming,
     children,
     groups,
@@ -35,9 +35,9 @@ from pipeline.unionfind import (
     split_by,
     table_from,
 )
-from tasks import runtime
-from tasks.context import RunContext
-from tasks.stage1_segment import STAGE as SEGMENT
+from emseg.tasks.driver import runtime
+from emseg.tasks.driver.context import RunContext
+from emseg.tasks.stage1_segment import STAGE as SEGMENT
 
 STAGE = "3-unionfind"
 Vec = tuple[int, int, int]
@@ -80,12 +80,12 @@ def agglomerate_all(ctx: RunContext, *upstream: Any) -> dict[str, Any]:
     """Global agglomeration (boundary backends): every block's edges in one region graph.
 
     Reads ``edges/<block>`` of all blocks, agglomerates the whole graph by mean affinity
-    (:func:`pipeline.agglomeration.agglomerate`) and writes each block's scores to
+    (:func:`emseg.pipeline.stitching.agglomeration.agglomerate`) and writes each block's scores to
     ``scores/<block>``, in the order of its edges. Memory grows with the number of edges (about
     0.8 KB each at the peak: 10⁶ random edges took 0.8 GB and 28 s of CPU); ``agglomeration.scope: blockwise``
     avoids this task for volumes whose graph does not fit one worker.
     """
-    from pipeline.agglomeration import Graph, agglomerate
+    from emseg.pipeline.stitching.agglomeration import Graph, agglomerate
 
     t0 = time.perf_counter()
     store = runtime.scratch(ctx.output)
@@ -119,7 +119,7 @@ def up(ctx: RunContext, level: int, group: Vec, *upstream: Any) -> dict[str, Any
     a_parts, b_parts = [], []
     if level == 1:
         # The group's own edges, and the edges that its backward neighbours hold into it: both
-        # groups of a crossing edge must see it (see pipeline.unionfind.reduce_edges).
+        # groups of a crossing edge must see it (see emseg.pipeline.stitching.unionfind.reduce_edges).
         members = {grid.block_id(k) for k in children(group, level, grid.grid_shape)}
         sources = set(members)
         for block_id in members:

@@ -10,10 +10,10 @@ import json
 import time
 from typing import Any
 
-from pipeline import urls
-from pipeline.unionfind import block_lut
-from tasks import runtime
-from tasks.context import RunContext
+from emseg.pipeline.io import urls
+from emseg.pipeline.stitching.unionfind import block_lut
+from emseg.tasks.driver import runtime
+from emseg.tasks.driver.context import RunContext
 
 STAGE = "4-relabel"
 

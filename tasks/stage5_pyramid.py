@@ -4,7 +4,7 @@ Scale ``k`` is computed from scale ``k - 1``, by tasks whose boxes are unions of
 chunks (whole shards when sharded) of scale ``k``, so no two tasks write one object. Where the
 geometry allows (unsharded, aligned offsets: :func:`plan_steps`), one task makes several scales from
 one read, each from the previous in memory, as igneous does; a task starts when the tasks that wrote
-its source box are done. The kernels are :func:`pipeline.downsample.downsample_labels` and
+its source box are done. The kernels are :func:`emseg.pipeline.outputs.downsample.downsample_labels` and
 ``downsample_image`` (tinybrain).
 
 The scales are created in the ``info`` by the driver (:func:`plan_layer`) before any task runs; they
@@ -26,13 +26,13 @@ from typing import Any, Literal
 
 import tensorstore as ts
 
-from pipeline import urls
-from pipeline.downsample import Scale, downsample_image, downsample_labels, pyramid, source_box, task_shape
-from pipeline.errors import ConfigError
-from pipeline.geometry import Block, BlockGrid, Box
-from pipeline.sharding import choose_bits, shard_shape
-from pipeline.volume import sharding_spec, ts_message
-from tasks import runtime
+from emseg.pipeline.io import urls
+from emseg.pipeline.outputs.downsample import Scale, downsample_image, downsample_labels, pyramid, source_box, task_shape
+from emseg.pipeline.errors import ConfigError
+from emseg.pipeline.geometry import Block, BlockGrid, Box
+from emseg.pipeline.io.sharding import choose_bits, shard_shape
+from emseg.pipeline.io.volume import sharding_spec, ts_message
+from emseg.tasks.driver import runtime
 
 STAGE = "5-pyramid"
 log = logging.getLogger("emseg")
@@ -113,7 +113,7 @@ def plan_image(source_spec: dict[str, Any], roi_zyx: Any, origin_zyx: tuple[int,
     encoding, ``chunk_zyx`` chunks and the input's dtype (float64 is stored as float32, which
     precomputed can hold). Raises :class:`ConfigError` for a dtype precomputed cannot store.
     """
-    from pipeline.volume import create_precomputed
+    from emseg.pipeline.io.volume import create_precomputed
 
     stored = "float32" if dtype == "float64" else dtype
     if stored not in ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "float32"):

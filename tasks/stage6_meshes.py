@@ -3,7 +3,7 @@
 Two kinds of task:
 
 ``6-meshes`` per block
-    reads the block's write box plus one voxel on its high sides (:func:`pipeline.meshes.mesh_box`),
+    reads the block's write box plus one voxel on its high sides (:func:`emseg.pipeline.outputs.meshes.mesh_box`),
     meshes and simplifies every segment in it, and stores the pieces in scratch under the segment's
     *group* (``post/meshes/<group>/<block>``).
 ``6-meshes`` per group
@@ -29,11 +29,13 @@ from typing import Any
 import numpy as np
 import tensorstore as ts
 
-from pipeline import meshes, urls
-from pipeline.downsample import Scale
-from pipeline.geometry import BlockGrid
-from pipeline.shardfile import ShardSpec, encode_shard
-from tasks import runtime
+from emseg.pipeline.outputs import meshes
+
+from emseg.pipeline.io import urls
+from emseg.pipeline.outputs.downsample import Scale
+from emseg.pipeline.geometry import BlockGrid
+from emseg.pipeline.outputs.shardfile import ShardSpec, encode_shard
+from emseg.tasks.driver import runtime
 
 STAGE = "6-meshes"
 PREFIX = "post/meshes/"
@@ -76,7 +78,7 @@ def plan_groups(num_segments: int, num_blocks: int, fmt: str) -> tuple[int, dict
     >>> shift, sharding["preshift_bits"] + sharding["minishard_bits"], sharding["shard_bits"]
     (7, 7, 3)
     """
-    from pipeline.shardfile import spec_for_ids
+    from emseg.pipeline.outputs.shardfile import spec_for_ids
 
     per = max(64, math.ceil(max(num_segments, 1) / max(num_blocks, 1)))
     spec = spec_for_ids(max(num_segments, 1), per)

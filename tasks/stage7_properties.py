@@ -1,6 +1,6 @@
 """Stage 7, segment properties: voxel count and bounding box of every segment, for the viewer.
 
-Per block (the run's blocks, at full resolution) :func:`pipeline.segment_properties.block_stats`
+Per block (the run's blocks, at full resolution) :func:`emseg.pipeline.outputs.segment_properties.block_stats`
 goes to scratch (``post/stats/<block>``); one reduce task adds them up and writes
 ``<segmentation>/segment_properties/info``.
 """
@@ -14,10 +14,10 @@ from typing import Any
 
 import tensorstore as ts
 
-from pipeline import urls
-from pipeline.geometry import BlockGrid
-from pipeline.segment_properties import SegmentStats, block_stats, largest, properties_info, reduce_stats
-from tasks import runtime
+from emseg.pipeline.io import urls
+from emseg.pipeline.geometry import BlockGrid
+from emseg.pipeline.outputs.segment_properties import SegmentStats, block_stats, largest, properties_info, reduce_stats
+from emseg.tasks.driver import runtime
 
 STAGE = "7-properties"
 PREFIX = "post/stats/"

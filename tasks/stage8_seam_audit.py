@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 import tensorstore as ts
 
-from pipeline import urls
-from pipeline.annotations import Property, point_annotations
-from pipeline.labels import block_of, local_of
-from pipeline.seams import pair_centroids
-from tasks import runtime
-from tasks.context import RunContext
-from tasks.stage1_segment import face_key
-from tasks.stage2_seams import face_origin
+from emseg.pipeline.io import urls
+from emseg.pipeline.outputs.annotations import Property, point_annotations
+from emseg.pipeline.stitching.labels import block_of, local_of
+from emseg.pipeline.stitching.seams import pair_centroids
+from emseg.tasks.driver import runtime
+from emseg.tasks.driver.context import RunContext
+from emseg.tasks.stage1_segment import face_key
+from emseg.tasks.stage2_seams import face_origin
 
 STAGE = "8-seam-audit"
 PREFIX = "post/audit/"
@@ -61,7 +61,7 @@ def audit_block_task(plan: AuditPlan, block_id: int, *upstream: Any) -> dict[str
     store = runtime.scratch(ctx.output)
     edges = store.get_arrays(f"edges/{block_id}")
     if ctx.boundary:  # the seam edges, by the mean affinity at which agglomeration merges them
-        from tasks.stage3_unionfind import edge_scores
+        from emseg.tasks.stage3_unionfind import edge_scores
 
         score = edge_scores(ctx, store, block_id, edges)
         edges = {**edges, "iou": (1.0 - score).astype(np.float32), "merge": score <= ctx.threshold}

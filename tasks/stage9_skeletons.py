@@ -1,15 +1,15 @@
 """Stage 9, skeletons: TEASAR skeletons per block (kimimaro), then one skeleton per segment joined
 across the seams, written as Neuroglancer precomputed skeletons (unsharded or sharded).
 
-Two kinds of task, as for meshes (:mod:`tasks.stage6_meshes`):
+Two kinds of task, as for meshes (:mod:`emseg.tasks.stage6_meshes`):
 
 ``9-skeletons`` per block
     skeletonizes the block's write box plus one voxel on its high sides
-    (:func:`pipeline.skeletons.skeletonize_block`, with ``fix_borders`` so that neighbouring blocks
+    (:func:`emseg.pipeline.outputs.skeletons.skeletonize_block`, with ``fix_borders`` so that neighbouring blocks
     put identical vertices on their shared plane) and stores the pieces in scratch under the
     segment's group (``post/skeletons/<group>/<block>``).
 ``9-skeletons`` per group
-    after every block task: joins each segment's pieces (:func:`pipeline.skeletons.join`) and writes
+    after every block task: joins each segment's pieces (:func:`emseg.pipeline.outputs.skeletons.join`) and writes
     ``<segmentation>/skeletons/<id>`` (unsharded) or the group's shard file (sharded: a group is one
     shard, ids mapped by their own bits).
 
@@ -26,11 +26,13 @@ from typing import Any
 
 import tensorstore as ts
 
-from pipeline import skeletons, urls
-from pipeline.downsample import Scale
-from pipeline.geometry import BlockGrid
-from pipeline.shardfile import ShardSpec, encode_shard
-from tasks import runtime
+from emseg.pipeline.outputs import skeletons
+
+from emseg.pipeline.io import urls
+from emseg.pipeline.outputs.downsample import Scale
+from emseg.pipeline.geometry import BlockGrid
+from emseg.pipeline.outputs.shardfile import ShardSpec, encode_shard
+from emseg.tasks.driver import runtime
 
 STAGE = "9-skeletons"
 PREFIX = "post/skeletons/"

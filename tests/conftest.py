@@ -20,7 +20,7 @@ def dask_address() -> Any:
     """One real local cluster of two worker processes for the whole session."""
     from distributed import LocalCluster
 
-    from tasks.cluster import configure_workers
+    from emseg.tasks.driver.cluster import configure_workers
 
     configure_workers()
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
@@ -31,7 +31,7 @@ def dask_address() -> Any:
 def write_zarr(path: Path, array: np.ndarray, chunks: tuple[int, int, int] = (32, 32, 32),
                voxel_size_nm: tuple[float, float, float] = (8.0, 8.0, 8.0)) -> str:
     """Write ``array`` as a zarr v2 array through tensorstore; return its URL."""
-    from pipeline.volume import create_zarr
+    from emseg.pipeline.io.volume import create_zarr
 
     vol = create_zarr(str(path), dtype=array.dtype.name, shape_zyx=array.shape, chunk_zyx=chunks,
                       voxel_size_nm=voxel_size_nm)
@@ -40,7 +40,7 @@ def write_zarr(path: Path, array: np.ndarray, chunks: tuple[int, int, int] = (32
 
 
 def run_config(input_url: str, output: Path, address: str | None, **overrides: Any) -> Any:
-    from pipeline.config import from_dict
+    from emseg.pipeline.config import from_dict
 
     data: dict[str, Any] = {
         "input": input_url,
@@ -56,7 +56,7 @@ def run_config(input_url: str, output: Path, address: str | None, **overrides: A
 
 
 def read_output(output: Path) -> np.ndarray:
-    from pipeline.volume import open_volume
+    from emseg.pipeline.io.volume import open_volume
 
     vol = open_volume(f"precomputed://{output}/segmentation")
     return vol.read(vol.box)

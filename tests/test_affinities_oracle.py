@@ -11,8 +11,8 @@ import cc3d
 import numpy as np
 import pytest
 
-from pipeline.agglomeration import Graph, affinities_from_labels, agglomerate, face_graph, segment as segment_whole
-from tasks.run import segment
+from emseg.pipeline.stitching.agglomeration import Graph, affinities_from_labels, agglomerate, face_graph, segment as segment_whole
+from emseg.tasks.driver.run import segment
 from tests.conftest import read_output, run_config, same_partition, write_zarr
 
 SHAPE = (45, 53, 39)  # divisible by none of the block shapes
@@ -92,8 +92,8 @@ def test_threshold_change_reruns_only_unionfind_and_relabel(tmp_path, dask_addre
 def test_halo_smaller_than_context_is_refused(tmp_path):
     """The forest's affinities at a voxel depend on 22 voxels around it: a halo that does not cover
     that (+1) is refused before any work, with the halo to set; so is a halo of 0 for any model."""
-    from pipeline.errors import ConfigError
-    from tasks.run import plan
+    from emseg.pipeline.errors import ConfigError
+    from emseg.tasks.driver.run import plan
 
     img = np.ones((32, 32, 32), np.uint8)
     url = write_zarr(tmp_path / "one.zarr", img, chunks=(16, 16, 16))
@@ -133,7 +133,7 @@ def test_agglomeration_merges_by_mean_affinity_of_grown_regions():
 def test_viewing_outputs_of_a_boundary_run(tmp_path, dask_address):
     """Stages 5-8 (pyramid, meshes, properties, seam audit) run on a boundary backend's output; the
     audit's points lie on the seams, scored by the affinity across them."""
-    from pipeline.config import PostprocessConfig
+    from emseg.pipeline.config import PostprocessConfig
 
     labels = _touching_cells((32, 32, 32), seed=5)
     url = write_zarr(tmp_path / "cells.zarr", labels, chunks=(16, 16, 16))
@@ -150,7 +150,7 @@ def test_viewing_outputs_of_a_boundary_run(tmp_path, dask_address):
 def test_backend_passes_the_block_origin_so_the_unet_predicts_like_the_whole_volume():
     """The U-Net pools on a grid anchored to the volume: a block must say where it starts (stage 1
     passes its read box's start). With that, a crop's core equals the whole image's prediction."""
-    from pipeline import backends
+    from emseg.pipeline import backends
 
     backend = backends.create("affinities", backends.validate_params("affinities", {"model": {"kind": "unet"}}))
     c = backend.context_zyx

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tasks.cli import main
+from emseg.tasks.cli import main
 from tests.conftest import write_zarr
 
 

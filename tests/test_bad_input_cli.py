@@ -1,6 +1,6 @@
 """Every user error of issue 12 through the real command line: exit 2, one line, no traceback, nothing written.
 
-Each case runs ``python -m tasks.cli`` in a subprocess (so that anything a library prints reaches
+Each case runs ``python -m emseg.tasks.cli`` in a subprocess (so that anything a library prints reaches
 stderr as a user would see it) without ``-q``.
 """
 
@@ -18,7 +18,7 @@ import pytest
 import tensorstore as ts
 import yaml
 
-from pipeline.volume import create_precomputed
+from emseg.pipeline.io.volume import create_precomputed
 from tests.conftest import REPO, write_zarr
 
 
@@ -139,7 +139,7 @@ def test_user_error_is_one_line_exit_2_nothing_written(case, tmp_path):
     before = sorted(p.name for p in tmp_path.iterdir())
     out_before = (tmp_path / "out").read_bytes() if (tmp_path / "out").is_file() else None
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-m", "tasks.cli", *argv], capture_output=True, text=True, env=env,
+    proc = subprocess.run([sys.executable, "-m", "emseg.tasks.cli", *argv], capture_output=True, text=True, env=env,
                           cwd=tmp_path, timeout=600)
     err = proc.stderr.strip()
     assert proc.returncode == 2, (proc.returncode, err)

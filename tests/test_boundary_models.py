@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.boundary import features as feats
-from pipeline.boundary import forest as forest_mod
-from pipeline.boundary import load_model
-from pipeline.boundary import unet as unet_mod
-from pipeline.boundary.unet_training import affinity_targets, loss_fn
-from pipeline.errors import CheckpointError, ConfigError
-from pipeline.geometry import Box
-from pipeline.phantom import Phantom, PhantomParams
+from emseg.pipeline.backends.boundary import features as feats
+from emseg.pipeline.backends.boundary import forest as forest_mod
+from emseg.pipeline.backends.boundary import load_model
+from emseg.pipeline.backends.boundary import unet as unet_mod
+from emseg.pipeline.backends.boundary.unet_training import affinity_targets, loss_fn
+from emseg.pipeline.errors import CheckpointError, ConfigError
+from emseg.pipeline.geometry import Box
+from emseg.pipeline.quality.phantom import Phantom, PhantomParams
 
 SHAPE = (40, 56, 56)
 
@@ -145,7 +145,7 @@ def test_unet_core_depends_only_on_context_and_not_on_block_cut(phantom) -> None
 
 
 def test_one_training_step_lowers_the_loss(phantom) -> None:
-    from pipeline.boundary.config import TrainConfig
+    from emseg.pipeline.backends.boundary.config import TrainConfig
 
     image, labels = phantom
     spec_raw = {"kind": "unet", **CFG.model_dump(mode="json")}
@@ -189,7 +189,7 @@ def test_unet_checkpoint_round_trip_and_mismatch(tmp_path) -> None:
 
 
 def test_bundled_forest_loads_and_finds_phantom_boundaries(phantom) -> None:
-    from pipeline.checkpoints import BUNDLED_DIR
+    from emseg.pipeline.io.checkpoints import BUNDLED_DIR
 
     assert (BUNDLED_DIR / "forest_fib25.skops").stat().st_size < 5e6
     model = load_model("forest")
@@ -201,7 +201,7 @@ def test_bundled_forest_loads_and_finds_phantom_boundaries(phantom) -> None:
 
 
 def test_bundled_unet_loads_and_predicts() -> None:
-    from pipeline.checkpoints import BUNDLED_DIR
+    from emseg.pipeline.io.checkpoints import BUNDLED_DIR
 
     assert (BUNDLED_DIR / "unet_fib25.pt").stat().st_size < 5e6
     model = load_model("unet", precision="fp32")

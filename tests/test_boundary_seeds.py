@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import backends
+from emseg.pipeline import backends
 
 
 def _cells() -> np.ndarray:

@@ -1,4 +1,4 @@
-"""pipeline.checkpoints: locations (path, http URL into the cache, bundled), safe loading, fit messages."""
+"""emseg.pipeline.io.checkpoints: locations (path, http URL into the cache, bundled), safe loading, fit messages."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import threading
 import pytest
 import torch
 
-from pipeline import checkpoints
-from pipeline.errors import CheckpointError
+from emseg.pipeline.io import checkpoints
+from emseg.pipeline.errors import CheckpointError
 
 KW = {"fmt": "emseg-test", "version": 1, "bundled": "no_such_model.pt", "family": "test", "what": "test model",
       "hint": "make one"}

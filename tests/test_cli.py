@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 
-from pipeline.metrics import evaluate_arrays
-from tasks.cli import main
+from emseg.pipeline.quality.metrics import evaluate_arrays
+from emseg.tasks.cli import main
 from tests.conftest import REPO, blobs, read_output, write_zarr
 
 
@@ -83,7 +83,7 @@ def test_every_argument_has_help_and_defaults_are_shown(capsys):
 
     import pytest
 
-    from tasks.cli import _plural, build_parser
+    from emseg.tasks.cli import _plural, build_parser
 
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
@@ -119,7 +119,7 @@ def test_dask_logs_only_with_verbose(tmp_path):
     runs = {}
     for flag in ("default", "-v"):
         extra = [] if flag == "default" else [flag]
-        got = subprocess.run([sys.executable, "-m", "tasks.cli", "segment", str(cfg), "--no-progress", "--restart", *extra],
+        got = subprocess.run([sys.executable, "-m", "emseg.tasks.cli", "segment", str(cfg), "--no-progress", "--restart", *extra],
                              capture_output=True, text=True, cwd=REPO, timeout=600)
         assert got.returncode == 0, got.stderr
         runs[flag] = got.stderr

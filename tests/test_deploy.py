@@ -294,7 +294,7 @@ def _containers(node: Any) -> list[dict[str, Any]]:
 
 
 def test_kubernetes_manifests_have_the_expected_kinds_and_image() -> None:
-    from pipeline.config import from_dict
+    from emseg.pipeline.config import from_dict
 
     docs = _k8s()
     kinds = {d["kind"]: d for d in docs}

@@ -7,10 +7,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline import backends
-from pipeline.backends.ffn import Backend
-from pipeline.errors import ConfigError
-from pipeline.ffn.config import ModelConfig
+from emseg.pipeline import backends
+from emseg.pipeline.backends.ffn.backend import Backend
+from emseg.pipeline.errors import ConfigError
+from emseg.pipeline.backends.ffn.config import ModelConfig
 
 
 class HalfModel:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from pipeline.ffn.inference import FloodSettings, flood_fill
-from pipeline.ffn.seeds import grid_seeds, peak_seeds, seed_points
+from emseg.pipeline.backends.ffn.inference import FloodSettings, flood_fill
+from emseg.pipeline.backends.ffn.seeds import grid_seeds, peak_seeds, seed_points
 
 FOV = (9, 9, 9)
 STEP = (2, 2, 2)

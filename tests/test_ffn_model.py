@@ -11,12 +11,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from pipeline.errors import CheckpointError, ConfigError  # noqa: E402
-from pipeline.ffn.config import ModelConfig  # noqa: E402
-from pipeline.ffn.model import FFN, TorchPredictor  # noqa: E402
-from pipeline.ffn.sampling import PatchSampler, boundary_mask  # noqa: E402
-from pipeline.ffn.training import patch_size, run_fovs  # noqa: E402
-from pipeline.ffn.weights import build_model, load_checkpoint, load_state, save_checkpoint  # noqa: E402
+from emseg.pipeline.errors import CheckpointError, ConfigError  # noqa: E402
+from emseg.pipeline.backends.ffn.config import ModelConfig  # noqa: E402
+from emseg.pipeline.backends.ffn.model import FFN, TorchPredictor  # noqa: E402
+from emseg.pipeline.backends.ffn.sampling import PatchSampler, boundary_mask  # noqa: E402
+from emseg.pipeline.backends.ffn.training import patch_size, run_fovs  # noqa: E402
+from emseg.pipeline.backends.ffn.weights import build_model, load_checkpoint, load_state, save_checkpoint  # noqa: E402
 
 SMALL = ModelConfig(fov_size=(9, 9, 9), step=(2, 2, 2), depth=1, width=4)
 
@@ -136,7 +136,7 @@ def test_checkpoint_mismatch_errors(tmp_path: Path) -> None:
 
 def test_backend_module_imports_no_torch() -> None:
     code = (
-        "import sys, pipeline.backends as b; p = b.validate_params('ffn', {'min_size': 10}); "
+        "import sys, emseg.pipeline.backends as b; p = b.validate_params('ffn', {'min_size': 10}); "
         "b.create('ffn', p); print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -144,7 +144,7 @@ def test_backend_module_imports_no_torch() -> None:
 
 
 def test_train_ffn_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from tasks.cli import main
+    from emseg.tasks.cli import main
     from tests.conftest import write_zarr
 
     image, labels = _toy_labels((24, 24, 24))
@@ -172,8 +172,8 @@ def test_train_ffn_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_training_starts_from_a_checkpoint(tmp_path: Path) -> None:
-    from pipeline.ffn.config import TrainConfig
-    from pipeline.ffn.training import train
+    from emseg.pipeline.backends.ffn.config import TrainConfig
+    from emseg.pipeline.backends.ffn.training import train
     from tests.conftest import write_zarr
 
     image, labels = _toy_labels((24, 24, 24))

@@ -17,10 +17,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from pipeline.ffn.config import ModelConfig  # noqa: E402
-from pipeline.ffn.model import FFN  # noqa: E402
-from pipeline.ffn.weights import save_checkpoint  # noqa: E402
-from tasks.run import segment  # noqa: E402
+from emseg.pipeline.backends.ffn.config import ModelConfig  # noqa: E402
+from emseg.pipeline.backends.ffn.model import FFN  # noqa: E402
+from emseg.pipeline.backends.ffn.weights import save_checkpoint  # noqa: E402
+from emseg.tasks.driver.run import segment  # noqa: E402
 from tests.conftest import blobs, read_output, run_config, same_partition, write_zarr  # noqa: E402
 
 
@@ -45,7 +45,7 @@ def threshold_ffn(path: Path) -> None:
 
 
 def test_threshold_model_is_what_it_claims(tmp_path: Path) -> None:
-    from pipeline.ffn.weights import build_model, load_checkpoint
+    from emseg.pipeline.backends.ffn.weights import build_model, load_checkpoint
 
     threshold_ffn(tmp_path / "t.pt")
     net = build_model(load_checkpoint(tmp_path / "t.pt"))

@@ -18,8 +18,8 @@ ROI = {"start": [170, 0, 0], "stop": [234, 128, 128]}
 
 
 def _run(tmp_path, address, name: str, block: list[int]) -> str:
-    from pipeline.config import from_dict
-    from tasks.run import segment
+    from emseg.pipeline.config import from_dict
+    from emseg.tasks.driver.run import segment
 
     out = tmp_path / name
     segment(from_dict({
@@ -36,7 +36,7 @@ def _run(tmp_path, address, name: str, block: list[int]) -> str:
 
 
 def test_forest_blocks_against_one_block(tmp_path, dask_address):
-    from tasks.evaluate import evaluate
+    from emseg.tasks.commands.evaluate import evaluate
 
     chunked = _run(tmp_path, dask_address, "chunked", [64, 64, 64])
     whole = _run(tmp_path, dask_address, "whole", [64, 128, 128])

@@ -7,9 +7,9 @@ import itertools
 import numpy as np
 import pytest
 
-from pipeline.geometry import Box, BlockGrid
-from pipeline.sharding import choose_bits, shard_chunks, shard_shape
-from pipeline.volume import create_precomputed, sharding_spec
+from emseg.pipeline.geometry import Box, BlockGrid
+from emseg.pipeline.io.sharding import choose_bits, shard_chunks, shard_shape
+from emseg.pipeline.io.volume import create_precomputed, sharding_spec
 
 
 @pytest.mark.parametrize("shape,block,halo", [((50, 61, 47), (16, 16, 16), (2, 2, 2)), ((8, 9, 10), (8, 4, 3), (0, 1, 5))])

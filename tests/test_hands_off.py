@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.volume import create_precomputed
-from tasks.cli import main
+from emseg.pipeline.io.volume import create_precomputed
+from emseg.tasks.cli import main
 from tests.conftest import blobs, run_config, write_zarr
 
 
@@ -23,7 +23,7 @@ def _snapshot(root: Path) -> dict[str, str]:
 
 
 def test_full_run_leaves_the_input_byte_identical(tmp_path: Path, dask_address: str) -> None:
-    from tasks.run import segment
+    from emseg.tasks.driver.run import segment
 
     shape = (40, 40, 40)
     vol = create_precomputed(str(tmp_path / "image"), layer_type="image", dtype="uint8", shape_zyx=shape,

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.volume import open_volume
-from tasks.cli import main
-from tasks.import_volume import import_volume
+from emseg.pipeline.io.volume import open_volume
+from emseg.tasks.cli import main
+from emseg.tasks.commands.import_volume import import_volume
 from tests.conftest import blobs
 
 SHAPE = (24, 40, 36)
@@ -94,7 +94,7 @@ def test_imported_volume_segments(tmp_path, volume, dask_address):
     """The imported store is a valid emseg input (and --segmentation makes a label layer)."""
     import h5py
 
-    from tasks.run import segment
+    from emseg.tasks.driver.run import segment
     from tests.conftest import read_output, run_config
 
     with h5py.File(tmp_path / "em.h5", "w") as f:

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import tensorstore as ts
 
-from pipeline import intensity
-from pipeline.errors import ConfigError, ShapeMismatchError, VolumeReadError
-from pipeline.volume import create_precomputed, open_volume
-from tasks.run import plan, segment
+from emseg.pipeline.io import intensity
+from emseg.pipeline.errors import ConfigError, ShapeMismatchError, VolumeReadError
+from emseg.pipeline.io.volume import create_precomputed, open_volume
+from emseg.tasks.driver.run import plan, segment
 from tests.conftest import blobs, read_output, run_config, same_partition, write_zarr
 
 
@@ -101,7 +101,7 @@ def test_3_backend_gets_the_input_voxel_size(tmp_path, dask_address):
     assert p.config.backend.params.voxel_size_zyx == (2.0, 1.0, 1.0)
     assert p.ctx.backend_params["voxel_size_zyx"] == [2.0, 1.0, 1.0]
     # sam2's seeding watershed gets it too.
-    from pipeline import backends
+    from emseg.pipeline import backends
 
     sam2 = backends.validate_params("sam2", {"random_weights": True})
     assert backends.with_voxel_size(sam2, (40, 8, 8)).seed_params["voxel_size_zyx"] == [40.0, 8.0, 8.0]
@@ -133,7 +133,7 @@ def _four_cells() -> np.ndarray:
 
 
 def test_4_one_nan_voxel_keeps_four_cells():
-    from pipeline.backends.watershed import Backend, Params
+    from emseg.pipeline.backends.watershed import Backend, Params
 
     backend = Backend(Params(min_size=1, seed_min_distance=2, sigma=0.0, boundary="intensity", merge_threshold=None))
     img = _four_cells()
@@ -186,7 +186,7 @@ def test_4_value_range_lets_a_uint16_input_reach_a_float_backend(tmp_path, dask_
     segment(run_config(url, tmp_path / "out", dask_address, **cfg), progress=False)
     assert same_partition(read_output(tmp_path / "out"), cc3d.connected_components(img >= 2040, connectivity=26))
     # A backend that takes uint8 or float32 (ffn) refuses uint16, unless the range maps it to float32.
-    from pipeline.errors import DtypeError
+    from emseg.pipeline.errors import DtypeError
 
     ffn = dict(backend={"name": "ffn"}, blocks={"shape": [16, 16, 16], "halo": [4, 4, 4]})
     with pytest.raises(DtypeError, match="takes uint8 or float32 images, but the input is uint16"):
@@ -221,7 +221,7 @@ def test_5_missing_chunk_is_refused_before_work(tmp_path):
 
 
 def test_5_missing_chunk_found_during_the_run_fails_it(tmp_path, dask_address):
-    from pipeline.errors import BlocksFailedError
+    from emseg.pipeline.errors import BlocksFailedError
 
     # 128 voxels along z: the plan's sample does not touch z 32..48, so stage 1 meets the hole.
     url, key = _precomputed_with_hole(tmp_path, (128, 32, 32), (32, 0, 0))
@@ -241,7 +241,7 @@ def test_5_fill_missing_opts_in_and_is_recorded(tmp_path, dask_address):
 
 # 6. evaluate across resolutions ----------------------------------------------------------------
 def test_6_evaluate_refuses_different_voxel_sizes(tmp_path):
-    from tasks.evaluate import evaluate
+    from emseg.tasks.commands.evaluate import evaluate
 
     seg = write_zarr(tmp_path / "s.zarr", np.array([[[1, 2]]], np.uint64), chunks=(1, 1, 2), voxel_size_nm=(8, 8, 8))
     gt = write_zarr(tmp_path / "g.zarr", np.array([[[1, 1, 2, 2]]], np.uint64), chunks=(1, 1, 4), voxel_size_nm=(4, 4, 4))
@@ -254,7 +254,7 @@ def test_6_evaluate_refuses_different_voxel_sizes(tmp_path):
 
 
 def test_6_evaluate_resamples_when_asked(tmp_path):
-    from tasks.evaluate import evaluate
+    from emseg.tasks.commands.evaluate import evaluate
 
     # Six objects, ground truth at 4 nm (32^3), the same objects at 8 nm (16^3), offsets included.
     coarse = np.repeat(np.arange(1, 7, dtype=np.uint64), 16 ** 3 // 6 + 1)[: 16 ** 3].reshape(16, 16, 16)
@@ -269,7 +269,7 @@ def test_6_evaluate_resamples_when_asked(tmp_path):
     got = evaluate(seg, gt, resample=True)
     assert got["voi_split"] == got["voi_merge"] == got["adapted_rand_error"] == 0.0
     assert got["voxels"] == 32 ** 3 and got["resampled_to_nm"] == [4.0, 4.0, 4.0]
-    from pipeline.errors import RegionError
+    from emseg.pipeline.errors import RegionError
 
     with pytest.raises(RegionError, match="on the finer grid"):  # reversed, the 8 nm side covers less
         evaluate(gt, seg, resample=True)
@@ -292,7 +292,7 @@ def test_8_noop_rerun_keeps_run_json(tmp_path, dask_address):
 
 # Also found reading the code --------------------------------------------------------------------
 def test_from_dict_does_not_write_into_the_callers_dicts():
-    from pipeline.config import from_dict
+    from emseg.pipeline.config import from_dict
 
     data = {"input": "x", "output": "y", "blocks": {"halo": [1, 1, 1]}}
     from_dict(data, ["blocks.shape=[8,8,8]"])
@@ -307,7 +307,7 @@ def test_corrupt_metadata_is_not_reported_as_missing(tmp_path):
 
 
 def test_corrupt_input_is_not_overwritten_by_a_phantom(tmp_path):
-    from pipeline.config import from_dict
+    from emseg.pipeline.config import from_dict
 
     vol = create_precomputed(str(tmp_path / "img"), layer_type="image", dtype="uint8", shape_zyx=(8, 8, 8),
                              voxel_size_nm=(8, 8, 8), chunk_zyx=(8, 8, 8))
@@ -321,8 +321,8 @@ def test_corrupt_input_is_not_overwritten_by_a_phantom(tmp_path):
 
 
 def test_block_ids_must_fit_below_2_31(tmp_path):
-    from pipeline.geometry import BlockGrid, Box
-    from tasks.run import check_grid_size
+    from emseg.pipeline.geometry import BlockGrid, Box
+    from emseg.tasks.driver.run import check_grid_size
 
     check_grid_size(BlockGrid(Box.from_shape((1024, 1024, 2047)), (1, 1, 1), (0, 0, 0)))  # 2^31 - 2^20 blocks
     with pytest.raises(ConfigError, match=r"needs 2147483648 blocks .* below 2\^31 .* e\.g\. blocks\.shape=\[2, 1, 1\]"):
@@ -330,7 +330,7 @@ def test_block_ids_must_fit_below_2_31(tmp_path):
 
 
 def test_group_index_has_no_radix_collisions():
-    from tasks.stage3_unionfind import group_index
+    from emseg.tasks.stage3_unionfind import group_index
 
     # The old key (i * 2^20 + j) * 2^20 + k gave both of these 2^20.
     a, b = group_index(np.array([[0, 1, 0], [0, 0, 1 << 20]]), (1, 3, 1 << 21), 0).tolist()
@@ -342,7 +342,7 @@ def test_group_index_has_no_radix_collisions():
 def test_versions_come_from_the_workers(dask_address):
     from distributed import Client
 
-    from tasks.report import versions
+    from emseg.tasks.driver.report import versions
 
     with Client(dask_address) as client:
         got = versions(client)
@@ -351,9 +351,9 @@ def test_versions_come_from_the_workers(dask_address):
 
 
 def test_training_log_is_closed_when_training_fails(tmp_path):
-    from pipeline.errors import VolumeNotFoundError
-    from pipeline.ffn.config import TrainConfig
-    from pipeline.ffn.training import train
+    from emseg.pipeline.errors import VolumeNotFoundError
+    from emseg.pipeline.backends.ffn.config import TrainConfig
+    from emseg.pipeline.backends.ffn.training import train
 
     labels = write_zarr(tmp_path / "lab.zarr", np.zeros((8, 8, 8), np.uint64))
     with pytest.raises(VolumeNotFoundError):
@@ -382,7 +382,7 @@ def test_9_ctrl_c_prints_one_line(tmp_path):
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     env = dict(os.environ, PYTHONPATH=str(REPO))
     # A terminal's Ctrl-C: SIGINT to the whole process group (the driver and its worker processes).
-    proc = subprocess.Popen([sys.executable, "-m", "tasks.cli", "segment", str(tmp_path / "cfg.yaml"), "--no-progress"],
+    proc = subprocess.Popen([sys.executable, "-m", "emseg.tasks.cli", "segment", str(tmp_path / "cfg.yaml"), "--no-progress"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     done = tmp_path / "out" / "scratch" / "done" / "1-segment"

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import tensorstore as ts
 
-from pipeline.volume import create_precomputed, open_volume
-from tasks.run import segment
+from emseg.pipeline.io.volume import create_precomputed, open_volume
+from emseg.tasks.driver.run import segment
 from tests.conftest import blobs, read_output, run_config, same_partition
 
 SHAPE = (10, 14, 18)  # z, y, x
@@ -226,7 +226,7 @@ def test_upper_case_dimension_names(tmp_path):
 
 
 def test_disagreeing_places_are_refused(tmp_path):
-    from pipeline.errors import ConfigError
+    from emseg.pipeline.errors import ConfigError
 
     _zarr(tmp_path / "v.zarr" / "raw", IMAGE, {"resolution_nm": [40, 8, 4], "resolution": [8, 8, 8]})
     with pytest.raises(ConfigError, match=r"attribute resolution_nm gives a voxel size .* but the attribute resolution"):
@@ -234,7 +234,7 @@ def test_disagreeing_places_are_refused(tmp_path):
 
 
 def test_a_second_channel_is_refused(tmp_path):
-    from pipeline.errors import ConfigError
+    from emseg.pipeline.errors import ConfigError
 
     root = tmp_path / "img.ome.zarr"
     _zarr(root / "0", np.stack([IMAGE, IMAGE]))

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import meshes
-from pipeline.geometry import BlockGrid, Box
-from tasks.run import segment
+from emseg.pipeline.outputs import meshes
+from emseg.pipeline.geometry import BlockGrid, Box
+from emseg.tasks.driver.run import segment
 from tests.conftest import blobs, run_config, write_zarr
 
 SHAPE = (40, 48, 56)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from skimage.metrics import adapted_rand_error, variation_of_information
 
-from pipeline.errors import DtypeError
-from pipeline.metrics import Contingency, ShapeMismatchError, evaluate_arrays, scores
+from emseg.pipeline.errors import DtypeError
+from emseg.pipeline.quality.metrics import Contingency, ShapeMismatchError, evaluate_arrays, scores
 
 
 def _random_pair(seed: int, shape=(12, 13, 14), n_seg=9, n_gt=6) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,7 @@ from tests.conftest import blobs, run_config, same_partition, write_zarr
 
 
 def _ctx(tmp_path: Path, grid_voxels: tuple[int, int, int], prompts: bool):
-    from tasks.run import plan
+    from emseg.tasks.driver.run import plan
 
     image = blobs(grid_voxels, sigma=2.0, seed=4)
     write_zarr(tmp_path / "in.zarr", image, chunks=(8, 8, 8))
@@ -24,8 +24,8 @@ def _ctx(tmp_path: Path, grid_voxels: tuple[int, int, int], prompts: bool):
 
 @pytest.mark.parametrize("prompts", [False, True])
 def test_every_task_comes_after_what_it_needs(tmp_path: Path, prompts: bool) -> None:
-    from tasks import graph
-    from tasks.run import _all_items
+    from emseg.tasks.driver import graph
+    from emseg.tasks.driver.run import _all_items
 
     _, ctx = _ctx(tmp_path, (24, 32, 40), prompts)  # 3 x 4 x 5 blocks
     grid = ctx.grid
@@ -46,11 +46,11 @@ def test_every_task_comes_after_what_it_needs(tmp_path: Path, prompts: bool) -> 
 
 
 def test_an_odd_block_gets_its_neighbours_labels_in_the_overlaps(tmp_path: Path) -> None:
-    from pipeline.scratch import Scratch
-    from tasks.stage1_segment import face_key, neighbour_prior, segment_block
+    from emseg.pipeline.io.scratch import Scratch
+    from emseg.tasks.stage1_segment import face_key, neighbour_prior, segment_block
 
     p, ctx = _ctx(tmp_path, (24, 24, 24), prompts=True)
-    from tasks.run import prepare_output
+    from emseg.tasks.driver.run import prepare_output
 
     prepare_output(p, restart=True)
     grid = ctx.grid
@@ -82,8 +82,8 @@ def test_an_odd_block_gets_its_neighbours_labels_in_the_overlaps(tmp_path: Path)
 
 
 def test_a_redone_even_block_redoes_the_odd_blocks_it_prompted(tmp_path: Path) -> None:
-    from pipeline.scratch import Scratch
-    from tasks.run import _todo
+    from emseg.pipeline.io.scratch import Scratch
+    from emseg.tasks.driver.run import _todo
 
     p, ctx = _ctx(tmp_path, (24, 24, 24), prompts=True)
     grid = ctx.grid

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorstore as ts
 
-from pipeline.volume import open_volume
-from tasks.run import segment
+from emseg.pipeline.io.volume import open_volume
+from emseg.tasks.driver.run import segment
 from tests.conftest import blobs, run_config, write_zarr
 
 SHAPE = (40, 36, 44)
@@ -84,8 +84,8 @@ def test_a_multiscale_group_as_input_names_its_scales(ome_run, tmp_path, capsys)
     refused with one line that lists the scales to choose from, with their voxel sizes."""
     import yaml
 
-    from pipeline.errors import VolumeNotFoundError
-    from tasks.cli import main
+    from emseg.pipeline.errors import VolumeNotFoundError
+    from emseg.tasks.cli import main
 
     _, out, version = ome_run
     group = out / "segmentation.ome.zarr"

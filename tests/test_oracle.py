@@ -6,7 +6,7 @@ import cc3d
 import numpy as np
 import pytest
 
-from tasks.run import segment
+from emseg.tasks.driver.run import segment
 from tests.conftest import blobs, read_output, run_config, same_partition, write_zarr
 
 SHAPE = (50, 61, 47)  # divisible by none of the block shapes
@@ -97,7 +97,7 @@ def test_region_of_interest(blob_volume, tmp_path, dask_address):
     crop = img[5:45, 8:56, 3:40]
     assert out.shape == crop.shape
     assert same_partition(out, cc3d.connected_components(crop >= 128, connectivity=26))
-    from pipeline.volume import open_volume
+    from emseg.pipeline.io.volume import open_volume
 
     seg = open_volume(f"precomputed://{tmp_path}/out/segmentation")
     assert seg.offset_zyx == (5, 8, 3) and seg.voxel_size_nm == (8.0, 8.0, 8.0)

@@ -9,9 +9,9 @@ import pytest
 from pydantic import ValidationError
 from scipy import ndimage as ndi
 
-from pipeline.errors import RegionError
-from pipeline.geometry import Box, BlockGrid
-from pipeline.phantom import Phantom, PhantomParams
+from emseg.pipeline.errors import RegionError
+from emseg.pipeline.geometry import Box, BlockGrid
+from emseg.pipeline.quality.phantom import Phantom, PhantomParams
 
 SMALL = PhantomParams(shape_zyx=(40, 48, 44), seed=3)
 

@@ -35,8 +35,8 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 
 def test_plan_command_counts_blocks_and_leaves_the_output_alone(tmp_path: Path, capsys: Any) -> None:
-    from pipeline.geometry import Box, BlockGrid
-    from tasks.cli import main
+    from emseg.pipeline.geometry import Box, BlockGrid
+    from emseg.tasks.cli import main
 
     config, output = _config_file(tmp_path)
     output.mkdir()
@@ -70,9 +70,9 @@ def test_plan_command_counts_blocks_and_leaves_the_output_alone(tmp_path: Path, 
 
 
 def test_estimates_scale_linearly_with_the_volume_shape(tmp_path: Path) -> None:
-    from pipeline import config as config_mod
-    from tasks.estimate import calibrate, estimate
-    from tasks.run import plan
+    from emseg.pipeline import config as config_mod
+    from emseg.tasks.commands.estimate import calibrate, estimate
+    from emseg.tasks.driver.run import plan
 
     config, output = _config_file(tmp_path)
     p = plan(config_mod.load(config))
@@ -105,7 +105,7 @@ def test_estimates_scale_linearly_with_the_volume_shape(tmp_path: Path) -> None:
     (["--workers", "0"], "--workers must be at least 1"),
 ])
 def test_bad_plan_arguments_fail_with_one_line(tmp_path: Path, capsys: Any, args: list[str], message: str) -> None:
-    from tasks.cli import main
+    from emseg.tasks.cli import main
 
     config, output = _config_file(tmp_path)
     assert main(["plan", str(config), "--calibrate", "1", *args]) == 2
@@ -117,7 +117,7 @@ def test_bad_plan_arguments_fail_with_one_line(tmp_path: Path, capsys: Any, args
 def test_estimate_doctests() -> None:
     import doctest
 
-    from tasks import estimate
+    from emseg.tasks.commands import estimate
 
     result = doctest.testmod(estimate)
     assert result.failed == 0 and result.attempted >= 10

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import tensorstore as ts
 
-from pipeline.downsample import Scale, coarser, downsample_image, downsample_labels, pyramid, source_box
-from pipeline.geometry import Box
-from pipeline.volume import create_precomputed
-from tasks.run import segment
+from emseg.pipeline.outputs.downsample import Scale, coarser, downsample_image, downsample_labels, pyramid, source_box
+from emseg.pipeline.geometry import Box
+from emseg.pipeline.io.volume import create_precomputed
+from emseg.tasks.driver.run import segment
 from tests.conftest import blobs, run_config
 
 SHAPE = (37, 44, 51)
@@ -172,7 +172,7 @@ def test_several_scales_per_task_equal_one_scale_per_task(tmp_path):
     """With aligned offsets one task makes two scales from one read; the result equals one scale per task."""
     import dataclasses
 
-    from tasks import stage5_pyramid
+    from emseg.tasks import stage5_pyramid
 
     labels = (blobs((70, 64, 66), sigma=2.0, seed=9) // 16).astype(np.uint64)  # ~16 ids, big regions
     stores = []

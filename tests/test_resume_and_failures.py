@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from tasks.cli import main
-from tasks.run import segment
+from emseg.tasks.cli import main
+from emseg.tasks.driver.run import segment
 from tests.conftest import REPO, blobs, read_output, run_config, write_zarr
 
 
@@ -42,7 +42,7 @@ def test_sigkill_midway_then_resume(tmp_path, dask_address):
     url = write_zarr(tmp_path / "in.zarr", img)
     out = tmp_path / "out"
     cfg = _config_file(tmp_path / "cfg.yaml", url, out)
-    cmd = [sys.executable, "-m", "tasks.cli", "segment", str(cfg), "--no-progress"]
+    cmd = [sys.executable, "-m", "emseg.tasks.cli", "segment", str(cfg), "--no-progress"]
     proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     markers = out / "scratch" / "done" / "1-segment"
     deadline = time.time() + 120
@@ -70,7 +70,7 @@ def test_sigkill_midway_then_resume(tmp_path, dask_address):
 
 
 def test_block_that_always_fails(tmp_path, dask_address, capsys):
-    # 128 voxels along z: the input sample read before any work (tasks.run.check_intensities) covers
+    # 128 voxels along z: the input sample read before any work (emseg.tasks.driver.run.check_intensities) covers
     # z 0..32, 48..80 and 96..128, so a corrupted chunk at z 32..48 is first met by stage 1.
     img = blobs((128, 32, 32), sigma=2.0, seed=4)
     url = write_zarr(tmp_path / "in.zarr", img, chunks=(16, 16, 16))
@@ -111,7 +111,7 @@ def test_two_runs_into_one_output_are_refused(tmp_path, capsys):
     url = write_zarr(tmp_path / "in.zarr", img)
     out = tmp_path / "out"
     cfg = _config_file(tmp_path / "cfg.yaml", url, out)
-    cmd = [sys.executable, "-m", "tasks.cli", "segment", str(cfg), "--no-progress"]
+    cmd = [sys.executable, "-m", "emseg.tasks.cli", "segment", str(cfg), "--no-progress"]
     first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 60
     while not (out / "emseg.lock").exists() and first.poll() is None and time.time() < deadline:

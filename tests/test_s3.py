@@ -11,8 +11,8 @@ import time
 import cc3d
 import pytest
 
-from pipeline.volume import create_zarr, open_volume
-from tasks.run import segment
+from emseg.pipeline.io.volume import create_zarr, open_volume
+from emseg.tasks.driver.run import segment
 from tests.conftest import blobs, run_config, same_partition
 
 KEY_ID, SECRET = "emseg-test-key-id", "emseg-test-secret-never-logged"

@@ -15,12 +15,12 @@ from scipy import ndimage
 torch = pytest.importorskip("torch")
 pytest.importorskip("sam2")
 
-from pipeline.backends.sam2 import Backend, Params  # noqa: E402
-from pipeline.sam2.frames import FrameFeatures  # noqa: E402
-from pipeline.sam2.propagate import propagate_batch  # noqa: E402
-from pipeline.sam2.resolve import Resolver  # noqa: E402
-from pipeline.sam2.stock import stock_propagate  # noqa: E402
-from pipeline.sam2.weights import build_model, get_predictor  # noqa: E402
+from emseg.pipeline.backends.sam2.backend import Backend, Params  # noqa: E402
+from emseg.pipeline.backends.sam2.frames import FrameFeatures  # noqa: E402
+from emseg.pipeline.backends.sam2.propagate import propagate_batch  # noqa: E402
+from emseg.pipeline.backends.sam2.resolve import Resolver  # noqa: E402
+from emseg.pipeline.backends.sam2.stock import stock_propagate  # noqa: E402
+from emseg.pipeline.backends.sam2.weights import build_model, get_predictor  # noqa: E402
 
 SIZE = 256
 
@@ -200,7 +200,7 @@ def test_any_axis_propagates_the_same_way() -> None:
 
 def test_neighbour_labels_become_prompts(image: np.ndarray) -> None:
     """Labels known in the overlap are prompted first (click + mask) and hold their prompt voxel."""
-    from pipeline.sam2.prompts import prior_prompts
+    from emseg.pipeline.backends.sam2.prompts import prior_prompts
 
     prior = np.zeros(image.shape, np.uint64)
     prior[:, :, :6] = np.where(image[:, :, :6] > 128, 7, 0)  # a neighbour's object in the overlap

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from pipeline import backends
-from pipeline.backends.sam2 import Backend, Params
-from pipeline.sam2.prompts import best_uncovered_slice, key_slices, seeds_on_slice
+from emseg.pipeline import backends
+from emseg.pipeline.backends.sam2.backend import Backend, Params
+from emseg.pipeline.backends.sam2.prompts import best_uncovered_slice, key_slices, seeds_on_slice
 
 
 def test_importing_the_backend_imports_neither_torch_nor_sam2() -> None:
     code = (
-        "import sys, pipeline.backends.sam2 as m, pipeline.sam2.prompts, pipeline.sam2.resolve;"
+        "import sys, emseg.pipeline.backends.sam2.backend as m, emseg.pipeline.backends.sam2.prompts, emseg.pipeline.backends.sam2.resolve;"
         "m.Params.model_validate({'checkpoint': 'gs://b/sam2.1_hiera_tiny.pt'});"
         "print(sorted(n for n in ('torch', 'sam2', 'hydra') if n in sys.modules))"
     )
@@ -59,7 +59,7 @@ def test_cpu_runs_fp32_by_default() -> None:
     "name", ["frames", "prompts", "propagate", "resolve", "weights"]
 )
 def test_docstring_examples(name: str) -> None:
-    module = importlib.import_module(f"pipeline.sam2.{name}")
+    module = importlib.import_module(f"emseg.pipeline.backends.sam2.{name}")
     failed, _ = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert failed == 0
 
@@ -93,7 +93,7 @@ def test_uncovered_rounds_pick_the_slice_with_most_free_interior() -> None:
 def test_the_example_config_validates() -> None:
     from pathlib import Path
 
-    from pipeline import config
+    from emseg.pipeline import config
 
     path = Path(__file__).resolve().parents[1] / "configs" / "sam2.yaml"
     cfg = config.load(str(path), [])
@@ -101,7 +101,7 @@ def test_the_example_config_validates() -> None:
 
 
 def test_bad_blocks_are_refused_before_any_model_work() -> None:
-    from pipeline.errors import ConfigError, DtypeError, ShapeMismatchError
+    from emseg.pipeline.errors import ConfigError, DtypeError, ShapeMismatchError
 
     backend = Backend(Params(random_weights=True, device="cpu"))
     with pytest.raises(ConfigError, match="3D blocks"):

@@ -32,10 +32,10 @@ def cells(shape: tuple[int, int, int], count: int, seed: int) -> np.ndarray:
 
 @pytest.mark.parametrize("neighbour_prompts", [False, True], ids=["alone", "neighbour-prompts"])
 def test_emseg_segment_with_the_sam2_backend(tmp_path: Path, neighbour_prompts: bool) -> None:
-    from pipeline.scratch import Scratch
-    from pipeline.sam2.weights import build_model, save_checkpoint
-    from pipeline.volume import create_zarr, open_volume
-    from tasks.cli import main
+    from emseg.pipeline.io.scratch import Scratch
+    from emseg.pipeline.backends.sam2.weights import build_model, save_checkpoint
+    from emseg.pipeline.io.volume import create_zarr, open_volume
+    from emseg.tasks.cli import main
 
     image = cells((12, 64, 64), count=12, seed=3)
     raw = tmp_path / "em.zarr" / "raw"

@@ -14,9 +14,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("sam2")
 
-from pipeline.backends.sam2 import Backend, Params  # noqa: E402
-from pipeline.errors import CheckpointError  # noqa: E402
-from pipeline.sam2 import weights  # noqa: E402
+from emseg.pipeline.backends.sam2.backend import Backend, Params  # noqa: E402
+from emseg.pipeline.errors import CheckpointError  # noqa: E402
+from emseg.pipeline.backends.sam2 import weights  # noqa: E402
 
 SIZE = 128
 

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.scratch import Scratch, TRANSIENT
-from pipeline.seams import pair_centroids
-from tasks.cli import main
-from tasks.run import segment
+from emseg.pipeline.io.scratch import Scratch, TRANSIENT
+from emseg.pipeline.stitching.seams import pair_centroids
+from emseg.tasks.cli import main
+from emseg.tasks.driver.run import segment
 from tests.conftest import REPO, blobs, read_output, run_config, same_partition, write_zarr
 
 SHAPE = (48, 40, 44)
@@ -125,7 +125,7 @@ def test_keep_scratch_keeps_the_faces_and_the_kept_centroids_match_them(volume, 
 
 
 def cfg_grid(cfg):
-    from tasks.run import plan
+    from emseg.tasks.driver.run import plan
 
     return plan(cfg).ctx.grid
 
@@ -138,7 +138,7 @@ def test_kill_in_the_middle_of_stage_2_then_resume(volume, dask_address, tmp_pat
         "input": url, "output": str(out), "backend": {"name": "threshold-cc", "threshold": 128},
         "blocks": {"shape": [8, 8, 8], "halo": [1, 1, 1]}, "write": {"chunk_shape": [8, 8, 8]},
         "cluster": {"workers": 2}, "postprocess": None}))
-    cmd = [sys.executable, "-m", "tasks.cli", "segment", str(cfg), "--no-progress"]
+    cmd = [sys.executable, "-m", "emseg.tasks.cli", "segment", str(cfg), "--no-progress"]
     proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     seams = out / "scratch" / "done" / "2-seams"
     deadline = time.time() + 180

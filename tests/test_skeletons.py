@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.run import segment
+from emseg.tasks.driver.run import segment
 from tests.conftest import read_output, run_config, write_zarr
 
 SHAPE = (48, 48, 64)
@@ -99,8 +99,8 @@ def test_block_pieces_meet_on_the_seam_without_postprocess():
     the pieces is already one tree; kimimaro's postprocess (which also joins close pieces) is not needed."""
     from cloudvolume import Skeleton
 
-    from pipeline.geometry import Box
-    from pipeline.skeletons import skeleton_box, skeletonize_block
+    from emseg.pipeline.geometry import Box
+    from emseg.pipeline.outputs.skeletons import skeleton_box, skeletonize_block
 
     seg = (_tubes() > 0).astype(np.uint64)  # both tubes as one label would merge them: keep the helix only
     z, y, x = np.mgrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]]

@@ -10,10 +10,10 @@ import pytest
 import yaml
 import zarr
 
-from pipeline.boundary import load_model
-from pipeline.geometry import Box
-from pipeline.phantom import Phantom, PhantomParams
-from tasks.cli import main
+from emseg.pipeline.backends.boundary import load_model
+from emseg.pipeline.geometry import Box
+from emseg.pipeline.quality.phantom import Phantom, PhantomParams
+from emseg.tasks.cli import main
 
 SHAPE = (36, 48, 48)
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.geometry import Box
-from pipeline.labels import key
-from pipeline.scratch import Scratch
-from pipeline.unionfind import components, groups, levels
-from tasks import runtime
-from tasks import stage3_unionfind as stage3
-from tasks.context import RunContext
+from emseg.pipeline.geometry import Box
+from emseg.pipeline.stitching.labels import key
+from emseg.pipeline.io.scratch import Scratch
+from emseg.pipeline.stitching.unionfind import components, groups, levels
+from emseg.tasks.driver import runtime
+from emseg.tasks import stage3_unionfind as stage3
+from emseg.tasks.driver.context import RunContext
 
 
 def _context(tmp_path, grid_blocks):

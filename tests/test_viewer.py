@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import neuroglancer
-from pipeline.volume import create_precomputed
-from tasks import view
-from tasks.run import segment
+from emseg.pipeline.outputs import neuroglancer
+from emseg.pipeline.io.volume import create_precomputed
+from emseg.tasks.commands import view
+from emseg.tasks.driver.run import segment
 from tests.conftest import REPO, blobs, run_config
 
 SHAPE = (40, 48, 56)
@@ -41,7 +41,7 @@ def _make_run(root: Path, address: str, fmt: str = "precomputed", voxel=(8, 8, 8
         vol.write(vol.box, img)
         url = f"precomputed://{root / 'image'}"
     else:  # zarr v2, the voxel size (and offset) in .zattrs as emseg reads them
-        from pipeline.volume import create_zarr
+        from emseg.pipeline.io.volume import create_zarr
 
         vol = create_zarr(str(root / "image.zarr"), dtype="uint8", shape_zyx=SHAPE, chunk_zyx=(16, 16, 16),
                           voxel_size_nm=voxel)
@@ -120,7 +120,7 @@ def test_image_transform_names_the_arrays_own_axes(tmp_path, driver):
 def test_one_state_in_run_json_link_and_view(anisotropic_output, capsys):
     """run.json, `emseg link` and `emseg view` show the same state: image with its transform,
     every segment coloured in 2D, the largest selected, a described seam-audit layer."""
-    from tasks.cli import main
+    from emseg.tasks.cli import main
 
     run = json.loads((anisotropic_output / "run.json").read_text())
     stored = run["neuroglancer"]
@@ -179,7 +179,7 @@ def test_data_routes_ranges_and_cors(tmp_path):
 
 
 def test_link_state_has_every_layer(legacy_output, capsys):
-    from tasks.cli import main
+    from emseg.tasks.cli import main
 
     assert main(["link", str(legacy_output)]) == 0
     out = capsys.readouterr()
@@ -194,7 +194,7 @@ def test_link_state_has_every_layer(legacy_output, capsys):
 def test_link_of_a_failed_run_warns_and_fails(legacy_output, tmp_path, capsys):
     import shutil as sh
 
-    from tasks.cli import main
+    from emseg.tasks.cli import main
 
     failed = tmp_path / "failed"
     sh.copytree(legacy_output, failed)
@@ -225,7 +225,7 @@ def test_view_serves_local_sources(legacy_output):
 
 
 def test_seam_audit_annotations(legacy_output):
-    from pipeline.annotations import decode_list
+    from emseg.pipeline.outputs.annotations import decode_list
 
     audit = legacy_output / "seam_audit"
     info = json.loads((audit / "info").read_text())
@@ -239,7 +239,7 @@ def test_seam_audit_annotations(legacy_output):
     related = [p.name for p in (audit / "segments").iterdir()]
     assert related and all(name.isdigit() for name in related)
     # Each point lies on one of its two segments (the voxel under it belongs to a related segment).
-    from pipeline.volume import open_volume
+    from emseg.pipeline.io.volume import open_volume
 
     seg = open_volume(f"precomputed://{legacy_output}/segmentation")
     labels = seg.read(seg.box)
@@ -307,7 +307,7 @@ def image_texture(png: bytes) -> tuple[float, int]:
 
 def _view(output: Path, fmt: str, artifacts: Path, capsys) -> None:
     driver = _browser(output.parent / f"chromium-profile-{fmt}")  # in pytest's tmp dir
-    proc = subprocess.Popen([sys.executable, "-m", "tasks.cli", "view", str(output), "--log-requests"],
+    proc = subprocess.Popen([sys.executable, "-m", "emseg.tasks.cli", "view", str(output), "--log-requests"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
@@ -409,7 +409,7 @@ def test_view_stops_cleanly_on_ctrl_c(legacy_output):
     """Ctrl-C is how `emseg view` is stopped: exit 0, a short line, no traceback, no 'resume' advice."""
     import signal
 
-    proc = subprocess.Popen([sys.executable, "-m", "tasks.cli", "view", str(legacy_output)],
+    proc = subprocess.Popen([sys.executable, "-m", "emseg.tasks.cli", "view", str(legacy_output)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
         first = proc.stdout.readline()  # type: ignore[union-attr]
@@ -437,7 +437,7 @@ def test_view_open_starts_the_browser(legacy_output, tmp_path):
     browser.write_text(f'#!/bin/sh\necho "$1" > {opened}\n')
     browser.chmod(0o755)
     env = {**os.environ, "BROWSER": f"{browser} %s"}
-    proc = subprocess.Popen([sys.executable, "-m", "tasks.cli", "view", str(legacy_output), "--open"],
+    proc = subprocess.Popen([sys.executable, "-m", "emseg.tasks.cli", "view", str(legacy_output), "--open"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
     try:
         url = proc.stdout.readline().split(" ", 1)[1].strip()  # type: ignore[union-attr]

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import tensorstore as ts
 
-from pipeline import urls
-from pipeline.errors import UnsupportedURLError, VolumeNotFoundError
-from pipeline.geometry import Box
-from pipeline.volume import create_precomputed, open_volume
-from tasks.run import segment
+from emseg.pipeline.io import urls
+from emseg.pipeline.errors import UnsupportedURLError, VolumeNotFoundError
+from emseg.pipeline.geometry import Box
+from emseg.pipeline.io.volume import create_precomputed, open_volume
+from emseg.tasks.driver.run import segment
 from tests.conftest import FIB25, blobs, read_output, run_config, write_zarr
 
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from pipeline import backends
-from pipeline.backends.watershed import Backend, Params
-from pipeline.errors import DtypeError
-from pipeline.geometry import Box
-from pipeline.metrics import evaluate_arrays
-from pipeline.phantom import Phantom, PhantomParams
+from emseg.pipeline import backends
+from emseg.pipeline.backends.watershed import Backend, Params
+from emseg.pipeline.errors import DtypeError
+from emseg.pipeline.geometry import Box
+from emseg.pipeline.quality.metrics import evaluate_arrays
+from emseg.pipeline.quality.phantom import Phantom, PhantomParams
 
 FIB25 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fib25_ts2.zarr"
 

@@ -12,15 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import ConfigError, DtypeError
+from emseg.pipeline.errors import ConfigError, DtypeError
 
 _MODULES: dict[str, str] = {
-    "threshold-cc": "pipeline.backends.threshold_cc",
-    "affinities": "pipeline.backends.affinities",
-    "watershed": "pipeline.backends.watershed",
-    "sam2": "pipeline.backends.sam2",
-    "ffn": "pipeline.backends.ffn",
-    "noop": "pipeline.backends.noop",
+    "threshold-cc": "emseg.pipeline.backends.threshold_cc",
+    "affinities": "emseg.pipeline.backends.affinities",
+    "watershed": "emseg.pipeline.backends.watershed",
+    "sam2": "emseg.pipeline.backends.sam2.backend",
+    "ffn": "emseg.pipeline.backends.ffn.backend",
+    "noop": "emseg.pipeline.backends.noop",
 }
 
 

@@ -1,7 +1,7 @@
 """``affinities``: a boundary model predicts affinities; fragments + agglomeration segment them.
 
 This is the field's blockwise method (MALA / LSD; Funke et al. 2019, Sheridan et al. 2023), done the
-way the engine stitches boundary backends (see :mod:`pipeline.agglomeration`)::
+way the engine stitches boundary backends (see :mod:`emseg.pipeline.stitching.agglomeration`)::
 
     image (z, y, x) ─▶ intensities to [0, 1] (dtype range or input_value_range; NaN = no data)
           ─▶ model: affinities (3, z, y, x) on the read box
@@ -29,9 +29,9 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipeline.agglomeration import affinities_from_labels, segment
-from pipeline.backends.base import BackendParams
-from pipeline.errors import ConfigError, DtypeError
+from emseg.pipeline.stitching.agglomeration import affinities_from_labels, segment
+from emseg.pipeline.backends.base import BackendParams
+from emseg.pipeline.errors import ConfigError, DtypeError
 
 _DTYPE_RANGE: dict[str, tuple[float, float]] = {"uint8": (0.0, 255.0), "uint16": (0.0, 65535.0)}
 #: agglomeration thresholds when the config and the model give none: the bundled forest's card
@@ -105,7 +105,7 @@ class Backend:
     @property
     def model(self) -> Any:
         if self._model is None and self.params.model.kind != "labels":
-            from pipeline.boundary import load_model
+            from emseg.pipeline.backends.boundary import load_model
 
             m = self.params.model
             self._model = load_model(m.kind, m.weights, device=m.device, precision=m.precision)
@@ -183,7 +183,7 @@ class Backend:
         return affs, mask
 
     def fragment_options(self) -> dict[str, Any]:
-        """The keyword arguments of :func:`pipeline.agglomeration.fragments` these params ask for."""
+        """The keyword arguments of :func:`emseg.pipeline.stitching.agglomeration.fragments` these params ask for."""
         p = self.params
         method = p.fragments or ("zwatershed" if p.model.kind == "labels" else "watershed")
         return {"method": method, "seed_threshold": p.seed_threshold,

@@ -7,7 +7,7 @@ A backend module exposes two names: ``Params``, a pydantic model of its config k
 rejected), and ``Backend``, a class built from those params. Models are loaded lazily, on the first
 call of :meth:`Backend.segment` in a worker, never at import time.
 
-What the engine guarantees the image a backend gets (stage 1, :mod:`pipeline.intensity`):
+What the engine guarantees the image a backend gets (stage 1, :mod:`emseg.pipeline.io.intensity`):
 
 - No NaN or infinite voxels: they are no data, filled before the call with the backend's
   ``nodata_value()`` (an optional method: the value it takes for "not an object", in its own units)
@@ -20,12 +20,12 @@ What the engine guarantees the image a backend gets (stage 1, :mod:`pipeline.int
 
 Voxel size: a backend whose ``Params`` has a key ``voxel_size_zyx: tuple[float, float, float] | None``
 with default None receives the input's voxel size there (z, y, x, nm), filled in by the engine before
-the run when the config leaves it unset (:func:`pipeline.backends.with_voxel_size`); ``run.json``'s
+the run when the config leaves it unset (:func:`emseg.pipeline.backends.with_voxel_size`); ``run.json``'s
 ``config.backend`` shows the value used. A backend that smooths, measures distances or sizes windows
 should take it, so that anisotropic data (e.g. 40 x 8 x 8 nm) is handled in physical units.
 
 Checks before work: an optional classmethod ``preflight(params)`` raises an
-:class:`~pipeline.errors.EmsegError` for what no worker could get past (a local checkpoint that is
+:class:`~emseg.pipeline.errors.EmsegError` for what no worker could get past (a local checkpoint that is
 not there); the engine calls it while planning, before any task runs.
 """
 
@@ -52,7 +52,7 @@ class Backend(Protocol):
     float_range: ClassVar[tuple[float, float] | None]
     #: the smallest halo (voxels, every axis) for which stitching makes sense
     min_halo: ClassVar[int]
-    #: the stitching rule used when the config gives none (keys of ``pipeline.seams.StitchRule``)
+    #: the stitching rule used when the config gives none (keys of ``emseg.pipeline.stitching.seams.StitchRule``)
     default_stitch: ClassVar[dict[str, Any]]
 
     def __init__(self, params: Any) -> None: ...

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from pipeline.backends.base import BackendParams
+from emseg.pipeline.backends.base import BackendParams
 
 
 class Params(BackendParams):

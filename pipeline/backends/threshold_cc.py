@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal
 import cc3d
 import numpy as np
 
-from pipeline.backends.base import BackendParams
+from emseg.pipeline.backends.base import BackendParams
 
 
 class Params(BackendParams):

@@ -41,8 +41,8 @@ from pydantic import Field, model_validator
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
-from pipeline.backends.base import BackendParams
-from pipeline.errors import ConfigError, DtypeError
+from emseg.pipeline.backends.base import BackendParams
+from emseg.pipeline.errors import ConfigError, DtypeError
 
 _DTYPE_RANGE: dict[str, tuple[float, float]] = {
     "uint8": (0.0, 255.0),

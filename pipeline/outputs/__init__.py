@@ -1,0 +1,1 @@
+"""Viewing outputs: pyramids, meshes, shard files, segment properties, annotations, skeletons, OME-Zarr, the viewer state."""

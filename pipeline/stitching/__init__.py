@@ -1,0 +1,1 @@
+"""Stitching blocks: local labels, seam edges, union-find, fragments and agglomeration."""

@@ -1,0 +1,1 @@
+"""The commands beside `segment`: evaluate, phantom, train, view, estimate, clean, import."""

@@ -1,0 +1,651 @@
+"""``emseg plan CONFIG``: what a run will need and cost, from a calibration on a few of its blocks.
+
+The calibration runs stage 1 (:func:`emseg.tasks.stage1_segment.segment_block`, the configured backend, for
+real) on ``N`` blocks spread over the region of interest, in this process, into a temporary output
+that is deleted afterwards: the configured output is never opened. The first calibration block is
+run once more beforehand, untimed, to warm up (model loading, store opening): that time is reported
+as the per-worker startup. For each block it measures
+
+- the seconds of stage 1 (read the read box, segment, keep labels and faces in scratch);
+- the bytes of its scratch objects (core labels and overlap faces);
+- a stand-in for stage 2, since the neighbouring blocks are not segmented: each forward overlap read
+  twice and matched against itself, the edges stored as stage 2 stores them (its time, and the
+  bytes of the edges);
+- a stand-in for stage 4: the core labels read back, mapped through a lookup table and written with
+  the output's encoding and chunks (its time, and the bytes it stores).
+
+The estimates scale these by what each one is proportional to, for the whole region of interest or
+for a hypothetical volume of ``--volume-shape`` (so that a petascale run can be planned from a small
+sample)::
+
+    stage-1 seconds          per voxel read (core + halo)      ┌─────────────┐
+    scratch labels, output   per core voxel                    │ ┌─────────┐ │ read box = core + halo
+    scratch faces            per overlap-face voxel            │ │  core   │ │ faces   = read box ∩
+    seam seconds, edges      per forward overlap-face voxel    │ └─────────┘ │           neighbour's
+                                                               └─────────────┘
+
+Rates are the ratio of sums over the calibration blocks; the low/high range uses the smallest and
+largest per-block rate. Wall time for ``W`` workers is startup + total task time / min(W, blocks):
+perfect load balance, no stragglers, no time for union-find (one task) — a lower bound to plan with.
+
+This module imports nothing heavy until it runs (the CLI imports it to build its parser).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from emseg.pipeline.errors import ConfigError
+
+if TYPE_CHECKING:
+    from emseg.pipeline.geometry import BlockGrid
+    from emseg.tasks.driver.run import Plan
+
+Vec3 = tuple[int, int, int]
+
+
+# ------------------------------------------------------------------------------------------------
+# which blocks to calibrate on
+
+
+def _radical_inverse(k: int, base: int) -> float:
+    """The van der Corput radical inverse of ``k`` in ``base``.
+
+    >>> [_radical_inverse(k, 2) for k in (1, 2, 3)]
+    [0.5, 0.25, 0.75]
+    """
+    inv, f = 0.0, 1.0 / base
+    while k:
+        k, digit = divmod(k, base)
+        inv += digit * f
+        f /= base
+    return inv
+
+
+def _preferred_range(size: int, block: int, halo: int) -> tuple[int, int]:
+    """Block indices along one axis whose read box is a full core + halo (else whose core is full).
+
+    >>> _preferred_range(100, 10, 2)   # blocks 1..8 have the full halo on both sides
+    (1, 8)
+    >>> _preferred_range(16, 10, 2)    # no such block: those with a full core
+    (0, 0)
+    """
+    n = -(-size // block)
+    lo, hi = -(-halo // block), (size - halo) // block - 1
+    if lo <= hi:
+        return lo, hi
+    full = size // block - 1
+    return 0, max(0, min(full, n - 1))
+
+
+def calibration_blocks(grid: BlockGrid, n: int) -> list[int]:
+    """``n`` block ids spread over the grid (a Halton sequence), interior blocks preferred.
+
+    Deterministic for a given grid. Falls back to the rest of the grid when the preferred blocks are
+    fewer than ``n``; returns every block when the grid has no more than ``n``.
+
+    >>> from emseg.pipeline.geometry import Box, BlockGrid
+    >>> calibration_blocks(BlockGrid(Box((0, 0, 0), (80, 80, 80)), (16, 16, 16), (2, 2, 2)), 3)
+    [61, 42, 82]
+    >>> calibration_blocks(BlockGrid(Box((0, 0, 0), (16, 32, 16)), (16, 16, 16), (2, 2, 2)), 5)
+    [0, 1]
+    """
+    if n <= 0:
+        raise ConfigError(f"--calibrate must be at least 1, got {n}")
+    if grid.num_blocks <= n:
+        return list(range(grid.num_blocks))
+    ranges = [_preferred_range(s, b, h) for s, b, h in zip(grid.roi.shape, grid.block_shape, grid.halo)]
+    chosen: list[int] = []
+    for space in (ranges, [(0, g - 1) for g in grid.grid_shape]):
+        size = math.prod(hi - lo + 1 for lo, hi in space)
+        k = 0
+        while len(chosen) < n and k < 64 * size + 64:
+            k += 1
+            index = [lo + min(hi - lo, int(_radical_inverse(k, base) * (hi - lo + 1)))
+                     for (lo, hi), base in zip(space, (2, 3, 5))]
+            bid = grid.block_id(index)
+            if bid not in chosen:
+                chosen.append(bid)
+    return chosen
+
+
+# ------------------------------------------------------------------------------------------------
+# the geometry of a whole run, computed per axis (a run may have millions of blocks)
+
+
+@dataclass(frozen=True)
+class GridTotals:
+    """Voxel counts summed over every block of a grid."""
+
+    grid_zyx: Vec3
+    blocks: int
+    core_voxels: int
+    read_voxels: int
+    #: voxels of the overlap faces stage 1 stores (each face-adjacent pair twice, once per block)
+    face_voxels: int
+    #: half of it: the forward overlaps that stage 2 matches
+    forward_face_voxels: int
+
+
+def _axis(size: int, block: int, halo: int) -> tuple[list[int], list[int]]:
+    """Read lengths of the blocks along one axis, and the overlaps of consecutive ones.
+
+    >>> _axis(40, 16, 2)
+    ([18, 20, 10], [4, 4])
+    """
+    n = -(-size // block)
+    start = [max(0, i * block - halo) for i in range(n)]
+    stop = [min(size, (i + 1) * block + halo) for i in range(n)]
+    return [b - a for a, b in zip(start, stop)], [stop[i] - start[i + 1] for i in range(n - 1)]
+
+
+def grid_totals(shape: Sequence[int], block: Sequence[int], halo: Sequence[int]) -> GridTotals:
+    """Totals for a region of ``shape`` tiled by ``block`` with ``halo``, without listing blocks.
+
+    A read box is a product of one interval per axis, so sums over blocks factor into per-axis sums.
+
+    >>> t = grid_totals((32, 32, 32), (16, 16, 16), (1, 1, 1))
+    >>> t.blocks, t.core_voxels, t.read_voxels, t.face_voxels
+    (8, 32768, 39304, 13872)
+    """
+    axes = [_axis(int(s), int(b), int(h)) for s, b, h in zip(shape, block, halo)]
+    read_sums = [sum(r) for r, _ in axes]
+    forward = 0
+    for a, (_, overlaps) in enumerate(axes):
+        forward += sum(overlaps) * math.prod(read_sums[j] for j in range(3) if j != a)
+    grid = tuple(len(r) for r, _ in axes)
+    return GridTotals(
+        grid_zyx=grid,  # type: ignore[arg-type]
+        blocks=math.prod(grid),
+        core_voxels=math.prod(int(s) for s in shape),
+        read_voxels=math.prod(read_sums),
+        face_voxels=2 * forward,
+        forward_face_voxels=forward,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# the calibration
+
+
+@dataclass
+class BlockSample:
+    """What one calibration block measured."""
+
+    block: int
+    core_voxels: int
+    read_voxels: int
+    face_voxels: int
+    forward_face_voxels: int
+    segment_seconds: float
+    labels_bytes: int
+    faces_bytes: int
+    seam_seconds: float
+    edges: int
+    edges_bytes: int
+    write_seconds: float
+    output_bytes: int
+
+
+@dataclass
+class Calibration:
+    """The measurements of a calibration run."""
+
+    device: str
+    startup_seconds: float
+    samples: list[BlockSample] = field(default_factory=list)
+
+
+def _device(backend_params: dict[str, Any]) -> str:
+    torch = sys.modules.get("torch")
+    wanted = str(backend_params.get("device", "auto"))
+    if torch is not None and wanted != "cpu" and torch.cuda.is_available():
+        return f"cuda ({torch.cuda.get_device_name(0)})"
+    return f"cpu ({os.cpu_count()} cores)"
+
+
+def _bytes_under(kv: Any, prefix: str, *, skip: Sequence[str] = ()) -> int:
+    """Total size of the objects whose key starts with ``prefix`` (every object for ``""``)."""
+    import tensorstore as ts
+
+    if prefix:
+        keys = kv.list(ts.KvStore.KeyRange(prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1))).result()
+    else:
+        keys = kv.list().result()
+    total = 0
+    for k in keys:
+        if k.decode() in skip:
+            continue
+        got = kv.read(k).result()
+        if got.state == "value":
+            total += len(got.value)
+    return total
+
+
+def _size(kv: Any, key: str) -> int:
+    got = kv.read(key).result()
+    return len(got.value) if got.state == "value" else 0
+
+
+def calibrate(p: Plan, n: int = 3, *, workdir: str | None = None) -> Calibration:
+    """Segment ``n`` blocks of a planned run for real, into a temporary output, and measure them.
+
+    Parameters
+    ----------
+    p
+        A validated run (:func:`emseg.tasks.driver.run.plan`); its output is not touched.
+    n
+        How many blocks (spread over the region of interest, see :func:`calibration_blocks`).
+    workdir
+        Where the temporary output goes (a local directory; the system's temp directory by default).
+        It is removed afterwards.
+    """
+    import dataclasses
+    import shutil
+    import tempfile
+    import uuid
+
+    import numpy as np
+
+    from emseg.pipeline.io import urls
+    from emseg.pipeline.stitching.labels import key
+    from emseg.pipeline.stitching.seams import Edges, match_overlap
+    from emseg.pipeline.io.volume import create_precomputed
+    from emseg.tasks.driver import runtime
+    from emseg.tasks.stage1_segment import face_key, segment_block
+    from emseg.tasks.stage4_relabel import segmentation_spec
+
+    if workdir is not None and not os.path.isdir(workdir):
+        raise ConfigError(f"--calibration-dir {workdir!r} is not a directory; create it or choose another")
+    tmp = tempfile.mkdtemp(prefix="emseg-plan-", dir=workdir)
+    try:
+        out = urls.store_url(tmp)
+        ctx = dataclasses.replace(p.ctx, output=out, segmentation=urls.join(out, "segmentation"),
+                                  run_id=uuid.uuid4().hex)
+        grid = ctx.grid
+        ids = calibration_blocks(grid, n)
+        seg = create_precomputed(
+            ctx.segmentation, layer_type="segmentation", dtype="uint64", shape_zyx=ctx.roi.shape,
+            voxel_size_nm=p.input.voxel_size_nm, chunk_zyx=p.config.write.chunk_shape,
+            encoding=p.config.write.encoding,
+        )
+        del seg
+        writer = runtime.volume(segmentation_spec(ctx), True, ctx.run_id)
+        seg_kv = urls.open_kvstore(ctx.segmentation)
+        scratch = runtime.scratch(ctx.output)
+        rule = ctx.rule
+
+        t0 = time.perf_counter()
+        runtime.backend(ctx.backend_key)
+        segment_block(ctx, ids[0])  # warm-up: model load, store open; not counted per block
+        warm = time.perf_counter() - t0
+
+        cal = Calibration(device="", startup_seconds=0.0)
+        written = _bytes_under(seg_kv, "", skip=("info",))
+        for bid in ids:
+            block = grid.block(bid)
+            info = segment_block(ctx, bid)
+            labels_bytes = _size(scratch.kv, f"labels/{bid}")
+            faces_bytes = _bytes_under(scratch.kv, f"faces/{bid}/")
+            face_voxels = sum((block.read_box & nb.read_box).size for _, _, nb in grid.neighbours(block))
+
+            # stage 2 stand-in: read each forward overlap twice (for its two sides), match it against
+            # itself, store the scored edges as one blob
+            t = time.perf_counter()
+            fwd_voxels, parts = 0, []
+            for axis, nb in grid.forward_neighbours(block):
+                mine = scratch.get_arrays(face_key(bid, axis, +1))["labels"]
+                theirs = scratch.get_arrays(face_key(bid, axis, +1))["labels"]
+                fwd_voxels += mine.size
+                e = match_overlap(mine, theirs, rule)
+                parts.append(Edges(key(bid, e.a), key(nb.id, e.b), e.count, e.iou, e.merge))
+            edges = Edges.concat(parts)
+            scratch.put_arrays(f"edges/{bid}", {"a": edges.a, "b": edges.b, "count": edges.count,
+                                                "iou": edges.iou, "merge": edges.merge})
+            seam_s = time.perf_counter() - t
+            n_edges, edges_bytes = len(edges), _size(scratch.kv, f"edges/{bid}") if parts else 0
+
+            # stage 4 stand-in: read the core labels, map them through a lookup table, write them
+            # with the output's encoding and chunks
+            t = time.perf_counter()
+            core = scratch.get_arrays(f"labels/{bid}")["core"]
+            lut = np.arange(int(core.max(initial=0)) + 1, dtype=np.uint64)
+            writer.write(block.write_box.shift([-s for s in ctx.roi.start]), lut[core])
+            write_s = time.perf_counter() - t
+            now = _bytes_under(seg_kv, "", skip=("info",))
+            out_bytes, written = now - written, now
+
+            cal.samples.append(BlockSample(
+                block=bid, core_voxels=block.write_box.size, read_voxels=block.read_box.size,
+                face_voxels=face_voxels, forward_face_voxels=fwd_voxels,
+                segment_seconds=float(info["seconds"]), labels_bytes=labels_bytes, faces_bytes=faces_bytes,
+                seam_seconds=seam_s, edges=n_edges, edges_bytes=edges_bytes,
+                write_seconds=write_s, output_bytes=out_bytes,
+            ))
+        first = cal.samples[0]
+        cal.startup_seconds = max(0.0, warm - first.segment_seconds)
+        cal.device = _device(ctx.backend_params)
+        return cal
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# the estimate
+
+
+def _rate(samples: list[BlockSample], num: str, den: str) -> tuple[float, float, float]:
+    """(ratio of sums, smallest and largest per-block ratio) of two sample fields."""
+    pairs = [(getattr(s, num), getattr(s, den)) for s in samples if getattr(s, den) > 0]
+    if not pairs:
+        return 0.0, 0.0, 0.0
+    per = [a / b for a, b in pairs]
+    return sum(a for a, _ in pairs) / sum(b for _, b in pairs), min(per), max(per)
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values)}
+
+
+def check_arguments(
+    p: Plan,
+    *,
+    volume_shape: Sequence[int] | None = None,
+    workers: int | None = None,
+    gpus: int | None = None,
+    cost_per_hour: float | None = None,
+) -> None:
+    """Refuse estimate arguments that make no sense, before any calibration work."""
+    from emseg.pipeline.io.sharding import check_alignment
+
+    if volume_shape is not None:
+        if len(volume_shape) != 3 or any(int(s) <= 0 for s in volume_shape):
+            raise ConfigError(f"--volume-shape needs three positive sizes Z Y X, got {list(volume_shape)}")
+        check_alignment(p.config.blocks.shape, p.config.write.chunk_shape, [int(s) for s in volume_shape], "chunk")
+    for name, value in (("--workers", workers), ("--gpus", gpus)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{name} must be at least 1, got {value}")
+    if cost_per_hour is not None and cost_per_hour < 0:
+        raise ConfigError(f"--cost-per-hour must be >= 0, got {cost_per_hour}")
+
+
+def estimate(
+    p: Plan,
+    cal: Calibration,
+    *,
+    volume_shape: Sequence[int] | None = None,
+    workers: int | None = None,
+    gpus: int | None = None,
+    cost_per_hour: float | None = None,
+) -> dict[str, Any]:
+    """Scale a calibration to the whole run (or a hypothetical volume); a JSON-ready dict.
+
+    Parameters
+    ----------
+    p, cal
+        The planned run and its calibration.
+    volume_shape
+        Plan a volume of this shape (z, y, x voxels) instead of the configured region of interest,
+        with the same block shape, halo, backend and data.
+    workers, gpus
+        Wall time and cost for this many workers (default: ``cluster.workers``) and, when given, GPUs
+        (one worker per GPU).
+    cost_per_hour
+        Price of one worker hour (and of one GPU hour) in USD; no cost without it.
+    """
+    check_arguments(p, volume_shape=volume_shape, workers=workers, gpus=gpus, cost_per_hour=cost_per_hour)
+    blocks = p.config.blocks
+    shape = tuple(int(s) for s in volume_shape) if volume_shape is not None else p.ctx.roi.shape
+    workers = workers or p.config.cluster.workers
+    t = grid_totals(shape, blocks.shape, blocks.halo)
+    s = cal.samples
+
+    seg_rate = _rate(s, "segment_seconds", "read_voxels")
+    seam_rate = _rate(s, "seam_seconds", "forward_face_voxels")
+    write_rate = _rate(s, "write_seconds", "core_voxels")
+    labels_rate = _rate(s, "labels_bytes", "core_voxels")[0]
+    faces_rate = _rate(s, "faces_bytes", "face_voxels")[0]
+    edges_rate = _rate(s, "edges_bytes", "forward_face_voxels")[0]
+    nedges_rate = _rate(s, "edges", "forward_face_voxels")[0]
+    out_rate = _rate(s, "output_bytes", "core_voxels")[0]
+
+    def task_seconds(k: int) -> float:
+        return seg_rate[k] * t.read_voxels + seam_rate[k] * t.forward_face_voxels + write_rate[k] * t.core_voxels
+
+    total, low, high = task_seconds(0), task_seconds(1), task_seconds(2)
+    runs = []
+    for unit, count in (("workers", workers), ("gpus", gpus)):
+        if count is None:
+            continue
+        eff = min(count, t.blocks)
+        run: dict[str, Any] = {
+            "unit": unit,
+            "count": count,
+            "wall_seconds": cal.startup_seconds + total / eff,
+            "wall_seconds_low": cal.startup_seconds + low / eff,
+            "wall_seconds_high": cal.startup_seconds + high / eff,
+        }
+        if cost_per_hour is not None:
+            hours = count * run["wall_seconds"] / 3600
+            run["cost_usd"] = hours * cost_per_hour
+            run["cost_usd_low"] = count * run["wall_seconds_low"] / 3600 * cost_per_hour
+            run["cost_usd_high"] = count * run["wall_seconds_high"] / 3600 * cost_per_hour
+        runs.append(run)
+
+    scratch = {
+        "labels": labels_rate * t.core_voxels,
+        "faces": faces_rate * t.face_voxels,
+        "edges": edges_rate * t.forward_face_voxels,
+    }
+    scratch["total"] = sum(scratch.values())  # everything stage 1 and 2 ever write (with keep_scratch)
+    # Each face is deleted by the one seam task that reads it, which runs once its forward
+    # neighbours are segmented: in the streamed order (tasks/driver/graph.py) the faces of about one z-slab
+    # of blocks (plus a row and the blocks in flight) wait at any time.
+    gz, gy, gx = t.grid_zyx
+    pending = min(t.blocks, gy * gx + gx + 1 + workers * p.config.cluster.threads_per_worker)
+    scratch["peak"] = scratch["labels"] + scratch["edges"] + scratch["faces"] * pending / max(t.blocks, 1)
+    # After a complete run only the core labels, the scored edges and the union-find result stay
+    # (pipeline/io/scratch.py); the union-find tables are a few bytes per edge and not counted.
+    scratch["kept"] = scratch["labels"] + scratch["edges"]
+    itemsize = p.input.dtype.itemsize
+    per_block = {
+        "segment": _stats([x.segment_seconds for x in s]),
+        "seams_standin": _stats([x.seam_seconds for x in s]),
+        "write_standin": _stats([x.write_seconds for x in s]),
+    }
+    return {
+        "config": p.config.to_json(),
+        "backend": p.config.backend.name,
+        "device": cal.device,
+        "volume": {
+            "shape_zyx": list(shape),
+            "voxels": t.core_voxels,
+            "hypothetical": volume_shape is not None,
+            "sample_roi_shape_zyx": list(p.ctx.roi.shape),
+            "dtype": p.input.dtype.name,
+            "voxel_size_nm": list(p.input.voxel_size_nm),
+        },
+        "blocks": {"count": t.blocks, "grid_zyx": list(t.grid_zyx), "shape_zyx": list(blocks.shape),
+                   "halo_zyx": list(blocks.halo)},
+        "read": {"voxels": t.read_voxels, "overhead": t.read_voxels / t.core_voxels,
+                 "bytes": t.read_voxels * itemsize},
+        "scratch_bytes": scratch,
+        "candidate_edges": nedges_rate * t.forward_face_voxels,
+        "output_bytes": out_rate * t.core_voxels,
+        "output_encoding": p.config.write.encoding,
+        "seconds_per_block": per_block,
+        "startup_seconds": cal.startup_seconds,
+        "task_seconds": {
+            "segment": seg_rate[0] * t.read_voxels,
+            "seams_standin": seam_rate[0] * t.forward_face_voxels,
+            "write_standin": write_rate[0] * t.core_voxels,
+            "total": total,
+            "low": low,
+            "high": high,
+        },
+        "runs": runs,
+        "cost_per_hour_usd": cost_per_hour,
+        "calibration": {"blocks": [x.block for x in s], "samples": [asdict(x) for x in s]},
+        "not_estimated": [
+            "3-unionfind (its work and memory grow with candidate_edges)",
+            "post-processing (pyramid, meshes, segment properties, seam audit), when configured",
+            "stragglers, retries, and scheduler overhead per task",
+            "queueing for cluster nodes, and image or model download on fresh workers",
+        ],
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# presentation
+
+
+def human_bytes(n: float) -> str:
+    """Decimal units.
+
+    >>> human_bytes(1234), human_bytes(3.2e12)
+    ('1.2 kB', '3.20 TB')
+    """
+    for unit, size in (("PB", 1e15), ("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            v = n / size
+            return f"{v:.2f} {unit}" if unit in ("PB", "TB") else f"{v:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def human_seconds(s: float) -> str:
+    """
+    >>> human_seconds(42.0), human_seconds(5400), human_seconds(9000), human_seconds(3 * 86400)
+    ('42.0 s', '90.0 min', '2.5 h', '3.0 d')
+    """
+    if s < 120:
+        return f"{s:.1f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    if s < 3 * 86400:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} d"
+
+
+def _usd(x: float) -> str:
+    """
+    >>> _usd(0.00123), _usd(12.5), _usd(123456.7)
+    ('$0.0012', '$12.50', '$123,457')
+    """
+    if x < 1:
+        return f"${x:.2g}"
+    return f"${x:,.2f}" if x < 1000 else f"${x:,.0f}"
+
+
+def _voxels(n: float) -> str:
+    for unit, size in (("PVx", 1e15), ("TVx", 1e12), ("GVx", 1e9), ("MVx", 1e6)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.0f} voxels"
+
+
+def format_table(est: dict[str, Any]) -> str:
+    """The estimate as a two-column text table."""
+    v, b, r = est["volume"], est["blocks"], est["read"]
+    sc, ts_, pb = est["scratch_bytes"], est["task_seconds"], est["seconds_per_block"]
+    seg = pb["segment"]
+    n_cal = len(est["calibration"]["blocks"])
+    rows: list[tuple[str, str]] = [
+        ("volume", f"{' x '.join(map(str, v['shape_zyx']))} voxels = {_voxels(v['voxels'])} {v['dtype']}"
+                   + (f" (hypothetical; calibrated on a {' x '.join(map(str, v['sample_roi_shape_zyx']))} sample)"
+                      if v["hypothetical"] else "")),
+        ("blocks", f"{b['count']:,} = {' x '.join(map(str, b['grid_zyx']))} of "
+                   f"{' x '.join(map(str, b['shape_zyx']))} + halo {' x '.join(map(str, b['halo_zyx']))}"),
+        ("voxels read", f"{_voxels(r['voxels'])} incl. halo = {r['overhead']:.3f} x the volume "
+                        f"({human_bytes(r['bytes'])} of {v['dtype']})"),
+        ("scratch", f"peak {human_bytes(sc['peak'])}, kept after the run {human_bytes(sc['kept'])} "
+                    f"({sc['kept'] / max(est['output_bytes'], 1):.0%} of the output; labels "
+                    f"{human_bytes(sc['labels'])}, edges {human_bytes(sc['edges'])}); faces written "
+                    f"{human_bytes(sc['faces'])} in all, deleted as the seams are matched; "
+                    f"~{est['candidate_edges']:,.0f} candidate edges"),
+        ("output", f"{human_bytes(est['output_bytes'])} ({est['output_encoding']})"),
+        ("seconds per block", f"{seg['mean']:.2f} +- {seg['sd']:.2f} (min {seg['min']:.2f}, max {seg['max']:.2f}) "
+                              f"stage 1 on {n_cal} block{'' if n_cal == 1 else 's'}, {est['device']}"),
+        ("", f"+ {pb['seams_standin']['mean']:.3f} seams, + {pb['write_standin']['mean']:.3f} relabel/write "
+             "(stand-ins)"),
+        ("startup per worker", f"{est['startup_seconds']:.1f} s"),
+        ("task time", f"{human_seconds(ts_['total'])} = {ts_['total'] / 3600:,.2f} worker-hours "
+                      f"({human_seconds(ts_['low'])} .. {human_seconds(ts_['high'])}); "
+                      f"stage 1 is {ts_['segment'] / max(ts_['total'], 1e-12):.0%}"),
+    ]
+    for run in est["runs"]:
+        unit = "worker" if run["unit"] == "workers" else "GPU"
+        label = f"wall, {run['count']} {unit}{'s' if run['count'] != 1 else ''}"
+        text = (f"{human_seconds(run['wall_seconds'])} ({human_seconds(run['wall_seconds_low'])} .. "
+                f"{human_seconds(run['wall_seconds_high'])})")
+        if "cost_usd" in run:
+            text += (f", {_usd(run['cost_usd'])} at ${est['cost_per_hour_usd']:g}/{unit}-hour "
+                     f"({_usd(run['cost_usd_low'])} .. {_usd(run['cost_usd_high'])})")
+        rows.append((label, text))
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k:<{width}}  {t}" for k, t in rows]
+    lines.append("not estimated: " + "; ".join(est["not_estimated"]))
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``emseg plan``."""
+    parser.add_argument("config", help="YAML run configuration (see configs/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set blocks.shape=[64,64,64] (repeatable)")
+    parser.add_argument("--calibrate", type=int, default=3, metavar="N",
+                        help="segment N blocks spread over the region of interest to measure (default 3)")
+    parser.add_argument("--workers", type=int, metavar="W", help="wall time for W workers (default cluster.workers)")
+    parser.add_argument("--gpus", type=int, metavar="G", help="also the wall time for G GPUs (one worker each)")
+    parser.add_argument("--cost-per-hour", type=float, metavar="USD", help="price of one worker or GPU hour")
+    parser.add_argument("--volume-shape", type=int, nargs=3, metavar=("Z", "Y", "X"),
+                        help="plan a hypothetical volume of this shape instead of the region of interest")
+    parser.add_argument("--json", metavar="PATH", help="also write the estimate as JSON to PATH")
+    parser.add_argument("--calibration-dir", metavar="DIR",
+                        help="local directory for the temporary calibration output (default: system temp)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``emseg plan``: calibrate, estimate, print the table, optionally write JSON."""
+    import logging
+
+    from emseg.pipeline import config as config_mod
+    from emseg.tasks.driver.run import plan
+
+    log = logging.getLogger("emseg")
+    if args.calibrate < 1:
+        raise ConfigError(f"--calibrate must be at least 1, got {args.calibrate}")
+    cfg = config_mod.load(args.config, args.overrides)
+    p = plan(cfg)
+    check_arguments(p, volume_shape=args.volume_shape, workers=args.workers, gpus=args.gpus,
+                    cost_per_hour=args.cost_per_hour)
+    n = min(args.calibrate, p.ctx.grid.num_blocks)
+    log.info("plan: calibrating on %d of %d block%s with backend %s (in this process, temporary output)",
+             n, p.ctx.grid.num_blocks, "" if p.ctx.grid.num_blocks == 1 else "s", cfg.backend.name)
+    cal = calibrate(p, n, workdir=args.calibration_dir)
+    est = estimate(p, cal, volume_shape=args.volume_shape, workers=args.workers, gpus=args.gpus,
+                   cost_per_hour=args.cost_per_hour)
+    est["config_path"] = os.fspath(args.config)
+    if args.gpus and not cal.device.startswith("cuda"):
+        log.warning("plan: the calibration ran on %s, so the GPU wall time assumes GPUs as fast as it; "
+                    "run emseg plan on a GPU machine for GPU timings", cal.device)
+    print(format_table(est))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(est, f, indent=2)
+        print(f"estimate written to {args.json}")
+    return 0

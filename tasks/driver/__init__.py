@@ -1,0 +1,1 @@
+"""The driver: plan and run, the task engine, the cluster, the report, worker caches."""

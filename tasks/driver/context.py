@@ -1,0 +1,54 @@
+"""What every task of a run receives: small, serialisable facts (no open stores, no models)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from emseg.pipeline.geometry import Box, BlockGrid
+from emseg.pipeline.stitching.seams import StitchRule
+
+
+@dataclass(frozen=True)
+class RunContext:
+    input_spec: dict[str, Any]  # tensorstore spec of the input volume
+    output: str  # store URL of the output directory
+    segmentation: str  # store URL of the precomputed segmentation layer
+    roi: Box  # region of interest, zero-origin input voxels; the output covers exactly this box
+    block_shape: tuple[int, int, int]
+    halo: tuple[int, int, int]
+    backend_name: str
+    backend_params: dict[str, Any] = field(hash=False)
+    stitch: dict[str, Any] = field(hash=False)
+    #: odd blocks (checkerboard) take their face neighbours' labels in the overlap as prompts
+    neighbour_prompts: bool = False
+    #: keep every scratch object after use (postprocess and a complete run prune them otherwise)
+    keep_scratch: bool = False
+    #: distinguishes runs, so that worker caches never hand a store opened by an earlier run
+    run_id: str = ""
+    #: boundary backends (affinities): fragments + scored edges; ``threshold`` is the agglomeration
+    #: threshold (edges with score <= threshold merge); None for instance backends
+    boundary: bool = False
+    threshold: float | None = None
+    #: boundary backends: one agglomeration of the whole region graph (stage 3's first task) rather
+    #: than one per block with its face neighbours as context (stage 2)
+    global_agglomeration: bool = False
+    #: input intensities mapped to 0..1 before the backend (config ``input_value_range``); None = as read
+    value_range: tuple[float, float] | None = None
+
+    @property
+    def grid(self) -> BlockGrid:
+        return BlockGrid(self.roi, self.block_shape, self.halo)
+
+    @property
+    def rule(self) -> StitchRule:
+        return StitchRule(**self.stitch)
+
+    @property
+    def input_key(self) -> str:
+        return json.dumps(self.input_spec, sort_keys=True)
+
+    @property
+    def backend_key(self) -> str:
+        return json.dumps({"name": self.backend_name, **self.backend_params}, sort_keys=True)

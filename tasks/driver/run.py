@@ -1,0 +1,526 @@
+"""The driver of a run: validate, build one Dask graph of the four stages, execute, report.
+
+Stages, in order (the same numbers in file names and on the CLI)::
+
+    1-segment    per block     tasks/stage1_segment.py
+    2-seams      per block     tasks/stage2_seams.py      (after its own and its forward neighbours' stage 1)
+    3-unionfind  once          tasks/stage3_unionfind.py  (after every stage 2)
+    4-relabel    per block     tasks/stage4_relabel.py    (after stage 3)
+
+Tasks talk through the scratch area, so a rerun skips what has a done-marker (resume); whatever
+depends on redone work is redone too. ``restart=True`` wipes the output first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import sys
+import uuid
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import tensorstore as ts
+
+from emseg.pipeline import backends
+
+from emseg.pipeline.io import urls
+from emseg.pipeline.config import Config
+from emseg.pipeline.errors import BlocksFailedError, ConfigError, OutputExistsError, RegionError
+from emseg.pipeline.geometry import Box, BlockGrid
+from emseg.pipeline.io.lock import OutputLock
+from emseg.pipeline.io.scratch import STAGES, Scratch
+from emseg.pipeline.io.sharding import check_alignment, choose_bits, shard_shape
+from emseg.pipeline.io.volume import Volume, create_precomputed, open_volume, read_error, sharding_spec, spec_for
+from emseg.tasks.driver import report as report_mod
+from emseg.tasks.driver.context import RunContext
+from emseg.tasks.driver import graph
+from emseg.tasks import stage3_unionfind as stage3
+from emseg.tasks.stage3_unionfind import items as unionfind_items
+
+log = logging.getLogger("emseg")
+
+
+@dataclass
+class Plan:
+    """A validated run: its context and the facts the report needs."""
+
+    config: Config
+    ctx: RunContext
+    input: Volume
+    sharding: dict[str, Any] | None
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+
+def region(config: Config, vol: Volume) -> Box:
+    """The region of interest in zero-origin input voxels (the whole volume by default)."""
+    if config.roi is None:
+        return vol.box
+    r = config.roi
+    scale = vol.voxel_size_nm if r.units == "nm" else (1.0, 1.0, 1.0)
+    start = [math.floor(s / k) - o for s, k, o in zip(r.start, scale, vol.offset_zyx)]
+    stop = [math.ceil(s / k) - o for s, k, o in zip(r.stop, scale, vol.offset_zyx)]
+    box = Box(start, stop)
+    if box.empty:
+        raise RegionError(f"roi {r.start}..{r.stop} ({r.units}) is empty; stop must exceed start on every axis")
+    if not vol.box.contains(box):
+        lo = list(vol.offset_zyx)
+        hi = [o + s for o, s in zip(vol.offset_zyx, vol.shape_zyx)]
+        raise RegionError(
+            f"roi {list(r.start)}..{list(r.stop)} ({r.units}) lies outside the input, which spans voxels "
+            f"{lo}..{hi} (z, y, x, offset included); shrink the roi"
+        )
+    return box
+
+
+def check_hands_off(config: Config) -> None:
+    """Refuse an output that is the input, lies inside it, or holds it: emseg never writes into its input.
+
+    Raises :class:`~emseg.pipeline.errors.ConfigError` (before anything is written); a ``--restart`` would
+    otherwise delete the input, and resume markers would land among the user's files.
+    """
+    src = urls.source_store(config.input)
+    if src is None:
+        return
+    out = urls.store_url(config.output)
+    how = urls.overlaps(src, out)
+    if how is None and urls.overlaps(urls.container(src), out) in ("same", "b in a"):
+        raise ConfigError(f"output {config.output!r} lies inside {urls.container(src)}, the container of the input; "
+                          "emseg never writes into its input — choose an output outside it")
+    if how == "same":
+        raise ConfigError(f"output {config.output!r} is the input itself; emseg never writes into its input — "
+                          "choose another output directory")
+    if how == "b in a":
+        raise ConfigError(f"output {config.output!r} lies inside the input {src}; emseg never writes into its "
+                          "input — choose an output outside it")
+    if how == "a in b":
+        raise ConfigError(f"the input {src} lies inside the output {config.output!r}, which emseg writes and "
+                          "--restart clears — choose an output that does not contain the input")
+
+
+#: label keys are ``block_id << 32 | local_id`` in a uint64 with bit 63 reserved: block ids stay below 2^31
+MAX_BLOCKS = 1 << 31
+
+
+def plan(config: Config) -> Plan:
+    """Validate everything that can be checked before any work, and describe the run."""
+    check_hands_off(config)
+    check_output_location(config.output)
+    if config.phantom is not None:
+        from emseg.tasks.commands.phantom import ensure_phantom
+
+        ensure_phantom(config)
+    vol = open_volume(config.input)
+    config = resolve_voxel_size(config, vol)
+    # With input_value_range, stage 1 hands the backend float32 whatever the input's dtype.
+    backends.check_input_dtype(config.backend.name, "float32" if config.input_value_range else vol.dtype)
+    backends.preflight(config.backend.name, config.backend.params)
+    roi = region(config, vol)
+    blocks = config.blocks
+    grid = BlockGrid(roi, blocks.shape, blocks.halo)
+    check_grid_size(grid)
+    min_halo = backends.module(config.backend.name).Backend.min_halo
+    for axis, (g, h) in enumerate(zip(grid.grid_shape, blocks.halo)):
+        if g > 1 and h < min_halo:
+            raise ConfigError(
+                f"blocks.halo {list(blocks.halo)} is too small along {'zyx'[axis]}: neighbouring blocks must "
+                f"overlap for stitching; backend {config.backend.name!r} needs a halo of at least {min_halo}"
+            )
+    boundary = backends.is_boundary(config.backend.name)
+    threshold = None
+    if boundary:
+        threshold = _check_boundary(config, vol, grid)
+    write = config.write
+    check_alignment(blocks.shape, write.chunk_shape, roi.shape, "chunk")
+    sharding = None
+    if write.sharded:
+        chunk_grid = [-(-s // c) for s, c in zip(roi.shape, write.chunk_shape)]
+        block_chunks = [b // c for b, c in zip(blocks.shape, write.chunk_shape)]
+        bits = write.sharding_bits or choose_bits(chunk_grid, block_chunks)
+        shard = shard_shape(chunk_grid, write.chunk_shape, bits[0], bits[1])
+        check_alignment(blocks.shape, shard, roi.shape, "shard")
+        sharding = sharding_spec(*bits)
+    input_spec = spec_for(config.input)
+    if not config.fill_missing:  # a tensorstore spec that says otherwise itself is followed
+        input_spec.setdefault("fill_missing_data_reads", False)
+    check_intensities(config, vol, input_spec, roi)
+    if config.evaluate is not None:
+        from emseg.tasks.commands.evaluate import check_groundtruth
+
+        check_groundtruth(config.evaluate.groundtruth, vol, roi, resample=config.evaluate.resample)
+    out = urls.store_url(config.output)
+    ctx = RunContext(
+        input_spec=input_spec,
+        output=out,
+        segmentation=urls.join(out, "segmentation"),
+        roi=roi,
+        block_shape=blocks.shape,
+        halo=blocks.halo,
+        backend_name=config.backend.name,
+        backend_params=config.backend.params.model_dump(mode="json"),
+        stitch=config.stitch_rule().model_dump(),
+        neighbour_prompts=bool(getattr(config.backend.params, "neighbour_prompts", False)),
+        boundary=boundary,
+        threshold=threshold,
+        global_agglomeration=boundary and _global_agglomeration(config, roi),
+        keep_scratch=config.keep_scratch,
+        value_range=config.input_value_range,
+    )
+    data = config.to_json()
+    fingerprint = {k: data[k] for k in ("input", "roi", "blocks", "backend", "write")}
+    fingerprint["stitch"] = ctx.stitch
+    if ctx.boundary:  # stage 2 scores edges itself only when blockwise
+        fingerprint["global_agglomeration"] = ctx.global_agglomeration
+    return Plan(config, ctx, vol, sharding, fingerprint)
+
+
+def _check_boundary(config: Config, vol: Volume, grid: BlockGrid) -> float:
+    """A boundary backend's checks before any work; returns the agglomeration threshold.
+
+    The halo must cover the model's context plus one voxel (the affinity to the voxel before the
+    write box), or the affinities in a block's core would depend on where the block was cut.
+    """
+    backend = backends.create(config.backend.name, config.backend.params)
+    backend.check_input(vol.dtype)
+    need = [c + 1 for c in backend.context_zyx]
+    halo = config.blocks.halo
+    short = [axis for axis in range(3) if grid.grid_shape[axis] > 1 and halo[axis] < need[axis]]
+    if short:
+        fix = [max(h, n) if grid.grid_shape[a] > 1 else h for a, (h, n) in enumerate(zip(halo, need))]
+        raise ConfigError(
+            f"blocks.halo {list(halo)} is smaller than the {config.backend.params.model.kind} model's context "
+            f"{list(backend.context_zyx)} + 1 along {', '.join('zyx'[a] for a in short)}: blocks would see "
+            f"different affinities depending on where they were cut; set blocks.halo to {fix} or more"
+        )
+    t = config.agglomeration.threshold
+    return float(backend.default_threshold if t is None else t)
+
+
+def check_output_location(output: str) -> None:
+    """Refuse an output that cannot be a directory (a local path that is an existing file)."""
+    path = urls.local_path(urls.store_url(output))
+    if path is None:
+        return
+    probe = os.path.abspath(path)
+    while probe and not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if os.path.exists(probe) and not os.path.isdir(probe):
+        what = "is" if probe == os.path.abspath(path) else f"lies under {probe!r}, which is"
+        raise ConfigError(f"the output {output!r} {what} a file, not a directory; choose another output")
+
+
+def resolve_voxel_size(config: Config, vol: Volume) -> Config:
+    """Settle the input's voxel size (metadata or ``input_voxel_size_nm``) and give it to the backend.
+
+    Refuses an input whose metadata gives no voxel size when the config does not set one, and a config
+    value that contradicts the metadata. Returns the config with the backend's ``voxel_size_zyx``
+    filled in (when it has that key and it is unset).
+    """
+    given = config.input_voxel_size_nm
+    if vol.voxel_size_source is None:
+        if given is None:
+            raise ConfigError(
+                f"the input {vol.source} has no voxel size in its metadata (precomputed resolution, NGFF "
+                "coordinateTransformations, or attributes resolution_nm / resolution / voxel_size / "
+                "pixelResolution); set input_voxel_size_nm: [z, y, x] (nm), e.g. --set input_voxel_size_nm=[40,8,8]"
+            )
+        vol.voxel_size_nm = tuple(float(v) for v in given)  # type: ignore[assignment]
+        vol.voxel_size_source = "config input_voxel_size_nm"
+    elif given is not None and not np.allclose(given, vol.voxel_size_nm, rtol=1e-6):
+        raise ConfigError(
+            f"input_voxel_size_nm {list(given)} disagrees with the input's {vol.voxel_size_source} "
+            f"({list(vol.voxel_size_nm)} nm, z, y, x); remove input_voxel_size_nm or correct the metadata"
+        )
+    params = backends.with_voxel_size(config.backend.params, vol.voxel_size_nm)
+    if params is not config.backend.params:
+        config = config.model_copy(update={"backend": config.backend.model_copy(update={"params": params})})
+    return config
+
+
+def check_grid_size(grid: BlockGrid) -> None:
+    """Refuse a grid whose block ids would not fit the label keys (``block_id << 32 | local_id``)."""
+    if grid.num_blocks < MAX_BLOCKS:
+        return
+    shape = list(grid.block_shape)
+    while math.prod(-(-s // b) for s, b in zip(grid.roi.shape, shape)) >= MAX_BLOCKS:
+        axis = int(np.argmin(shape))
+        shape[axis] *= 2
+    raise ConfigError(
+        f"the region needs {grid.num_blocks} blocks of {list(grid.block_shape)}, but label keys hold block ids "
+        f"below 2^31 (block_id << 32 | local_id); use larger blocks, e.g. blocks.shape={shape}, or split the "
+        "region into several runs with roi"
+    )
+
+
+def check_intensities(config: Config, vol: Volume, input_spec: dict[str, Any], roi: Box) -> None:
+    """Sample the input before any work: missing chunks (unless ``fill_missing``) and a float range the backend cannot take."""
+    from emseg.pipeline.io import intensity
+
+    name = config.backend.name
+    own_range = getattr(config.backend.params, "value_range", None)
+    if config.input_value_range is not None and own_range is not None:
+        raise ConfigError(
+            f"both input_value_range {list(config.input_value_range)} and backend.value_range {list(own_range)} "
+            "are set; the image would be mapped twice: keep one"
+        )
+    checked = vol.dtype.kind == "f" and config.input_value_range is None and own_range is None
+    sample_vol = open_volume(input_spec) if not config.fill_missing else vol
+    values = []
+    for start, stop in intensity.sample_boxes(roi.shape):
+        box = Box([a + o for a, o in zip(start, roi.start)], [b + o for b, o in zip(stop, roi.start)])
+        try:
+            values.append(sample_vol.read(box).ravel())
+        except ValueError as exc:
+            raise read_error(vol.source, exc) from None
+    if checked:
+        intensity.check_range(np.concatenate(values), vol.dtype, name, backends.float_range(name))
+
+
+def _global_agglomeration(config: Config, roi: Box) -> bool:
+    a = config.agglomeration
+    return a.scope == "global" or (a.scope == "auto" and roi.size <= a.global_max_voxels)
+
+
+def _delete_prefix(store: str) -> None:
+    kv = urls.open_kvstore(store)
+    kv.delete_range(ts.KvStore.KeyRange()).result()
+
+
+def prepare_output(p: Plan, *, restart: bool) -> Scratch:
+    """Create (or reopen for resume) the output; refuse to mix two different runs."""
+    ctx = p.ctx
+    scratch = Scratch(ctx.output)
+    if restart:
+        log.info("--restart: removing the previous segmentation and scratch data in %s", ctx.output)
+        _delete_prefix(ctx.segmentation)
+        _delete_prefix(urls.join(ctx.output, "image"))  # the image pyramid (postprocess.image_pyramid)
+        scratch.clear()
+        report_mod.remove(ctx.output)
+    previous = scratch.fingerprint()
+    if previous is not None and previous != p.fingerprint:
+        changed = sorted(k for k in set(previous) | set(p.fingerprint) if previous.get(k) != p.fingerprint.get(k))
+        raise OutputExistsError(
+            f"the output {ctx.output} holds a run with a different config (changed: {', '.join(changed)}); "
+            "rerun with --restart to overwrite it, or choose another output"
+        )
+    create_precomputed(
+        ctx.segmentation,
+        layer_type="segmentation",
+        dtype="uint64",
+        shape_zyx=ctx.roi.shape,
+        voxel_size_nm=p.input.voxel_size_nm,
+        offset_zyx=[o + s for o, s in zip(p.input.offset_zyx, ctx.roi.start)],
+        chunk_zyx=p.config.write.chunk_shape,
+        encoding=p.config.write.encoding,
+        sharding=p.sharding,
+    )
+    scratch.set_fingerprint(p.fingerprint)
+    return scratch
+
+
+def _todo(scratch: Scratch, grid: BlockGrid, neighbour_prompts: bool = False,
+          threshold: float | None = None, boundary: bool = False,
+          global_agglomeration: bool = False) -> dict[str, list[int | str]]:
+    """What must run, given the done-markers; the dependants of redone work are redone too.
+
+    With ``neighbour_prompts``, an odd block whose (even) face neighbour is redone is redone too,
+    since it took its prompts from that neighbour's labels. With a boundary backend's agglomeration
+    ``threshold``, union-find and relabel are redone when the finished union-find used another one;
+    and since a boundary seam task reads its backward neighbours too, their redone blocks redo it.
+    """
+    n = grid.num_blocks
+    done = {s: scratch.done_items(s) for s in STAGES}
+
+    def finished(stage: str) -> np.ndarray:
+        mask = np.zeros(n, bool)
+        ids = [int(i) for i in done[stage] if i.isdigit() and int(i) < n]
+        mask[ids] = True
+        return mask
+
+    redo_seg = ~finished("1-segment")
+    fwd = grid.forward_ids()
+    if neighbour_prompts:
+        nbs = np.concatenate([fwd, grid.backward_ids()], axis=1)
+        prompted_by_redo = (redo_seg[np.maximum(nbs, 0)] & (nbs >= 0)).any(axis=1)
+        redo_seg |= grid.odd() & prompted_by_redo
+    redo_nb = np.zeros(n, bool)
+    readers = np.concatenate([fwd, grid.backward_ids()], axis=1) if boundary else fwd
+    for axis in range(readers.shape[1]):
+        has = readers[:, axis] >= 0
+        redo_nb[has] |= redo_seg[readers[has, axis]]
+    redo_seams = ~finished("2-seams") | redo_seg | redo_nb
+    uf_items = unionfind_items(grid.grid_shape, global_agglomeration)
+    stale = threshold is not None and (scratch.done_info("3-unionfind", "finish") or {}).get("threshold") != threshold
+    uf: list[int | str] = (list(uf_items) if stale or redo_seams.any() or not set(uf_items) <= done["3-unionfind"]
+                           else [])
+    redo_relabel = np.ones(n, bool) if uf else ~finished("4-relabel")
+    return {
+        "1-segment": np.flatnonzero(redo_seg).tolist(),
+        "2-seams": np.flatnonzero(redo_seams).tolist(),
+        "3-unionfind": uf,
+        "4-relabel": np.flatnonzero(redo_relabel).tolist(),
+    }
+
+
+def _all_items(grid: BlockGrid, global_agglomeration: bool = False) -> dict[str, list[Any]]:
+    ids = list(range(grid.num_blocks))
+    return {"1-segment": ids, "2-seams": ids,
+            "3-unionfind": list(unionfind_items(grid.grid_shape, global_agglomeration)), "4-relabel": ids}
+
+
+def execute(p: Plan, *, restart: bool = False, stages: Sequence[str] = STAGES, progress: bool = True) -> dict[str, Any]:
+    """Run the stages of a planned run on its Dask cluster and write ``run.json``.
+
+    The output is locked for the whole run: a second run into it is refused, not interleaved.
+    """
+    with OutputLock(p.ctx.output):
+        return _execute(p, restart=restart, stages=stages, progress=progress)
+
+
+def _execute(p: Plan, *, restart: bool, stages: Sequence[str], progress: bool) -> dict[str, Any]:
+    from emseg.tasks.driver.cluster import connect
+
+    t_start = time.time()
+    p.ctx = ctx = dataclasses.replace(p.ctx, run_id=uuid.uuid4().hex)
+    grid = ctx.grid
+    scratch = prepare_output(p, restart=restart)
+    for stage in stages:
+        for earlier in STAGES[: STAGES.index(stage)]:
+            if earlier not in stages and _incomplete(scratch, earlier, grid, ctx.global_agglomeration):
+                raise ConfigError(
+                    f"stage {stage} needs stage {earlier} to be complete first; run `emseg stage {earlier}` before it"
+                )
+    todo = _todo(scratch, grid, ctx.neighbour_prompts, ctx.threshold, ctx.boundary, ctx.global_agglomeration)
+    # Invalidate the markers of everything that is to be redone (now or by a later stage command)
+    # before anything runs, so that a kill at any point leaves consistent markers.
+    scratch.clear_done("2-seams", todo["2-seams"])
+    if todo["3-unionfind"]:
+        scratch.clear_done("3-unionfind")
+        scratch.clear_done("4-relabel")
+    totals = {stage: len(items) for stage, items in _all_items(grid, ctx.global_agglomeration).items()}
+    for stage in STAGES:
+        if stage not in stages:
+            todo[stage] = []
+            continue
+        skipped = totals[stage] - len(todo[stage])
+        if skipped:
+            log.info("resume: %s skips %d of %d %s already done", stage, skipped, totals[stage],
+                     "tasks" if stage == "3-unionfind" else "blocks")
+
+    previous = report_mod.read(ctx.output)
+    if not any(todo.values()) and previous is not None and previous.get("status") == "complete" \
+            and list(stages) == list(STAGES) \
+            and (previous.get("config") or {}).get("postprocess") == p.config.to_json().get("postprocess"):
+        # Nothing to do: the finished run's report stands; the rerun is recorded beside it, not over it.
+        log.info("resume: every task is done already; run.json keeps the finished run's report")
+        return report_mod.record_rerun(ctx.output, previous, started=t_start)
+
+    retries = p.config.retries
+    with connect(p.config.cluster) as client:
+        bar = _progress(sum(len(v) for v in todo.values()), enabled=progress)
+
+        def done(task: graph.Task) -> None:
+            bar.update(1)
+            bar.set_postfix_str(f"{task.stage} {task.item}", refresh=False)
+
+        window = max(1000, 50 * p.config.cluster.workers * p.config.cluster.threads_per_worker)
+        stream = graph.Streamer(client, run_id=ctx.run_id, retries=retries, window=window, on_done=done)
+        for task in graph.streaming_tasks(ctx, todo):
+            stream.submit(task)
+        token: str | None = None
+        if todo["3-unionfind"]:
+            for task in graph.resolving_tasks(ctx):
+                stream.submit(task)
+            stream.barrier()
+            ups_ok = not stream.failed
+            if ups_ok:
+                stream.submit(graph.Task("3-unionfind", "finish", stage3.finish, (ctx,)))
+                stream.barrier()
+                token = (stream.kept.get(("3-unionfind", "finish")) or {}).get("token")
+        else:
+            stream.barrier()
+            if todo["4-relabel"]:
+                token = (scratch.done_info("3-unionfind", "finish") or {}).get("token")
+        if todo["4-relabel"] and token is not None and not stream.failed:
+            for task in graph.relabel_tasks(ctx, [int(i) for i in todo["4-relabel"]], token):
+                stream.submit(task)
+        stream.barrier()
+        bar.close()
+        failures = [{"stage": stage, "block": item, "error": error} for (stage, item), error in stream.failed.items()]
+        post = None
+        if not failures and list(stages) == list(STAGES) and p.config.postprocess is not None:
+            from emseg.tasks.driver.postprocess import postprocess  # stages 5-8: pyramid, meshes, properties, seam audit
+
+            post = postprocess(client, p, progress=progress)
+            failures.extend(post["failures"])
+        versions = report_mod.versions(client)
+
+    # The union-find result of this run, or (when only relabelling was redone) of the run it resumes.
+    finish = stream.kept.get(("3-unionfind", "finish")) or scratch.done_info("3-unionfind", "finish") or {}
+    results = {"stats": stream.results, "wall": stream.wall, "finish": finish}
+    run = report_mod.build(p, todo, totals, results, failures, started=t_start, versions=versions, post=post)
+    if not failures and list(stages) == list(STAGES):
+        run["scratch"] = _scratch_lifecycle(p, scratch)
+    report_mod.write(ctx.output, run)
+    real = [f for f in failures if not f["error"].startswith("skipped")]
+    if real:
+        groups: dict[tuple[str, str], list[Any]] = {}
+        for f in real:
+            groups.setdefault((f["stage"], f["error"]), []).append(f["block"])
+        parts = [
+            f"{'block' if len(items) == 1 else 'blocks'} {_ids(items)} in {stage}: {error}"
+            for (stage, error), items in list(groups.items())[:3]
+        ]
+        more = f" (and {len(groups) - 3} more errors)" if len(groups) > 3 else ""
+        raise BlocksFailedError(
+            f"{len(real)} task(s) failed after {retries + 1} attempts: {'; '.join(parts)}{more}. The output is "
+            "incomplete (run.json status 'failed', failures listed there); fix the cause and rerun the same "
+            "command to resume"
+        )
+    return run
+
+
+def _scratch_lifecycle(p: Plan, scratch: Scratch) -> dict[str, Any]:
+    """After a complete run: prune the scratch area (unless ``keep_scratch``) and say what it holds."""
+    if not p.config.keep_scratch:
+        scratch.prune()
+    out: dict[str, Any] = {"pruned": not p.config.keep_scratch, "url": scratch.url}
+    sizes = scratch.local_bytes()
+    if sizes is not None:
+        out["bytes"] = sizes
+        seg = urls.local_path(p.ctx.segmentation)
+        if seg is not None:
+            import os
+
+            total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(seg) for f in fs)
+            out["segmentation_bytes"] = total
+            out["kept_fraction_of_segmentation"] = round(sizes["total"] / max(total, 1), 4)
+    return out
+
+
+def _ids(items: list[Any]) -> str:
+    items = sorted(items, key=str)
+    return ", ".join(map(str, items[:10])) + (f", … ({len(items)} in all)" if len(items) > 10 else "")
+
+
+def _incomplete(scratch: Scratch, stage: str, grid: BlockGrid, global_agglomeration: bool = False) -> bool:
+    return not {str(i) for i in _all_items(grid, global_agglomeration)[stage]} <= scratch.done_items(stage)
+
+
+def _progress(total: int, *, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="emseg", unit="task", disable=not enabled, file=sys.stderr, mininterval=0.5)
+
+
+def segment(config: Config, *, restart: bool = False, stages: Sequence[str] = STAGES, progress: bool = True) -> dict[str, Any]:
+    """Validate and run; returns the content of ``run.json``."""
+    return execute(plan(config), restart=restart, stages=stages, progress=progress)
