@@ -47,6 +47,7 @@ from emseg.pipeline.geometry import Box
 __all__ = ["Phantom", "PhantomParams"]
 
 _TRUNCATE = 4.0  # Gaussian blur kernel radius in sigmas (scipy's default)
+_SPECK_LEVEL = 0.5  # specks are where the speck noise (in [-1, 1]) exceeds this
 
 
 class PhantomParams(BaseModel):
@@ -86,6 +87,18 @@ class PhantomParams(BaseModel):
     #: amplitude (grey levels) and feature size (voxels) of a smooth texture in the cytoplasm
     texture_amplitude: float = Field(12.0, ge=0.0)
     texture_scale: float = Field(4.0, gt=0.0)
+    #: dark specks in the cytoplasm (vesicles, microtubules in cross-section): the top of a second
+    #: smooth noise of feature size ``speck_scale`` voxels, at most ``speck_amplitude`` grey levels deep
+    speck_amplitude: float = Field(0.0, ge=0.0)
+    speck_scale: float = Field(1.5, gt=0.0)
+    #: mitochondria: dark tubes inside neurites at least ``mito_min_radius`` thick, starting with
+    #: this probability per voxel of path (0 = none); their length (voxels), radius (fraction of
+    #: the neurite's) and grey level are drawn uniformly from the ranges
+    mito_per_length: float = Field(0.0, ge=0.0, le=1.0)
+    mito_min_radius: float = Field(6.0, gt=0.0)
+    mito_length: tuple[float, float] = (15.0, 60.0)
+    mito_radius_ratio: tuple[float, float] = (0.3, 0.55)
+    mito_intensity: tuple[float, float] = (70.0, 95.0)
     #: Gaussian blur (voxels) and then Gaussian noise (grey levels)
     blur_sigma: float = Field(1.0, ge=0.0)
     noise_sigma: float = Field(10.0, ge=0.0)
@@ -99,12 +112,13 @@ class PhantomParams(BaseModel):
                 f"phantom radius_min ({self.radius_min}) is above radius_max ({self.radius_max}); "
                 f"swap them"
             )
-        low, high = self.cytoplasm_intensity
-        if not 0 <= low <= high <= 255:
-            raise ConfigError(
-                f"phantom cytoplasm_intensity must be (low, high) with 0 <= low <= high <= 255, "
-                f"got {[low, high]}"
-            )
+        for name, limit in (("cytoplasm_intensity", 255.0), ("mito_intensity", 255.0),
+                            ("mito_radius_ratio", 0.9), ("mito_length", math.inf)):
+            low, high = getattr(self, name)
+            if not 0 <= low <= high <= limit:
+                raise ConfigError(
+                    f"phantom {name} must be (low, high) with 0 <= low <= high <= {limit:g}, got {[low, high]}"
+                )
         return self
 
 
@@ -151,7 +165,7 @@ def _normal_noise(seed: int, box: Box) -> np.ndarray:
     return (total / np.float32(65536.0) - np.float32(2.0)) * np.float32(math.sqrt(3.0))
 
 
-def _value_noise(seed: int, box: Box, scale: float) -> np.ndarray:
+def _value_noise(seed: int, box: Box, scale: float, stream: int = 2) -> np.ndarray:
     """Smooth noise in [-1, 1]: random values on a lattice of spacing ``scale``, trilinear between."""
     positions, weights, cells = [], [], []
     for start, stop in zip(box.start, box.stop):
@@ -161,7 +175,7 @@ def _value_noise(seed: int, box: Box, scale: float) -> np.ndarray:
         weights.append((p - i).astype(np.float32))
         cells.append((int(i.min()) if i.size else 0, int(i.max()) + 2 if i.size else 1))
     lattice_box = Box(tuple(c[0] for c in cells), tuple(c[1] for c in cells))
-    lattice = _hash(seed, 2, *_axes(lattice_box))
+    lattice = _hash(seed, stream, *_axes(lattice_box))
     values = ((lattice >> np.uint64(11)).astype(np.float64) / float(1 << 53) * 2.0 - 1.0).astype(np.float32)
     # Interpolate one axis at a time; each result depends only on its global position.
     for axis in range(3):
@@ -171,6 +185,54 @@ def _value_noise(seed: int, box: Box, scale: float) -> np.ndarray:
         hi = np.take(values, idx + 1, axis=axis)
         values = lo + (hi - lo) * w
     return values
+
+
+def _nearest(
+    box: Box, tree: cKDTree, centres: np.ndarray, radii: np.ndarray, owner: np.ndarray, reach: float
+) -> np.ndarray:
+    """For every voxel of ``box``, the owner of the point with the least distance / radius.
+
+    Only points closer than ``reach`` radii count; voxels that no point reaches get -1. Returns
+    int32 (z, y, x). Points are visited in their global order, so ties resolve the same way in
+    every tiling.
+    """
+    best = np.full(box.shape, reach**2, dtype=np.float32)
+    result = np.full(box.shape, -1, dtype=np.int32)
+    start = np.array(box.start, dtype=np.float64)
+    stop = np.array(box.stop, dtype=np.float64) - 1.0  # last voxel centre
+    centre = (start + stop) / 2
+    zone = reach * radii
+    candidates = np.array(
+        tree.query_ball_point(centre, float(np.linalg.norm(stop - start) / 2 + zone.max()) + 1e-6),
+        dtype=np.int64,
+    )
+    candidates.sort()
+    # Keep the points whose reach zone touches the box.
+    c = centres[candidates]
+    gap = np.maximum(np.maximum(start - c, c - stop), 0.0)
+    candidates = candidates[np.einsum("ij,ij->i", gap, gap) < zone[candidates] ** 2]
+    box_start = np.array(box.start, dtype=np.int64)
+    box_stop = np.array(box.stop, dtype=np.int64)
+    los = np.maximum(np.ceil(centres[candidates] - zone[candidates, None]), box_start)
+    his = np.minimum(np.floor(centres[candidates] + zone[candidates, None]) + 1, box_stop)
+    for k, lo, hi in zip(candidates.tolist(), los.astype(np.int64).tolist(), his.astype(np.int64).tolist()):
+        if hi[0] <= lo[0] or hi[1] <= lo[1] or hi[2] <= lo[2]:
+            continue
+        cz, cy, cx = centres[k]
+        inv_r = 1.0 / radii[k]
+        # Normalised squared distances: float64 per axis, float32 over the sub-box.
+        dz = (((np.arange(lo[0], hi[0]) - cz) * inv_r) ** 2).astype(np.float32)
+        dy = (((np.arange(lo[1], hi[1]) - cy) * inv_r) ** 2).astype(np.float32)
+        dx = (((np.arange(lo[2], hi[2]) - cx) * inv_r) ** 2).astype(np.float32)
+        q = (dz[:, None] + dy[None, :])[:, :, None] + dx[None, None, :]
+        sl = (slice(lo[0] - box.start[0], hi[0] - box.start[0]),
+              slice(lo[1] - box.start[1], hi[1] - box.start[1]),
+              slice(lo[2] - box.start[2], hi[2] - box.start[2]))  # fmt: skip
+        view = best[sl]
+        closer = q < view
+        np.copyto(view, q, where=closer)
+        np.copyto(result[sl], np.int32(owner[k]), where=closer)
+    return result
 
 
 # --- the phantom ------------------------------------------------------------------------------------
@@ -198,9 +260,15 @@ class Phantom:
         self.params = params if params is not None else PhantomParams()
         self.shape_zyx = self.params.shape_zyx
         rng = np.random.default_rng(self.params.seed)
-        self.centres, self.radii, self.owner, self.num_neurites = self._grow_neurites(rng)
+        self.centres, self.radii, self.owner, arc, self.num_neurites = self._grow_neurites(rng)
         self.cytoplasm = rng.uniform(*self.params.cytoplasm_intensity, size=self.num_neurites)
         self._tree = cKDTree(self.centres) if len(self.centres) else None
+        # Organelles from a stream of their own: the neurites do not depend on the organelle knobs.
+        organelles = np.random.default_rng([self.params.seed, 1])
+        self.mito_centres, self.mito_radii, self.mito_owner, self.mito_neurite, self.mito_intensity = (
+            self._place_mitochondria(organelles, arc)
+        )
+        self._mito_tree = cKDTree(self.mito_centres) if len(self.mito_centres) else None
 
     # -- construction --
 
@@ -210,7 +278,9 @@ class Phantom:
         p = self.params
         return p.reach * p.radius_max + math.ceil(_TRUNCATE * p.blur_sigma) + p.membrane_thickness + 2
 
-    def _grow_neurites(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    def _grow_neurites(
+        self, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
         """Add neurites until their reach zones cover the volume ``density`` times over.
 
         Paths start uniformly in the volume grown by half a neurite length (and the rendering
@@ -231,7 +301,7 @@ class Phantom:
         while covered < target:
             mean = covered / drawn if covered > 0 else expected
             batch = int(min(8192, max(64, math.ceil((target - covered) / mean * 1.1))))
-            centres, radii, owner, volume = self._walk(rng, batch, grow)
+            centres, radii, owner, arc, volume = self._walk(rng, batch, grow)
             # Keep neurites in order until the target is met, so the result is deterministic.
             cumulative = covered + np.cumsum(volume)
             keep = int(np.searchsorted(cumulative, target) + 1) if cumulative[-1] >= target else batch
@@ -242,16 +312,17 @@ class Phantom:
             number[used] = count + np.arange(used.size)
             count += used.size
             mask = owner < keep
-            parts.append((centres[mask], radii[mask], number[owner[mask]]))
-        centres = np.concatenate([c for c, _, _ in parts])
-        radii = np.concatenate([r for _, r, _ in parts])
-        owner = np.concatenate([o for _, _, o in parts])
-        return centres, radii, owner, count
+            parts.append((centres[mask], radii[mask], number[owner[mask]], arc[mask]))
+        centres = np.concatenate([c for c, _, _, _ in parts])
+        radii = np.concatenate([r for _, r, _, _ in parts])
+        owner = np.concatenate([o for _, _, o, _ in parts])
+        arc = np.concatenate([a for _, _, _, a in parts])
+        return centres, radii, owner, arc, count
 
     def _walk(
         self, rng: np.random.Generator, n: int, grow: float
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Draw ``n`` neurites; their points (by neurite, then along it) and volumes in the volume.
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Draw ``n`` neurites: their points (by neurite, then along it), arc lengths and volumes.
 
         A neurite grows from a random start both ways, ``neurite_length / 2`` each, turning a
         little at each step (a persistent random walk); only its points near the volume are kept.
@@ -302,12 +373,65 @@ class Phantom:
         owner_a = np.concatenate(owner)
         arc_a = np.concatenate(arc)
         order = np.lexsort((arc_a, owner_a))
-        centres_a, radii_a, owner_a = centres_a[order], radii_a[order], owner_a[order]
+        centres_a, radii_a, owner_a, arc_a = centres_a[order], radii_a[order], owner_a[order], arc_a[order]
         # Volume of the reach zones inside the volume: one slice per point.
         inside = np.all((centres_a >= 0) & (centres_a < shape), axis=1)
         zone = math.pi * (p.reach * radii_a) ** 2 * p.point_spacing * radii_a * inside
         volume = np.bincount(owner_a, weights=zone, minlength=n)
-        return centres_a, radii_a, owner_a, volume
+        return centres_a, radii_a, owner_a, arc_a, volume
+
+    def _place_mitochondria(
+        self, rng: np.random.Generator, arc: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Mitochondria: dark tubes that follow a neurite's centreline inside it.
+
+        Along every neurite, where its radius is at least ``mito_min_radius``, a mitochondrion
+        starts with probability ``mito_per_length`` per voxel of path; it follows the neurite's own
+        centreline for ``mito_length`` voxels, shifted sideways by a fixed random offset, with a
+        radius of ``mito_radius_ratio`` times the neurite's local radius. Returns its points
+        (centres, radii), the mitochondrion index of each point, the neurite index of each
+        mitochondrion and each one's grey level; neighbouring points get a midpoint so that the
+        tube is smooth.
+        """
+        p = self.params
+        empty = (np.zeros((0, 3)), np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
+        if p.mito_per_length <= 0 or not len(self.centres):
+            return empty
+        step = np.empty_like(arc)
+        step[:-1] = np.abs(np.diff(arc))
+        step[-1] = 0.0
+        last = np.r_[self.owner[1:] != self.owner[:-1], True]  # the last point of each neurite
+        step[last] = 0.0
+        eligible = self.radii >= p.mito_min_radius
+        starts = np.flatnonzero(eligible & (rng.uniform(size=arc.size) < p.mito_per_length * step))
+        lengths = rng.uniform(*p.mito_length, size=starts.size)
+        ratios = rng.uniform(*p.mito_radius_ratio, size=starts.size)
+        sideways = rng.normal(size=(starts.size, 3))
+        sideways /= np.maximum(np.linalg.norm(sideways, axis=1, keepdims=True), 1e-12)
+        shift = rng.uniform(0.0, 1.0, size=starts.size)
+        grey = rng.uniform(*p.mito_intensity, size=starts.size)
+        centres, radii, index, neurite, level = [], [], [], [], []
+        for m, first in enumerate(starts.tolist()):
+            who = self.owner[first]
+            stop = first
+            while stop + 1 < arc.size and self.owner[stop + 1] == who and abs(arc[stop + 1] - arc[first]) <= lengths[m]:
+                stop += 1
+            pts = self.centres[first : stop + 1]
+            r = self.radii[first : stop + 1] * ratios[m]
+            if len(pts) > 1:  # add midpoints
+                pts = np.concatenate([pts, (pts[1:] + pts[:-1]) / 2])
+                r = np.concatenate([r, (r[1:] + r[:-1]) / 2])
+            # Sideways by up to the room left inside the neurite (its thinnest point here).
+            room = float(self.radii[first : stop + 1].min()) * (1.0 - ratios[m]) * 0.5
+            centres.append(pts + sideways[m] * shift[m] * room)
+            radii.append(r)
+            index.append(np.full(len(r), len(neurite), np.int64))
+            neurite.append(who)
+            level.append(grey[m])
+        if not neurite:
+            return empty
+        return (np.concatenate(centres), np.concatenate(radii), np.concatenate(index),
+                np.array(neurite, np.int64), np.array(level, np.float64))  # fmt: skip
 
     # -- rendering --
 
@@ -321,48 +445,20 @@ class Phantom:
 
     def labels(self, box: Box) -> np.ndarray:
         """Ground-truth labels (uint64, 0 = extracellular) of any box, even outside the volume."""
-        best = np.full(box.shape, self.params.reach**2, dtype=np.float32)
         if box.empty or self._tree is None:
             return np.zeros(box.shape, dtype=np.uint64)
-        start = np.array(box.start, dtype=np.float64)
-        stop = np.array(box.stop, dtype=np.float64) - 1.0  # last voxel centre
-        centre = (start + stop) / 2
-        reach = self.params.reach * self.radii
-        candidates = np.array(
-            self._tree.query_ball_point(
-                centre, float(np.linalg.norm(stop - start) / 2 + reach.max()) + 1e-6
-            ),
-            dtype=np.int64,
-        )
-        candidates.sort()
-        # Keep the points whose reach zone touches the box.
-        c = self.centres[candidates]
-        gap = np.maximum(np.maximum(start - c, c - stop), 0.0)
-        candidates = candidates[np.einsum("ij,ij->i", gap, gap) < reach[candidates] ** 2]
-        box_start = np.array(box.start, dtype=np.int64)
-        box_stop = np.array(box.stop, dtype=np.int64)
-        owner = np.full(box.shape, -1, dtype=np.int32)
-        los = np.maximum(np.ceil(self.centres[candidates] - reach[candidates, None]), box_start)
-        his = np.minimum(np.floor(self.centres[candidates] + reach[candidates, None]) + 1, box_stop)
-        # In global point order, so that ties resolve the same way in every tiling.
-        for k, lo, hi in zip(candidates.tolist(), los.astype(np.int64).tolist(), his.astype(np.int64).tolist()):
-            if hi[0] <= lo[0] or hi[1] <= lo[1] or hi[2] <= lo[2]:
-                continue
-            cz, cy, cx = self.centres[k]
-            inv_r = 1.0 / self.radii[k]
-            # Normalised squared distances: float64 per axis, float32 over the sub-box.
-            dz = (((np.arange(lo[0], hi[0]) - cz) * inv_r) ** 2).astype(np.float32)
-            dy = (((np.arange(lo[1], hi[1]) - cy) * inv_r) ** 2).astype(np.float32)
-            dx = (((np.arange(lo[2], hi[2]) - cx) * inv_r) ** 2).astype(np.float32)
-            q = (dz[:, None] + dy[None, :])[:, :, None] + dx[None, None, :]
-            sl = (slice(lo[0] - box.start[0], hi[0] - box.start[0]),
-                  slice(lo[1] - box.start[1], hi[1] - box.start[1]),
-                  slice(lo[2] - box.start[2], hi[2] - box.start[2]))  # fmt: skip
-            view = best[sl]
-            closer = q < view
-            np.copyto(view, q, where=closer)
-            np.copyto(owner[sl], np.int32(self.owner[k]), where=closer)
+        owner = _nearest(box, self._tree, self.centres, self.radii, self.owner, self.params.reach)
         return (owner.astype(np.int64) + 1).astype(np.uint64)
+
+    def mitochondria(self, box: Box) -> np.ndarray:
+        """Which mitochondrion (int32 index, -1 = none) each voxel of ``box`` would belong to.
+
+        Not yet clipped to its neurite: :meth:`render` keeps only the voxels whose label is the
+        mitochondrion's neurite and that are not membrane.
+        """
+        if box.empty or self._mito_tree is None:
+            return np.full(box.shape, -1, dtype=np.int32)
+        return _nearest(box, self._mito_tree, self.mito_centres, self.mito_radii, self.mito_owner, 1.0)
 
     def _membrane_offsets(self) -> list[tuple[int, int, int]]:
         half = self.params.membrane_thickness / 2
@@ -403,8 +499,16 @@ class Phantom:
         # Intensities before blur, on the box grown by the blur's reach.
         table = np.concatenate([[p.extracellular_intensity], self.cytoplasm]).astype(np.float32)
         image = table[core.astype(np.intp)]
+        if len(self.mito_neurite):
+            mito = self.mitochondria(inner)
+            inside = (mito >= 0) & ~membrane
+            inside[inside] = core[inside] == (self.mito_neurite[mito[inside]] + 1).astype(np.uint64)
+            image[inside] = self.mito_intensity[mito[inside]].astype(np.float32)
         if p.texture_amplitude > 0:
             image += np.float32(p.texture_amplitude) * _value_noise(p.seed, inner, p.texture_scale)
+        if p.speck_amplitude > 0:
+            top = _value_noise(p.seed, inner, p.speck_scale, stream=3) - np.float32(_SPECK_LEVEL)
+            image -= np.float32(p.speck_amplitude / (1 - _SPECK_LEVEL)) * np.maximum(top, 0)
         image[membrane] = np.float32(p.membrane_intensity)
         if blur_margin:
             image = ndi.gaussian_filter(image, p.blur_sigma, truncate=_TRUNCATE, mode="nearest")
