@@ -86,16 +86,20 @@ def fragment_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
     ::
 
         read box   ┌────────────────────┐   the model sees the whole read box (core + halo >= context + 1)
-                   │  write box ┌────┐  │   fragments and their region graph cover the write box;
+                   │  write box ┌────┐  │   fragments (cut with context) and their region graph cover the write box;
                    │            │    │  │   the faces keep the first and last planes of fragments,
                    │            └────┘  │   and on the first plane along each axis the affinities to
                    └────────────────────┘   the voxel before it (in the previous block's core)
 
+    The fragments are cut from the write box grown by the backend's fragment context (within the
+    read box) and cropped to the write box (:func:`emseg.pipeline.stitching.agglomeration.block_fragments`).
+
     Scratch: ``labels/<block>`` (fragments, ``n``), ``rag/<block>`` (touching fragments: local ``u``,
     ``v``, affinity ``total`` and ``count`` across their faces), ``faces/<block>/<axis><sign>``
-    (``labels`` plane; ``affs`` too on the ``-`` side).
+    (``labels`` plane, ``continues``: where the plane's fragment goes on across the face; ``affs``
+    too on the ``-`` side).
     """
-    from emseg.pipeline.stitching.agglomeration import fragments, region_graph
+    from emseg.pipeline.stitching.agglomeration import block_fragments, region_graph
 
     t0 = time.perf_counter()
     grid = ctx.grid
@@ -108,14 +112,14 @@ def fragment_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
     t_model = time.perf_counter() - t0
     core = block.write_box.slices(block.read_box.start)
     core_affs = affs[(slice(None), *core)]
-    core_mask = None if mask is None else mask[core]
-    frags, n = fragments(core_affs, core_mask, **backend.fragment_options())
+    cut = block_fragments(affs, core, mask, context=backend.params.fragment_context, **backend.fragment_options())
+    frags, n = cut.labels, cut.n
     rag = region_graph(frags, core_affs)
     store = runtime.scratch(ctx.output)
     for axis, direction, _ in grid.neighbours(block):
         plane = [slice(None)] * 3
         plane[axis] = slice(-1, None) if direction > 0 else slice(0, 1)
-        arrays = {"labels": frags[tuple(plane)]}
+        arrays = {"labels": frags[tuple(plane)], "continues": cut.continues[(axis, direction)]}
         if direction < 0:
             arrays["affs"] = core_affs[(axis, *plane)]
         store.put_arrays(face_key(block_id, axis, direction), arrays)

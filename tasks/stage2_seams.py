@@ -84,7 +84,8 @@ def fragment_seams_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
     ``edges/<block>`` holds the edges the block owns — between its own fragments (its region graph)
     and to the fragments facing them across its forward faces (:func:`emseg.pipeline.stitching.agglomeration.face_graph`)
     — as global keys ``a``, ``b`` with ``total`` and ``count`` (the affinities across their shared
-    faces), ``seam`` (True for the forward-face edges), ``iou`` (their mean affinity, which the seam
+    faces), ``seam`` (True for the forward-face edges), ``join`` (True for the seam edges between two
+    pieces of one fragment that the face cut: agglomeration merges them first), ``iou`` (their mean affinity, which the seam
     audit shows), ``pos`` (a seam edge's contact centroid on the seam plane; NaN for the others).
 
     Blockwise agglomeration (``ctx.global_agglomeration`` False) also writes ``score``: the block's
@@ -105,11 +106,13 @@ def fragment_seams_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
         return Graph(key(b, r["u"]), key(b, r["v"]), r["total"].astype(np.float64), r["count"].astype(np.int64))
 
     def seam(lower: Block, axis: int, upper: Block) -> tuple[Graph, np.ndarray]:
-        mine = store.get_arrays(face_key(lower.id, axis, +1))["labels"]
+        lo = store.get_arrays(face_key(lower.id, axis, +1))
+        mine = lo["labels"]
         theirs = store.get_arrays(face_key(upper.id, axis, -1))
-        g = face_graph(mine, theirs["labels"], theirs["affs"])
+        joined = lo["continues"] & theirs["continues"] if "continues" in lo and "continues" in theirs else None
+        g = face_graph(mine, theirs["labels"], theirs["affs"], joined)
         pos = pair_centroids(mine, theirs["labels"], g.u, g.v) + face_origin(ctx, lower, axis, upper)
-        return Graph(key(lower.id, g.u), key(upper.id, g.v), g.total, g.count), pos
+        return Graph(key(lower.id, g.u), key(upper.id, g.v), g.total, g.count, join=g.join), pos
 
     own = [rag(block_id)]
     centres = [np.full((len(own[0]), 3), np.nan)]
@@ -121,6 +124,7 @@ def fragment_seams_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
     seam_flag = np.ones(len(mine), bool)
     seam_flag[: len(own[0])] = False
     arrays = {"a": mine.u, "b": mine.v, "total": mine.total, "count": mine.count, "seam": seam_flag,
+              "join": mine.joins,
               "iou": (mine.total / np.maximum(mine.count, 1)).astype(np.float32), "pos": _positions(centres)}
     info: dict[str, Any] = {"edges": len(mine), "seam_edges": int(seam_flag.sum())}
     if not ctx.global_agglomeration:

@@ -93,7 +93,8 @@ def agglomerate_all(ctx: RunContext, *upstream: Any) -> dict[str, Any]:
     parts, sizes = [], []
     for b in range(n):
         e = store.get_arrays(f"edges/{b}")
-        parts.append(Graph(e["a"], e["b"], e["total"].astype(np.float64), e["count"].astype(np.int64)))
+        parts.append(Graph(e["a"], e["b"], e["total"].astype(np.float64), e["count"].astype(np.int64),
+                           join=e.get("join")))
         sizes.append(len(e["a"]))
     score = agglomerate(Graph.concat(parts))
     bounds = np.cumsum([0] + sizes)

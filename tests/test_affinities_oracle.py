@@ -130,6 +130,90 @@ def test_agglomeration_merges_by_mean_affinity_of_grown_regions():
     assert s[1] == s[2] == pytest.approx(1 - 1.8 / 11, rel=1e-6)
 
 
+def _partition_at(graph: Graph, nodes: np.ndarray, threshold: float) -> np.ndarray:
+    from emseg.pipeline.stitching.agglomeration import components
+
+    keep = agglomerate(graph) <= threshold
+    index = {int(n): i + 1 for i, n in enumerate(nodes.tolist())}
+    a = np.array([index[int(x)] for x in graph.u[keep]], np.int64)
+    b = np.array([index[int(x)] for x in graph.v[keep]], np.int64)
+    return components(len(nodes), a, b)[1:]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_join_edges_make_cut_fragments_agglomerate_as_whole_ones(seed):
+    """A random region graph against the same graph with every fragment cut into 1-3 pieces (as
+    block faces cut them): pieces joined by join edges (statistics of their own) and each original
+    edge split among piece pairs. Agglomeration gives the same partition of the fragments at every
+    threshold; without the join flags it does not."""
+    rng = np.random.default_rng(seed)
+    n, m = 60, 200
+    u = rng.integers(1, n + 1, m)
+    v = rng.integers(1, n + 1, m)
+    keep = u != v
+    u, v = u[keep], v[keep]
+    count = rng.integers(1, 20, len(u)).astype(np.int64)
+    total = count * rng.random(len(u))
+    whole = Graph(u.astype(np.uint64), v.astype(np.uint64), total, count)
+    # pieces: fragment f becomes f * 10 + k, k < pieces[f]; its pieces form a chain of join edges
+    pieces = rng.integers(1, 4, n + 1)
+    pu, pv, pt, pc, pj = [], [], [], [], []
+    for a, b, t, c in zip(u, v, total, count):
+        ka, kb = rng.integers(0, pieces[a]), rng.integers(0, pieces[b])
+        share = rng.random()
+        c1 = max(1, int(c * share)) if c > 1 else c
+        pu += [a * 10 + ka]; pv += [b * 10 + kb]; pt += [t * c1 / c]; pc += [c1]; pj += [False]
+        if c1 < c:  # the rest of the face between two other pieces
+            pu += [a * 10 + (ka + 1) % pieces[a]]; pv += [b * 10 + (kb + 1) % pieces[b]]
+            pt += [t * (c - c1) / c]; pc += [c - c1]; pj += [False]
+    for f in range(1, n + 1):
+        for k in range(1, pieces[f]):
+            pu += [f * 10 + k - 1]; pv += [f * 10 + k]; pt += [rng.random() * 3]; pc += [3]; pj += [True]
+    cut = Graph(np.array(pu, np.uint64), np.array(pv, np.uint64), np.array(pt), np.array(pc, np.int64),
+                join=np.array(pj))
+    whole_nodes = np.unique(np.concatenate([whole.u, whole.v]))
+    cut_nodes = np.unique(np.concatenate([cut.u, cut.v]))
+    owner = np.searchsorted(whole_nodes, cut_nodes // 10)  # each piece's fragment, as an index
+    assert (whole_nodes[owner] == cut_nodes // 10).all()
+    scores = agglomerate(cut)
+    assert (scores[cut.joins] == 0).all()
+    differs = False
+    for t in (0.2, 0.4, 0.5, 0.6, 0.8):
+        expected = _partition_at(whole, whole_nodes, t)[owner]
+        assert same_partition(_partition_at(cut, cut_nodes, t), expected), t
+        plain = Graph(cut.u, cut.v, cut.total, cut.count)
+        differs |= not same_partition(_partition_at(plain, cut_nodes, t), expected)
+    assert differs  # the test can tell: without join flags the cut pieces agglomerate differently
+
+
+def test_block_fragments_continue_across_the_faces_a_fragment_crosses():
+    from emseg.pipeline.stitching.agglomeration import block_fragments, fragments
+
+    labels = np.zeros((12, 12, 12), np.uint32)
+    labels[:, :, :5] = 1
+    labels[:, :, 5:] = 2
+    labels[:6, :, 5:] = 3  # a z boundary at 6 in the right half only
+    affs = affinities_from_labels(labels)
+    write = (slice(4, 8), slice(4, 8), slice(3, 9))
+    cut = block_fragments(affs, write, context=2, method="zwatershed")
+    assert cut.n == 3 and same_partition(cut.labels, labels[write])
+    # along x: every fragment goes on across both faces (x = 3 and x = 8 are inside objects 1 and 2/3)
+    assert cut.continues[(2, -1)].all() and cut.continues[(2, 1)].all()
+    # along z: the face before z = 4 is inside objects 1 and 3; after z = 7 inside 1 and 2: all go on
+    assert cut.continues[(0, -1)].all() and cut.continues[(0, 1)].all()
+    write = (slice(6, 10), slice(0, 12), slice(0, 12))  # starts on the 3 | 2 boundary
+    cut = block_fragments(affs, write, context=2, method="zwatershed")
+    assert cut.continues[(0, -1)][..., :5].all() and not cut.continues[(0, -1)][..., 5:].any()
+    # no context: nothing is known beyond the write box
+    assert not block_fragments(affs, write, context=0, method="zwatershed").continues[(0, -1)].any()
+    # the whole box as the write box: the same fragments as fragments()
+    whole = tuple(slice(0, 12) for _ in range(3))
+    assert same_partition(block_fragments(affs, whole, context=3, method="zwatershed").labels,
+                          fragments(affs, method="zwatershed")[0])
+    with pytest.raises(ValueError, match="context"):
+        block_fragments(affs, whole, context=-1)
+
+
 def test_viewing_outputs_of_a_boundary_run(tmp_path, dask_address):
     """Stages 5-8 (pyramid, meshes, properties, seam audit) run on a boundary backend's output; the
     audit's points lie on the seams, scored by the affinity across them."""

@@ -51,7 +51,9 @@ def test_forest_blocks_against_one_block(tmp_path, dask_address):
     assert abs(scores["chunked"]["adapted_rand_error"] - scores["whole"]["adapted_rand_error"]) < BOUNDS["are_gap"]
 
 
-# Measured on this slab (2 cores, 2026-11-30, global agglomeration at the card's 0.7): 64³ blocks
-# against one block VOI 0.036 (split 0.006, merge 0.030), adapted Rand 0.002; against the ground
-# truth VOI 0.61 / 0.27 and adapted Rand 0.042 in blocks, 0.63 / 0.27 and 0.044 as one block.
-BOUNDS = {"dependence_voi": 0.15, "voi": 1.3, "are": 0.1, "are_gap": 0.03}
+# Measured on this slab (2 cores, 2026-11-30, global agglomeration at the card's 0.7, fragments cut
+# with 16 voxels of context and join edges across the faces): 64³ blocks against one block VOI 0.000
+# (the same 81 segments); against the ground truth VOI 0.63 / 0.27 and adapted Rand 0.044 both ways.
+# Before the context and the join edges: 0.036 between them. The bound leaves room for float
+# summation order only.
+BOUNDS = {"dependence_voi": 0.01, "voi": 1.3, "are": 0.1, "are_gap": 0.005}

@@ -5,9 +5,12 @@ way the engine stitches boundary backends (see :mod:`emseg.pipeline.stitching.ag
 
     image (z, y, x) ─▶ intensities to [0, 1] (dtype range or input_value_range; NaN = no data)
           ─▶ model: affinities (3, z, y, x) on the read box
-          ─▶ crop to the write box ─▶ fragments + merge tree (waterz)        stage 1
-          ─▶ seam edges from the affinities on each block face                stage 2
-          ─▶ union-find over the edges with score <= agglomeration.threshold  stage 3
+          ─▶ fragments of the write box, cut with fragment_context voxels     stage 1
+             around it; their region graph
+          ─▶ seam edges from the affinities on each block face; "join" edges  stage 2
+             between the pieces of a fragment that the face cut
+          ─▶ agglomeration by mean affinity; union-find over the edges with   stage 3
+             score <= agglomeration.threshold
 
 Models (``model.kind``):
 
@@ -68,6 +71,10 @@ class Params(BackendParams):
     #: {0.5, 0.7} x {3, 5} on FIB-25 z >= 170 with the bundled forest (docs/agglomeration.md)
     seed_threshold: float = Field(0.7, gt=0.0, lt=1.0)
     seed_min_distance: float = Field(3.0, ge=0.0)
+    #: voxels of affinities on each side of the write box (within the read box: at most the halo)
+    #: that a block's fragments are cut with before being cropped to the write box, so that a
+    #: fragment near a block face is the one the whole volume would have (docs/agglomeration.md)
+    fragment_context: int = Field(16, ge=0)
     #: zwatershed fragments: thresholds on the affinities (waterz's defaults)
     aff_threshold_low: float = Field(0.0001, ge=0.0, lt=1.0)
     aff_threshold_high: float = Field(0.9999, gt=0.0, le=1.0)

@@ -246,18 +246,89 @@ def fragments(
 
 
 @dataclass(frozen=True)
+class BlockFragments:
+    """A block's fragments on its write box (:func:`block_fragments`).
+
+    ``labels``: ``(z, y, x)`` uint32 ids ``1..n`` on the write box (0 where there is no data);
+    ``n``: their number; ``continues``: for each ``(axis, direction)`` (direction -1: the write box's
+    first plane along ``axis``, +1: its last), a bool plane that is True where the voxel's fragment
+    goes on across the block face, i.e. the voxel and its neighbour just outside the write box lie
+    in one fragment of the block's context cut (False where the context has no such voxel).
+    """
+
+    labels: np.ndarray
+    n: int
+    continues: dict[tuple[int, int], np.ndarray]
+
+
+def block_fragments(
+    affs: np.ndarray,
+    write: tuple[slice, slice, slice],
+    mask: np.ndarray | None = None,
+    *,
+    context: int = 8,
+    **options: Any,
+) -> BlockFragments:
+    """Fragments of one block's write box, cut with ``context`` voxels of the affinities around it.
+
+    ``affs`` ``(3, z, y, x)`` cover the block's read box; ``write`` slices its write box out of
+    them; ``mask`` (read box, or None) is False where there is no data. The box cut into fragments is
+    the write box grown by ``context`` voxels on each side, clipped to ``affs``; its fragments
+    (:func:`fragments` with ``options``) are cropped to the write box and renumbered. Seeds and
+    watershed basins near a block face then see both sides of it, so the write box's fragments are
+    the whole volume's cut at the face (measured on FIB-25 with the bundled forest: docs/agglomeration.md),
+    and :attr:`BlockFragments.continues` tells which face voxels belong to a fragment that the face
+    cut, which :func:`face_graph` turns into ``join`` edges.
+
+    Raises
+    ------
+    ValueError
+        ``context`` < 0, a write box outside ``affs``, and the errors of :func:`fragments`.
+    """
+    affs = _check_affs(affs)
+    if context < 0:
+        raise ValueError(f"context must be >= 0 voxels, not {context}")
+    shape = affs.shape[1:]
+    if any(w.start < 0 or w.stop > n or w.start >= w.stop for w, n in zip(write, shape)):
+        raise ValueError(f"write box {write} is not inside the affinities' box {shape}")
+    box = tuple(slice(max(0, w.start - context), min(n, w.stop + context)) for w, n in zip(write, shape))
+    cut, _ = fragments(affs[(slice(None), *box)], None if mask is None else mask[box], **options)
+    inner = tuple(slice(w.start - b.start, w.stop - b.start) for w, b in zip(write, box))
+    labels, n = _dense(cut[inner].copy())  # a copy: renumbering works in place
+    continues = {}
+    for axis in range(3):
+        for direction in (-1, 1):
+            face = list(inner)
+            face[axis] = slice(inner[axis].start, inner[axis].start + 1) if direction < 0 else \
+                slice(inner[axis].stop - 1, inner[axis].stop)
+            beyond = list(face)
+            step = face[axis].start + direction
+            if 0 <= step < cut.shape[axis]:
+                beyond[axis] = slice(step, step + 1)
+                here = cut[tuple(face)]
+                continues[(axis, direction)] = (here == cut[tuple(beyond)]) & (here > 0)
+            else:
+                continues[(axis, direction)] = np.zeros(cut[tuple(face)].shape, bool)
+    return BlockFragments(labels.astype(np.uint32), n, continues)
+
+
+@dataclass(frozen=True)
 class Graph:
     """Region adjacency edges with the affinity statistics the mean-affinity score needs.
 
     ``u``, ``v``: node ids (fragment ids or global keys), ``u != v``; ``total``: the sum of the
     affinities of the voxel pairs across the shared face (float64); ``count``: their number. The
-    edge's score is ``1 - total / count``.
+    edge's score is ``1 - total / count``. ``join`` (bool per edge, or None for all False) marks
+    the seam edges between two pieces of one fragment that a block face cut (:func:`face_graph`):
+    :func:`agglomerate` merges them before any other edge, so the pieces act as the fragment the
+    whole volume would have.
     """
 
     u: np.ndarray
     v: np.ndarray
     total: np.ndarray
     count: np.ndarray
+    join: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.u)
@@ -266,11 +337,18 @@ class Graph:
     def score(self) -> np.ndarray:
         return (1.0 - self.total / np.maximum(self.count, 1)).astype(np.float32)
 
+    @property
+    def joins(self) -> np.ndarray:
+        """``join`` as a bool array of one value per edge (all False when None)."""
+        return np.zeros(len(self), bool) if self.join is None else np.asarray(self.join, bool)
+
     @classmethod
     def concat(cls, parts: list[Graph]) -> Graph:
         if not parts:
             return _pairs(np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0))
-        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("u", "v", "total", "count")))
+        fields = [np.concatenate([getattr(p, f) for p in parts]) for f in ("u", "v", "total", "count")]
+        join = np.concatenate([p.joins for p in parts]) if any(p.join is not None for p in parts) else None
+        return cls(*fields, join=join)
 
 
 def _pairs(a: np.ndarray, b: np.ndarray, aff: np.ndarray, *, same_ids_differ: bool = False) -> Graph:
@@ -326,21 +404,37 @@ def region_graph(frags: np.ndarray, affs: np.ndarray) -> Graph:
     return _pairs(np.concatenate(a_parts), np.concatenate(b_parts), np.concatenate(v_parts))
 
 
-def face_graph(mine: np.ndarray, theirs: np.ndarray, affs: np.ndarray) -> Graph:
+def face_graph(mine: np.ndarray, theirs: np.ndarray, affs: np.ndarray, joined: np.ndarray | None = None) -> Graph:
     """Edges between the fragments that face each other across a block face.
 
     ``mine`` holds one block's fragments on its last write-box plane along an axis, ``theirs`` the
     next block's fragments on its first plane, and ``affs`` the affinities between those voxel pairs
-    (the next block's affinity channel of that axis, on its first plane); all three of one shape.
-    ``u`` are ids of ``mine``, ``v`` of ``theirs``.
+    (the next block's affinity channel of that axis, on its first plane); all of one shape. ``u``
+    are ids of ``mine``, ``v`` of ``theirs``. ``joined`` (bool, same shape) marks the voxel pairs
+    that both blocks put in one fragment (:attr:`BlockFragments.continues` of both sides); an edge
+    with at least one such pair is a ``join`` edge (see :class:`Graph`).
 
     >>> g = face_graph(np.array([[1, 1, 2]]), np.array([[5, 5, 5]]), np.array([[1.0, 0.5, 0.0]]))
     >>> g.u.tolist(), g.v.tolist(), g.count.tolist(), g.score.tolist()
     ([1, 2], [5, 5], [2, 1], [0.25, 1.0])
+    >>> face_graph(np.array([[1, 1, 2]]), np.array([[5, 5, 5]]), np.array([[1.0, 0.5, 0.0]]),
+    ...            joined=np.array([[True, False, False]])).join.tolist()
+    [True, False]
     """
     if not (mine.shape == theirs.shape == affs.shape):
         raise ValueError(f"face shapes differ: {mine.shape}, {theirs.shape}, {affs.shape}")
-    return _pairs(mine, theirs, affs, same_ids_differ=True)
+    graph = _pairs(mine, theirs, affs, same_ids_differ=True)
+    if joined is None:
+        return graph
+    joined = np.asarray(joined, bool)
+    if joined.shape != mine.shape:
+        raise ValueError(f"joined of shape {joined.shape} differs from the face's {mine.shape}")
+    hit = _pairs(mine[joined], theirs[joined], np.zeros(int(joined.sum())), same_ids_differ=True)
+    keys = (graph.u.astype(np.uint64) << np.uint64(32)) | graph.v.astype(np.uint64)
+    hits = (hit.u.astype(np.uint64) << np.uint64(32)) | hit.v.astype(np.uint64)
+    if len(graph) and max(int(graph.u.max()), int(graph.v.max())) >= 1 << 32:
+        raise ValueError("face_graph with joined takes block-local fragment ids (below 2**32)")
+    return Graph(graph.u, graph.v, graph.total, graph.count, join=np.isin(keys, hits))
 
 
 def agglomerate(graph: Graph) -> np.ndarray:
@@ -354,6 +448,11 @@ def agglomerate(graph: Graph) -> np.ndarray:
     when the edge's two ends first became one region, so that merging every edge with value ``<= t``
     gives the agglomeration stopped at threshold ``t``. Duplicate edges (one pair listed twice)
     are combined first.
+
+    ``join`` edges (:class:`Graph`; two pieces of one fragment cut by a block face) merge before
+    every other edge and get the value 0; an edge combined with a join edge becomes one. Their
+    affinity statistics add to the joined region's edges like any other, so a fragment cut into
+    pieces is agglomerated as the whole fragment would be.
 
     >>> g = Graph(np.array([1, 2, 1]), np.array([2, 3, 3]), np.array([0.9, 0.6, 0.0]), np.array([1, 1, 1]))
     >>> [round(float(s), 2) for s in agglomerate(g)]  # 1-2 at 0.1; then {1,2}-3 has mean (0.6+0)/2
@@ -382,7 +481,9 @@ def agglomerate(graph: Graph) -> np.ndarray:
     for e, (a, b) in enumerate(ends):
         adj[a][b] = e
         adj[b][a] = e
-    current = [1.0 - t / c for t, c in zip(total, count)]
+    joined = (np.bincount(einv, graph.joins.astype(np.float64), minlength=len(uniq)) > 0).tolist()
+    # join edges first: -1 sorts below every score in [0, 1], and leaves the running level at 0
+    current = [-1.0 if j else 1.0 - t / c for t, c, j in zip(total, count, joined)]
     heap = [(s, e) for e, s in enumerate(current)]
     heapq.heapify(heap)
     alive = [True] * len(uniq)
@@ -412,7 +513,8 @@ def agglomerate(graph: Graph) -> np.ndarray:
                 members[e1], members[e2] = members[e2], members[e1]
             members[e1].extend(members[e2])
             alive[e2] = False
-            current[e1] = 1.0 - total[e1] / count[e1]
+            joined[e1] = joined[e1] or joined[e2]
+            current[e1] = -1.0 if joined[e1] else 1.0 - total[e1] / count[e1]
             heapq.heappush(heap, (current[e1], e1))
         adj[y] = {}
     return np.minimum(score, np.float32(1.0))
