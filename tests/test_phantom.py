@@ -72,34 +72,54 @@ def test_deterministic_per_seed(whole: tuple[np.ndarray, np.ndarray]) -> None:
     assert np.mean(other[0] != whole[0]) > 0.5
 
 
-def test_looks_like_neuropil() -> None:
-    params = PhantomParams(shape_zyx=(64, 64, 64), seed=0)
+def test_looks_like_fib_sem() -> None:
+    """The defaults are calibrated on FIB-25 (fib25_ts2, 10 nm voxels); its numbers are in the comments."""
+    params = PhantomParams(shape_zyx=(96, 96, 96), seed=0)
     phantom = Phantom(params)
-    image, labels = phantom.render(Box.from_shape(params.shape_zyx))
+    box = Box.from_shape(params.shape_zyx)
+    image, labels = phantom.render(box)
     ids, sizes = np.unique(labels, return_counts=True)
-    objects = sizes[ids != 0]
-    # Densely packed: little extracellular space, many neurites of varied calibre.
+    objects, object_ids = sizes[ids != 0], ids[ids != 0]
+    # Densely packed neurites of varied calibre, almost no extracellular space (FIB-25: none).
     assert np.mean(labels == 0) < 0.05
-    assert objects.size >= 30
+    assert objects.size >= 12
     assert phantom.radii.min() >= params.radius_min and phantom.radii.max() <= params.radius_max
-    assert phantom.radii.max() > 3 * phantom.radii.min()
-    # Dark membranes at label boundaries, brighter cytoplasm.
     boundary = np.zeros(labels.shape, bool)
     for axis in range(3):
         differ = np.diff(labels, axis=axis) != 0
         boundary[(slice(None),) * axis + (slice(1, None),)] |= differ
         boundary[(slice(None),) * axis + (slice(None, -1),)] |= differ
-    inside = ~boundary & (labels != 0)
-    # Calibre: how deep the thickest point of each big object lies inside it.
-    depth = ndi.distance_transform_edt(inside)
-    big = ids[1:][objects > 500]
-    thickness = np.asarray(ndi.maximum(depth, labels, big))
-    assert np.percentile(thickness, 90) > 2 * np.percentile(thickness, 10)
-    assert image[inside].mean() - image[boundary].mean() > 40
-    # Cytoplasm brightness varies from object to object; there is noise and texture.
-    means = np.array([image[(labels == i) & inside].mean() for i in ids[1:][objects > 2000]])
-    assert means.std() > 8
-    assert 4 < image[inside].std() < 60
+    assert 0.05 < boundary.mean() < 0.2  # share of voxels touching another label; FIB-25 0.117
+    # Calibre: how deep the thickest point of each object lies inside it (FIB-25: 4.0 and 22 voxels
+    # at the 10th and 90th percentiles).
+    depth = ndi.distance_transform_edt(~boundary & (labels != 0))
+    thickness = np.asarray(ndi.maximum(depth, labels, object_ids[objects > 500]))
+    assert np.percentile(thickness, 90) > 3 * np.percentile(thickness, 10)
+    # Dark membranes: FIB-25 has grey level 98 where labels meet and 138 three voxels away.
+    distance = ndi.distance_transform_edt(~boundary)
+    image_f = image.astype(np.float32)
+    assert image_f[boundary].mean() < 105
+    assert image_f[(distance >= 2.5) & (distance < 3.5)].mean() - image_f[boundary].mean() > 30
+    # Mitochondria: dark, inside their own neurite only (the voxels of a mitochondrion's tube that
+    # belong to another neurite are that neurite's cytoplasm).
+    mito = phantom.mitochondria(box)
+    assert len(phantom.mito_neurite) > 0 and (mito >= 0).any()
+    own = np.zeros(labels.shape, bool)
+    own[mito >= 0] = labels[mito >= 0] == phantom.mito_neurite[mito[mito >= 0]] + 1
+    far = distance >= 3
+    deep = own & (ndi.distance_transform_edt(own) >= 2) & far
+    cytoplasm = (mito < 0) & far & (labels != 0)
+    assert image_f[deep].mean() < 100 < 120 < image_f[cytoplasm].mean()
+    assert image_f[(mito >= 0) & ~own & far].mean() > 120
+    # Grain in the cytoplasm (specks and noise): FIB-25's high-pass standard deviation is 11.8.
+    bright = cytoplasm & (distance >= 4) & (ndi.gaussian_filter(image_f, 4) > 130)
+    grain = (image_f - ndi.gaussian_filter(image_f, 3))[bright].std()
+    assert 7 < grain < 16
+    # Cytoplasm brightness varies from object to object.
+    inside = (distance >= 4) & (labels != 0) & (mito < 0)
+    means = [image_f[(labels == i) & inside].mean() for i in object_ids[objects > 2000]
+             if ((labels == i) & inside).any()]
+    assert np.std(means) > 6
     assert image.min() < 60 < 180 < image.max()
 
 
@@ -114,6 +134,8 @@ def test_bad_boxes_and_params(small: Phantom) -> None:
         PhantomParams(shape_zyx=(8, 8, 8), colour="blue")
     with pytest.raises(ValidationError, match="radius_min"):
         PhantomParams(radius_min=9, radius_max=4)
+    with pytest.raises(ValidationError, match="mito_radius_ratio"):
+        PhantomParams(mito_radius_ratio=(0.6, 0.3))
 
 
 def test_renders_a_128_cube_quickly() -> None:

@@ -4,17 +4,26 @@ The phantom is neuropil in miniature: neurites are tubes along smooth random 3D 
 ``radius_min`` to ``radius_max`` (varying slowly along each path), packed densely. Every voxel goes
 to the neurite whose centreline is nearest *relative to its radius* (the least distance / radius),
 provided that ratio is under ``reach``; the rest is extracellular space, label 0. The image then
-has dark membranes along every label boundary, a cytoplasm brightness per neurite, a smooth
-texture, a Gaussian blur (the microscope's point spread) and per-voxel noise.
+has dark membranes along every label boundary, a cytoplasm brightness per neurite, mitochondria
+(dark tubes that follow a thick neurite's centreline inside it and belong to its label, as in
+FIB-25's ground truth), a smooth texture, dark specks (vesicles), a Gaussian blur (the
+microscope's point spread) and per-voxel noise.
+
+The defaults are calibrated on the FIB-25 sample (``fib25_ts2``, FIB-SEM at 10 nm): the share of
+voxels on a label boundary (0.117 in both), the grey levels across a membrane (FIB-25 98, 112,
+130, 138 at 0, 1, 2, 3 voxels from the contact), the calibre of the neurites, the grain of the
+cytoplasm and the darkness of mitochondria; docs/phantom.md has the table. Render it with a
+voxel size of 10 nm.
 
 The constructor builds only the global description: each neurite's centreline as points with
-radii, indexed by a k-d tree. :meth:`Phantom.render` draws any box from it. Every voxel is a
-pure function of its global coordinates, so the rendering does not depend on the tiling::
+radii and the mitochondria's points, each indexed by a k-d tree. :meth:`Phantom.render` draws any
+box from it. Every voxel is a pure function of its global coordinates, so the rendering does not
+depend on the tiling::
 
     render(whole box) == concatenate(render(left half), render(right half))
 
 exactly, bit for bit. The steps that look at neighbours (membranes, blur) are computed on the box
-grown by their reach and cropped; noise and texture come from a hash of global coordinates::
+grown by their reach and cropped; noise, texture and specks come from a hash of global coordinates::
 
         labels on box + margin_blur + half_membrane
       ┌───────────────────────────────┐
@@ -47,13 +56,16 @@ from emseg.pipeline.geometry import Box
 __all__ = ["Phantom", "PhantomParams"]
 
 _TRUNCATE = 4.0  # Gaussian blur kernel radius in sigmas (scipy's default)
-_SPECK_LEVEL = 0.5  # specks are where the speck noise (in [-1, 1]) exceeds this
+_SPECK_LEVEL = 0.2  # specks are where the speck noise (in [-1, 1]) exceeds this
 
 
 class PhantomParams(BaseModel):
     """The knobs of a phantom; the defaults make the demo volume.
 
-    Lengths are in voxels, intensities in uint8 grey levels.
+    Lengths are in voxels, intensities in uint8 grey levels. The defaults are calibrated on FIB-25
+    at 10 nm (docs/phantom.md); before that calibration the phantom had thinner neurites (radius 3
+    to 15, density 4), thinner and darker membranes (2 voxels, grey 60), brighter cytoplasm (140 to
+    210), no mitochondria and no specks.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -63,8 +75,8 @@ class PhantomParams(BaseModel):
     #: one seed determines the whole phantom
     seed: int = Field(0, ge=0)
     #: neurite radii are drawn log-uniformly from [radius_min, radius_max]
-    radius_min: float = Field(3.0, gt=0.0)
-    radius_max: float = Field(15.0, gt=0.0)
+    radius_min: float = Field(2.5, gt=0.0)
+    radius_max: float = Field(40.0, gt=0.0)
     #: relative change of a neurite's radius along its path (0 = constant calibre)
     radius_variation: float = Field(0.25, ge=0.0, le=1.0)
     #: length over which a path forgets its direction (higher = straighter)
@@ -73,35 +85,35 @@ class PhantomParams(BaseModel):
     neurite_length: float = Field(400.0, gt=0.0)
     #: neurites are added until their reach zones would cover every voxel this many times
     #: on average (the fraction of extracellular space is about exp(-density))
-    density: float = Field(4.0, gt=0.0)
+    density: float = Field(3.0, gt=0.0)
     #: a voxel belongs to a neurite if distance / radius is below this (and least among neurites)
     reach: float = Field(1.6, ge=1.0)
     #: centreline points are this many radii apart
     point_spacing: float = Field(0.5, gt=0.0, le=1.0)
     #: membranes: voxels within ``membrane_thickness / 2`` of a different label
-    membrane_thickness: float = Field(2.0, ge=1.0)
-    membrane_intensity: float = Field(60.0, ge=0.0, le=255.0)
+    membrane_thickness: float = Field(3.0, ge=1.0)
+    membrane_intensity: float = Field(70.0, ge=0.0, le=255.0)
     #: each neurite's cytoplasm brightness is drawn uniformly from this range
-    cytoplasm_intensity: tuple[float, float] = (140.0, 210.0)
+    cytoplasm_intensity: tuple[float, float] = (125.0, 180.0)
     extracellular_intensity: float = Field(120.0, ge=0.0, le=255.0)
     #: amplitude (grey levels) and feature size (voxels) of a smooth texture in the cytoplasm
-    texture_amplitude: float = Field(12.0, ge=0.0)
+    texture_amplitude: float = Field(8.0, ge=0.0)
     texture_scale: float = Field(4.0, gt=0.0)
     #: dark specks in the cytoplasm (vesicles, microtubules in cross-section): the top of a second
     #: smooth noise of feature size ``speck_scale`` voxels, at most ``speck_amplitude`` grey levels deep
-    speck_amplitude: float = Field(0.0, ge=0.0)
-    speck_scale: float = Field(1.5, gt=0.0)
+    speck_amplitude: float = Field(120.0, ge=0.0)
+    speck_scale: float = Field(2.5, gt=0.0)
     #: mitochondria: dark tubes inside neurites at least ``mito_min_radius`` thick, starting with
     #: this probability per voxel of path (0 = none); their length (voxels), radius (fraction of
     #: the neurite's) and grey level are drawn uniformly from the ranges
-    mito_per_length: float = Field(0.0, ge=0.0, le=1.0)
+    mito_per_length: float = Field(0.01, ge=0.0, le=1.0)
     mito_min_radius: float = Field(6.0, gt=0.0)
     mito_length: tuple[float, float] = (15.0, 60.0)
     mito_radius_ratio: tuple[float, float] = (0.3, 0.55)
     mito_intensity: tuple[float, float] = (70.0, 95.0)
     #: Gaussian blur (voxels) and then Gaussian noise (grey levels)
-    blur_sigma: float = Field(1.0, ge=0.0)
-    noise_sigma: float = Field(10.0, ge=0.0)
+    blur_sigma: float = Field(1.2, ge=0.0)
+    noise_sigma: float = Field(8.0, ge=0.0)
 
     @model_validator(mode="after")
     def _check(self) -> PhantomParams:
