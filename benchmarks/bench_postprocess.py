@@ -125,13 +125,14 @@ def run_emseg(store: Path, block: int, workers: int, error_voxels: float, parts:
     import logging
 
     import numpy as np
-    from distributed import Client, LocalCluster, wait
+    from distributed import Client, LocalCluster
 
     from emseg.pipeline.io import urls
     from emseg.pipeline.io.volume import open_volume
     from emseg.tasks import stage5_pyramid
     from emseg.tasks import stage6_meshes
-    from emseg.tasks.driver.postprocess import submit_meshes, submit_pyramid
+    from emseg.tasks.driver import engine
+    from emseg.tasks.driver.postprocess import mesh_tasks, pyramid_tasks
 
     url = urls.store_url(str(store))
     vol = open_volume(f"precomputed://{store}")
@@ -139,37 +140,34 @@ def run_emseg(store: Path, block: int, workers: int, error_voxels: float, parts:
     out: dict[str, Any] = {}
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                       silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
-        futures: list[Any] = []
-
-        def submit(stage: str, item: Any, fn: Any, *args: Any, deps: list[Any] = ()) -> Any:  # type: ignore[assignment]
-            f = client.submit(fn, *args, *deps, key=f"{stage}-{item}-{len(futures)}-{time.time()}", pure=False)
-            futures.append(f)
-            return f
+        def run(tasks: Any, run_id: str) -> engine.Streamer:
+            """Every task through the run's engine; raises if one failed."""
+            stream = engine.Streamer(client, run_id=run_id, retries=0, window=1000)
+            stream.submit_all(tasks)
+            stream.barrier()
+            if stream.failed:
+                raise RuntimeError(f"bench tasks failed: {stream.failures()[:3]}")
+            return stream
 
         # Workers up and the modules imported before timing, as igneous's forked processes inherit its imports.
         client.run(lambda: [__import__(m) for m in ("emseg.tasks.stage5_pyramid", "emseg.tasks.stage6_meshes", "tinybrain")])
         times = []
         for rep in range(repeat):  # the same work each time (the scales are rewritten), median reported
-            futures.clear()
             t = time.perf_counter()
             layer = stage5_pyramid.plan_layer(url, "segmentation", None)
-            submit_pyramid(submit, layer, f"bench{rep}")
-            wait(futures)
-            for f in futures:
-                f.result()
+            stream = run(pyramid_tasks(layer, f"bench{rep}"), f"bench{rep}")
             times.append(time.perf_counter() - t)
             if between is not None:
                 between(rep)
         out["pyramid_runs_seconds"] = times
         out["pyramid_seconds"] = sorted(times)[len(times) // 2]
         out["pyramid_scales"] = [s.key for s in layer.scales]
-        out["pyramid_tasks"] = len(futures)
+        out["pyramid_tasks"] = int(stream.results[stage5_pyramid.STAGE][0])
         if "skeletons" in parts:
-            out.update(_emseg_skeletons(client, submit, futures, url, layer.scales[0], block, max_id))
+            out.update(_emseg_skeletons(client, url, layer.scales[0], block, max_id))
         if "meshes" not in parts:
             return out
 
-        futures.clear()
         t = time.perf_counter()
         scale = layer.scales[0]
         shift, sharding = stage6_meshes.plan_groups(max_id, -(-scale.shape_zyx[0] // block) ** 3, "legacy")
@@ -179,33 +177,26 @@ def run_emseg(store: Path, block: int, workers: int, error_voxels: float, parts:
             scale=scale, block_shape=(block, block, block), mesh_dir=urls.join(url, "mesh"), format="legacy",
             shift=shift, sharding=sharding, reduction=10, max_error=error_voxels, lods=1, run_id="bench",
         )
-        import tensorstore as ts
-
-        ts.KvStore.open(urls.kvstore_spec(plan.mesh_dir)).result().write(
-            "info", json.dumps(plan.info()).encode()).result()
-        merges = submit_meshes(submit, plan, max_id, [])
-        wait(futures)
-        results = [f.result() for f in futures]
+        urls.open_kvstore(plan.mesh_dir).write("info", json.dumps(plan.info()).encode()).result()
+        stream = run(mesh_tasks(plan, max_id, []), "bench-mesh")
+        merges = list(stream.kept.values())  # the per-group merge tasks keep their results
+        tasks, task_seconds, _ = stream.results[stage6_meshes.STAGE]
         out["mesh_seconds"] = time.perf_counter() - t
-        out["mesh_block_task_seconds"] = sum(r["seconds"] for r in results[: len(results) - len(merges)])
-        out["mesh_merge_task_seconds"] = sum(r["seconds"] for r in results[len(results) - len(merges):])
-        out["mesh_segments"] = sum(r["segments"] for r in results[len(results) - len(merges):])
-        out["mesh_faces"] = sum(r["faces"] for r in results[len(results) - len(merges):])
-        out["mesh_tasks"] = len(futures)
+        out["mesh_merge_task_seconds"] = sum(r["seconds"] for r in merges)
+        out["mesh_block_task_seconds"] = task_seconds - out["mesh_merge_task_seconds"]
+        out["mesh_segments"] = sum(r["segments"] for r in merges)
+        out["mesh_faces"] = sum(r["faces"] for r in merges)
+        out["mesh_tasks"] = int(tasks)
     return out
 
 
-def _emseg_skeletons(client: Any, submit: Any, futures: list[Any], url: str, scale: Any, block: int,
-                     max_id: int) -> dict[str, Any]:
+def _emseg_skeletons(client: Any, url: str, scale: Any, block: int, max_id: int) -> dict[str, Any]:
     """emseg's stage 9 with the same TEASAR parameters, block shape and dust threshold as igneous's run."""
-    import tensorstore as ts
-    from distributed import wait
-
     from emseg.pipeline.io import urls
     from emseg.tasks import stage6_meshes
     from emseg.tasks import stage9_skeletons
+    from emseg.tasks.driver import engine
 
-    futures.clear()
     t = time.perf_counter()
     n_blocks = -(-scale.shape_zyx[0] // block) ** 3
     shift, _ = stage6_meshes.plan_groups(max_id, n_blocks, "legacy")
@@ -215,20 +206,23 @@ def _emseg_skeletons(client: Any, submit: Any, futures: list[Any], url: str, sca
         scale=scale, block_shape=(block, block, block), skeleton_dir=urls.join(url, "skeletons"), format="unsharded",
         shift=shift, sharding=None, teasar={"scale": 1.5, "const": 300.0}, dust_voxels=100, run_id="bench-skel",
     )
-    ts.KvStore.open(urls.kvstore_spec(plan.skeleton_dir)).result().write(
-        "info", json.dumps(plan.info()).encode()).result()
-    blocks = [submit(stage9_skeletons.STAGE, f"block-{b.id}", stage9_skeletons.skeleton_block_task, plan, b.id)
-              for b in plan.grid]
-    t_blocks = time.perf_counter()
-    wait(blocks)
+    urls.open_kvstore(plan.skeleton_dir).write("info", json.dumps(plan.info()).encode()).result()
+    stream = engine.Streamer(client, run_id="bench-skel", retries=0, window=1000)
+    tasks = [engine.Task(stage9_skeletons.STAGE, f"block-{b.id}", stage9_skeletons.skeleton_block_task, (plan, b.id))
+             for b in plan.grid]
+    stream.submit_all(tasks)
+    stream.barrier()  # timed apart: the block phase, then the merges
     t_blocks = time.perf_counter() - t
-    merges = [submit(stage9_skeletons.STAGE, f"group-{g}", stage9_skeletons.merge_group_task, plan, g, deps=blocks)
-              for g in range((max(max_id, 1) >> shift) + 1)]
-    wait(merges)
-    results = [f.result() for f in merges]
+    groups = range((max(max_id, 1) >> shift) + 1)
+    stream.submit_all(engine.Task(stage9_skeletons.STAGE, f"group-{g}", stage9_skeletons.merge_group_task, (plan, g),
+                                  keep=True) for g in groups)
+    stream.barrier()
+    if stream.failed:
+        raise RuntimeError(f"bench tasks failed: {stream.failures()[:3]}")
+    results = list(stream.kept.values())
     return {"skeleton_seconds": time.perf_counter() - t, "skeleton_block_wall_seconds": t_blocks,
             "skeleton_segments": sum(r["segments"] for r in results),
-            "skeleton_vertices": sum(r["vertices"] for r in results), "skeleton_tasks": len(blocks) + len(merges)}
+            "skeleton_vertices": sum(r["vertices"] for r in results), "skeleton_tasks": len(tasks) + len(groups)}
 
 
 def igneous_python(arg: str | None) -> str | None:

@@ -38,7 +38,8 @@ from scipy.sparse.csgraph import connected_components
 from emseg.pipeline.geometry import Box
 from emseg.pipeline.stitching.labels import key
 from emseg.pipeline.io.scratch import Scratch
-from emseg.tasks.driver import graph
+from emseg.pipeline import stages
+from emseg.tasks.driver import engine, graph
 from emseg.tasks.driver import runtime
 from emseg.tasks import stage3_unionfind as stage3
 from emseg.tasks.driver.cluster import configure_workers
@@ -152,14 +153,14 @@ def unionfind_case(n_blocks: int, n_edges: int, workers: int) -> dict:
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                       silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         t = time.perf_counter()
-        stream = graph.Streamer(client, run_id="bench", retries=0, window=2000, on_done=lambda task: None)
+        stream = engine.Streamer(client, run_id="bench", retries=0, window=2000)
         todo = {"1-segment": [], "2-seams": [], "3-unionfind": ["all"], "4-relabel": []}
         for task in graph.streaming_tasks(ctx, todo):
             stream.submit(task)
         for task in graph.resolving_tasks(ctx):
             stream.submit(task)
         stream.barrier()
-        stream.submit(graph.Task("3-unionfind", "finish", stage3.finish, (ctx,)))
+        stream.submit(engine.Task(stages.UNIONFIND, "finish", stage3.finish, (ctx,), keep=True))
         stream.barrier()
         seconds = time.perf_counter() - t
         if stream.failed:
@@ -199,13 +200,14 @@ def write_dry_input(work: Path, side: int) -> None:
 def plan_dry_run(work: Path):
     """Plan a dry run (backend ``noop``, 2³ blocks) of ``work/in.zarr``: the plan and what is to do."""
     from emseg.pipeline.config import from_dict
-    from emseg.tasks.driver.run import plan, prepare_output, _todo
+    from emseg.pipeline.stitching.resume import todo
+    from emseg.tasks.driver.run import done_markers, plan, prepare_output
 
     cfg = from_dict({"input": f"zarr://{work}/in.zarr", "output": str(work / "out"), "backend": {"name": "noop"},
                      "blocks": {"shape": [2, 2, 2], "halo": [0, 0, 0]}, "write": {"chunk_shape": [2, 2, 2]},
                      "postprocess": None})
     p = plan(cfg)
-    return p, _todo(prepare_output(p, restart=True), p.ctx.grid)
+    return p, todo(done_markers(prepare_output(p, restart=True)), p.ctx.grid)
 
 
 def graph_case(seconds: float, workers: int) -> dict:

@@ -175,13 +175,26 @@ class BlockGrid:
             if index[axis] < grid[axis]:
                 yield axis, self.block(self.block_id(index))
 
+    def block_indices(self, block_ids: np.ndarray) -> np.ndarray:
+        """Grid indices (z, y, x) of many block ids at once: int64 array of shape ``(n, 3)``.
+
+        >>> import numpy as np
+        >>> BlockGrid(Box((0, 0, 0), (4, 6, 6)), (2, 2, 2), (0, 0, 0)).block_indices(np.array([0, 10, 17])).tolist()
+        [[0, 0, 0], [1, 0, 1], [1, 2, 2]]
+        """
+        import numpy as np
+
+        _, gy, gx = self.grid_shape
+        ids = np.asarray(block_ids).astype(np.int64)
+        return np.stack([ids // (gy * gx), (ids // gx) % gy, ids % gx], axis=1)
+
     def _index_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Every block id and its grid index along z, y, x, as arrays."""
         import numpy as np
 
-        _, gy, gx = self.grid_shape
         ids = np.arange(self.num_blocks, dtype=np.int64)
-        return ids, ids // (gy * gx), (ids // gx) % gy, ids % gx
+        index = self.block_indices(ids)
+        return ids, index[:, 0], index[:, 1], index[:, 2]
 
     def forward_ids(self) -> np.ndarray:
         """For every block id, the ids of its forward face neighbours along z, y, x (-1 where none)."""

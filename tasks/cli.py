@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from emseg.pipeline.errors import BlocksFailedError, EmsegError
-from emseg.pipeline.io.scratch import STAGES
+from emseg.pipeline import stages as registry
 
 log = logging.getLogger("emseg")
 
@@ -98,14 +98,14 @@ def _summary(cfg: Any, run: dict[str, Any], evaluation: dict[str, Any] | None) -
         print("neuroglancer link:  " + neuroglancer.link(state))
 
 
-def cmd_segment(args: argparse.Namespace, stages: Sequence[str] = STAGES) -> int:
+def cmd_segment(args: argparse.Namespace, stages: Sequence[str] = registry.SEGMENTATION) -> int:
     from emseg.tasks.driver import report
     from emseg.tasks.driver.run import segment
 
     cfg = _load(args)
     run = segment(cfg, restart=args.restart, stages=stages, progress=not args.no_progress)
     evaluation = None
-    if cfg.evaluate is not None and run["status"] == "complete" and list(stages) == list(STAGES):
+    if cfg.evaluate is not None and run["status"] == "complete" and list(stages) == list(registry.SEGMENTATION):
         from emseg.tasks.commands.evaluate import evaluate
 
         t0 = time.time()
@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("stage", help="run one stage (the earlier ones must be complete)")
-    p.add_argument("stage", choices=STAGES, help="the stage to run: " + ", ".join(STAGES))
+    p.add_argument("stage", choices=registry.SEGMENTATION, help="the stage to run: " + "; ".join(f"{s} ({registry.describe(s)})" for s in registry.SEGMENTATION))
     _add_run_args(p)
     p.set_defaults(func=cmd_stage)
 

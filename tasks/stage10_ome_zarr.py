@@ -27,8 +27,10 @@ from emseg.pipeline.io import urls
 from emseg.pipeline.outputs.downsample import Scale, task_shape
 from emseg.pipeline.geometry import BlockGrid
 from emseg.tasks.driver import runtime
+from emseg.pipeline import stages
+from emseg.pipeline.io import kvstore
 
-STAGE = "10-ome-zarr"
+STAGE = stages.OME_ZARR
 NAME = "segmentation.ome.zarr"
 
 Version = Literal["0.4", "0.5"]
@@ -107,7 +109,7 @@ def plan(segmentation: str, output: str, scales: tuple[Scale, ...] | list[Scale]
 
     store = urls.join(output, NAME)
     kv = urls.open_kvstore(store)
-    kv.delete_range(ts.KvStore.KeyRange()).result()
+    kvstore.delete_prefix(kv)
     p = OmeZarrPlan(segmentation, store, version, tuple(scales), tuple(task_shape(s, block_voxels) for s in scales),
                     run_id)
     for name, blob in group_files(p).items():

@@ -22,8 +22,9 @@ from emseg.pipeline.stitching.labels import renumber_core_first
 from emseg.pipeline.io.volume import read_error
 from emseg.tasks.driver import runtime
 from emseg.tasks.driver.context import RunContext
+from emseg.pipeline import stages
 
-STAGE = "1-segment"
+STAGE = stages.SEGMENT
 
 
 def face_key(block_id: int, axis: int, direction: int) -> str:

@@ -23,8 +23,9 @@ from emseg.pipeline.stitching.seams import Edges, match_overlap, pair_centroids
 from emseg.tasks.driver import runtime
 from emseg.tasks.driver.context import RunContext
 from emseg.tasks.stage1_segment import face_key
+from emseg.pipeline import stages
 
-STAGE = "2-seams"
+STAGE = stages.SEAMS
 
 
 def face_origin(ctx: RunContext, block: Block, axis: int, neighbour: Block) -> np.ndarray:

@@ -38,27 +38,11 @@ from emseg.pipeline.stitching.unionfind import (
 from emseg.tasks.driver import runtime
 from emseg.tasks.driver.context import RunContext
 from emseg.tasks.stage1_segment import STAGE as SEGMENT
+from emseg.pipeline import stages
+from emseg.pipeline.stitching.resume import AGGLOMERATE, FINISH, down_item, group_name, up_item
 
-STAGE = "3-unionfind"
+STAGE = stages.UNIONFIND
 Vec = tuple[int, int, int]
-
-
-def _name(group: Vec) -> str:
-    return "_".join(map(str, group))
-
-
-def up_item(level: int, group: Vec) -> str:
-    return f"up-{level}-{_name(group)}"
-
-
-def down_item(level: int, group: Vec) -> str:
-    return f"down-{level}-{_name(group)}"
-
-
-def _block_indices(ctx: RunContext, block_ids: np.ndarray) -> np.ndarray:
-    _, gy, gx = ctx.grid.grid_shape
-    ids = block_ids.astype(np.int64)
-    return np.stack([ids // (gy * gx), (ids // gx) % gy, ids % gx], axis=1)
 
 
 def _n_core(ctx: RunContext, block_ids: np.ndarray) -> np.ndarray:
@@ -71,9 +55,6 @@ def _n_core(ctx: RunContext, block_ids: np.ndarray) -> np.ndarray:
             raise RuntimeError(f"block {b} has no stage-1 result; run stage 1-segment first")
         values.append(info["n_core"])
     return np.asarray(values, np.int64)[inverse]
-
-
-AGGLOMERATE = "agglomerate"
 
 
 def agglomerate_all(ctx: RunContext, *upstream: Any) -> dict[str, Any]:
@@ -138,7 +119,7 @@ def up(ctx: RunContext, level: int, group: Vec, *upstream: Any) -> dict[str, Any
             b_parts.append(edges["b"][keep])
     else:
         for child in children(group, level, grid.grid_shape):
-            passed = store.get_arrays(f"uf/up/{level - 1}/{_name(child)}")
+            passed = store.get_arrays(f"uf/up/{level - 1}/{group_name(child)}")
             a_parts.append(passed["pa"])
             b_parts.append(passed["pb"])
     a = np.concatenate(a_parts) if a_parts else np.zeros(0, np.uint64)
@@ -147,10 +128,10 @@ def up(ctx: RunContext, level: int, group: Vec, *upstream: Any) -> dict[str, Any
         a = sort_keys(a, lambda blocks: _n_core(ctx, blocks))
         b = sort_keys(b, lambda blocks: _n_core(ctx, blocks))
     here = np.asarray(group)
-    inside_a = ((_block_indices(ctx, plain_block(a)) >> level) == here).all(axis=1)
-    inside_b = ((_block_indices(ctx, plain_block(b)) >> level) == here).all(axis=1)
+    inside_a = ((ctx.grid.block_indices(plain_block(a)) >> level) == here).all(axis=1)
+    inside_b = ((ctx.grid.block_indices(plain_block(b)) >> level) == here).all(axis=1)
     renaming, pa, pb = reduce_edges(a, b, inside_a, inside_b)
-    store.put_arrays(f"uf/up/{level}/{_name(group)}", {"keys": renaming.keys, "reps": renaming.reps, "pa": pa, "pb": pb})
+    store.put_arrays(f"uf/up/{level}/{group_name(group)}", {"keys": renaming.keys, "reps": renaming.reps, "pa": pa, "pb": pb})
     info = {"edges": int(len(a)), "renamed": int(len(renaming.keys)), "passed_up": int(len(pa)),
             "seconds": time.perf_counter() - t0}
     store.mark_done(STAGE, up_item(level, group), info)
@@ -161,22 +142,22 @@ def down(ctx: RunContext, level: int, group: Vec, *upstream: Any) -> dict[str, A
     t0 = time.perf_counter()
     store = runtime.scratch(ctx.output)
     grid = ctx.grid
-    own_arrays = store.get_arrays(f"uf/up/{level}/{_name(group)}")
+    own_arrays = store.get_arrays(f"uf/up/{level}/{group_name(group)}")
     own = Renaming(own_arrays["keys"], own_arrays["reps"])
     if level == levels(grid.grid_shape):
         parent = Renaming(np.zeros(0, np.uint64), np.zeros(0, np.uint64))
     else:
-        arrays = store.get_arrays(f"uf/down/{level}/{_name(group)}")
+        arrays = store.get_arrays(f"uf/down/{level}/{group_name(group)}")
         parent = Renaming(arrays["keys"], arrays["reps"])
     final = resolve(own, parent)
     kids = children(group, level, grid.grid_shape)
     info: dict[str, Any] = {"keys": int(len(final.keys))}
     if level > 1:
-        owner = group_index(_block_indices(ctx, plain_block(final.keys)) >> (level - 1), grid.grid_shape, level - 1)
+        owner = group_index(ctx.grid.block_indices(plain_block(final.keys)) >> (level - 1), grid.grid_shape, level - 1)
         parts = split_by(final, owner)
         for kid in kids:
             part = parts.get(int(group_index(np.asarray([kid]), grid.grid_shape, level - 1)[0]), _EMPTY)
-            store.put_arrays(f"uf/down/{level - 1}/{_name(kid)}", {"keys": part.keys, "reps": part.reps})
+            store.put_arrays(f"uf/down/{level - 1}/{group_name(kid)}", {"keys": part.keys, "reps": part.reps})
     else:
         parts = split_by(final, plain_block(final.keys).astype(np.int64))
         block_ids = [grid.block_id(kid) for kid in kids]
@@ -202,7 +183,7 @@ def finish(ctx: RunContext, *upstream: Any) -> dict[str, Any]:
     n = grid.num_blocks
     n_core = np.zeros(n, np.int64)
     nonroot = np.zeros(n, np.int64)
-    for group in _groups(grid.grid_shape, 1):
+    for group in groups(grid.grid_shape, 1):
         info = store.done_info(STAGE, down_item(1, group)) or {}
         for block_id, (cores, nr) in info.get("blocks", {}).items():
             n_core[int(block_id)], nonroot[int(block_id)] = cores, nr
@@ -212,7 +193,7 @@ def finish(ctx: RunContext, *upstream: Any) -> dict[str, Any]:
                                     "token": np.frombuffer(token.encode("ascii"), np.uint8)})
     info = {"token": token, "num_segments": num_segments, "merged_labels": int(nonroot.sum()),
             "threshold": ctx.threshold, "seconds": time.perf_counter() - t0}
-    store.mark_done(STAGE, "finish", info)
+    store.mark_done(STAGE, FINISH, info)
     return info
 
 
@@ -230,18 +211,3 @@ def group_index(indices: np.ndarray, grid_shape: Vec, level: int) -> np.ndarray:
     if len(idx) == 0:
         return np.zeros(0, np.int64)
     return np.ravel_multi_index(tuple(idx.T), extent).astype(np.int64)
-
-
-def _groups(grid_shape: Vec, level: int) -> list[Vec]:
-    return list(groups(grid_shape, level))
-
-
-def items(grid_shape: Vec, agglomerate: bool = False) -> list[str]:
-    """Every stage-3 task of a grid, in an order that respects dependencies (``agglomerate``: a
-    boundary backend's global agglomeration comes first)."""
-    top = levels(grid_shape)
-    out = [AGGLOMERATE] if agglomerate else []
-    out += [up_item(L, g) for L in range(1, top + 1) for g in _groups(grid_shape, L)]
-    out += [down_item(L, g) for L in range(top, 0, -1) for g in _groups(grid_shape, L)]
-    return out + ["finish"]
-

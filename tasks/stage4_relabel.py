@@ -14,8 +14,9 @@ from emseg.pipeline.io import urls
 from emseg.pipeline.stitching.unionfind import block_lut
 from emseg.tasks.driver import runtime
 from emseg.tasks.driver.context import RunContext
+from emseg.pipeline import stages
 
-STAGE = "4-relabel"
+STAGE = stages.RELABEL
 
 
 def segmentation_spec(ctx: RunContext) -> str:

@@ -33,8 +33,9 @@ from emseg.pipeline.geometry import Block, BlockGrid, Box
 from emseg.pipeline.io.sharding import choose_bits, shard_shape
 from emseg.pipeline.io.volume import sharding_spec, ts_message
 from emseg.tasks.driver import runtime
+from emseg.pipeline import stages
 
-STAGE = "5-pyramid"
+STAGE = stages.PYRAMID
 log = logging.getLogger("emseg")
 
 Kind = Literal["image", "segmentation"]
@@ -90,7 +91,7 @@ class PyramidLayer:
 
 
 def read_info(store: str) -> dict[str, Any]:
-    kv = ts.KvStore.open(urls.kvstore_spec(store)).result()
+    kv = urls.open_kvstore(store)
     got = kv.read("info").result()
     if got.state != "value":
         raise ConfigError(f"no precomputed info at {store}; the pyramid needs a precomputed volume")

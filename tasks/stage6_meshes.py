@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import tensorstore as ts
 
 from emseg.pipeline.outputs import meshes
 
@@ -36,8 +35,9 @@ from emseg.pipeline.outputs.downsample import Scale
 from emseg.pipeline.geometry import BlockGrid
 from emseg.pipeline.outputs.shardfile import ShardSpec, encode_shard
 from emseg.tasks.driver import runtime
+from emseg.pipeline import stages
 
-STAGE = "6-meshes"
+STAGE = stages.MESHES
 PREFIX = "post/meshes/"
 
 
@@ -86,9 +86,6 @@ def plan_groups(num_segments: int, num_blocks: int, fmt: str) -> tuple[int, dict
     return shift, (spec.to_json() if fmt == "sharded" else None)
 
 
-def _kv(url: str) -> ts.KvStore:
-    return ts.KvStore.open(urls.kvstore_spec(url), context=ts.Context(urls.CONTEXT)).result()
-
 
 def mesh_block_task(plan: MeshPlan, block_id: int, *upstream: Any) -> dict[str, Any]:
     """Mesh one block; store its pieces by group."""
@@ -123,9 +120,9 @@ def load_group(output: str, group: int) -> dict[int, dict[int, list[meshes.Mesh]
     """Every block's pieces of the segments in ``group``: ``{segment: {level of detail: pieces}}``."""
     store = runtime.scratch(output)
     prefix = f"{PREFIX}{group}/"
-    keys = store.kv.list(ts.KvStore.KeyRange(prefix, prefix[:-1] + "0")).result()
+    keys = store.list_keys(prefix)
     out: dict[int, dict[int, list[meshes.Mesh]]] = {}
-    for key in sorted(k.decode() for k in keys):
+    for key in keys:
         a = store.get_arrays(key)
         v_end = np.cumsum(a["nv"])
         f_end = np.cumsum(a["nf"])
@@ -152,7 +149,7 @@ def merge_group_task(plan: MeshPlan, group: int, *upstream: Any) -> dict[str, An
     """Join the pieces of every segment in ``group`` and write their meshes."""
     t0 = time.perf_counter()
     pieces = load_group(plan.output, group)
-    kv = _kv(plan.mesh_dir)
+    kv = urls.open_kvstore(plan.mesh_dir)
     voxel = plan.scale.voxel_size_nm
     entries: list[tuple[int, bytes, bytes]] = []
     faces = 0

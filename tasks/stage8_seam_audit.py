@@ -4,7 +4,8 @@ Stage 2 keeps every candidate edge between neighbouring blocks with its overlap 
 rule merged it. An edge is *near the threshold* when ``|iou - stitch.min_iou| <= seam_audit_margin``:
 those are the merge decisions a person should look at. Per block, this stage finds the voxels the
 two labels share in the overlap (their centroid, which stage 2 kept with the edge) as the point,
-and maps both labels to final segment ids through the union-find result. One reduce task writes the
+and maps both labels to final segment ids through the union-find result. A tree of reduce tasks keeps
+the ``seam_audit_limit`` points nearest the threshold, and its root writes the
 points as a precomputed annotation collection ``<output>/seam_audit`` with properties ``iou``,
 ``overlap`` (voxels) and ``merged``, related to the two segments (``segments``), so the viewer lists
 the audit points of a selected segment.
@@ -17,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import tensorstore as ts
 
 from emseg.pipeline.io import urls
 from emseg.pipeline.outputs.annotations import Property, point_annotations
@@ -25,10 +25,13 @@ from emseg.pipeline.stitching.labels import block_of, local_of
 from emseg.pipeline.stitching.seams import pair_centroids
 from emseg.tasks.driver import runtime
 from emseg.tasks.driver.context import RunContext
+from emseg.tasks.driver.engine import children
 from emseg.tasks.stage1_segment import face_key
 from emseg.tasks.stage2_seams import face_origin
+from emseg.pipeline import stages
+from emseg.pipeline.io import kvstore
 
-STAGE = "8-seam-audit"
+STAGE = stages.SEAM_AUDIT
 PREFIX = "post/audit/"
 
 
@@ -101,16 +104,48 @@ def audit_block_task(plan: AuditPlan, block_id: int, *upstream: Any) -> dict[str
     return {"seconds": time.perf_counter() - t0, "points": int(len(arrays["iou"]))}
 
 
-def reduce_task(plan: AuditPlan, *upstream: Any) -> dict[str, Any]:
-    """Write the collected points as a precomputed annotation collection."""
-    t0 = time.perf_counter()
+def part_key(level: int, index: int) -> str:
+    """Scratch key of a block's points (level 0) or of a partial reduce (level >= 1)."""
+    return f"{PREFIX}{index}" if level == 0 else f"{PREFIX}L{level}/{index}"
+
+
+def nearest(cat: dict[str, np.ndarray], threshold: float, limit: int) -> dict[str, np.ndarray]:
+    """The ``limit`` points whose IoU lies nearest ``threshold`` (ties: the earlier point), in their
+    order. Exact under a tree reduce: a point among the nearest overall is among its part's nearest.
+
+    >>> nearest({"iou": np.array([0.9, 0.5, 0.45, 0.1])}, 0.5, 2)["iou"].tolist()
+    [0.5, 0.45]
+    """
+    if len(cat["iou"]) <= limit:
+        return cat
+    keep = np.argsort(np.abs(cat["iou"].astype(np.float64) - threshold), kind="stable")[:limit]
+    return {k: v[np.sort(keep)] for k, v in cat.items()}
+
+
+def _gather(plan: AuditPlan, level: int, indices: range) -> tuple[dict[str, np.ndarray], int]:
+    """The parts ``indices`` on ``level`` concatenated and cut to the nearest ``limit``, and how many
+    candidate points they held before any cut."""
     store = runtime.scratch(plan.run.output)
-    parts = [store.get_arrays(f"{PREFIX}{i}") for i in range(plan.run.grid.num_blocks)]
-    cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
-    n_all = len(cat.get("iou", []))
-    if n_all > plan.limit:
-        keep = np.argsort(np.abs(cat["iou"].astype(np.float64) - plan.threshold), kind="stable")[: plan.limit]
-        cat = {k: v[np.sort(keep)] for k, v in cat.items()}
+    parts = [store.get_arrays(part_key(level, i)) for i in indices]
+    n_all = sum(int(p["candidates"][0]) if "candidates" in p else len(p["iou"]) for p in parts)
+    keys = [k for k in parts[0] if k != "candidates"] if parts else []
+    cat = {k: np.concatenate([p[k] for p in parts]) for k in keys}
+    return (nearest(cat, plan.threshold, plan.limit) if cat else cat), n_all
+
+
+def partial_task(plan: AuditPlan, level: int, index: int, below: int, *upstream: Any) -> dict[str, Any]:
+    """One node of the reduce tree: keep the nearest ``limit`` points of its children."""
+    t0 = time.perf_counter()
+    cat, n_all = _gather(plan, level - 1, children(index, below))
+    runtime.scratch(plan.run.output).put_arrays(part_key(level, index), {**cat, "candidates": np.array([n_all])})
+    return {"seconds": time.perf_counter() - t0, "points": int(len(cat.get("iou", [])))}
+
+
+def reduce_task(plan: AuditPlan, level: int, count: int, *upstream: Any) -> dict[str, Any]:
+    """The root: the nearest ``limit`` points of the ``count`` parts on ``level``, written as a
+    precomputed annotation collection."""
+    t0 = time.perf_counter()
+    cat, n_all = _gather(plan, level, range(count))
     n = len(cat.get("iou", []))
     roi = plan.run.roi
     lower = [s + o for s, o in zip(roi.start, plan.input_offset_zyx)]
@@ -129,8 +164,8 @@ def reduce_task(plan: AuditPlan, *upstream: Any) -> dict[str, Any]:
         relationships={"segments": related},
         bounds_zyx=(lower, upper),
     )
-    kv = ts.KvStore.open(urls.kvstore_spec(plan.audit_dir), context=ts.Context(urls.CONTEXT)).result()
-    kv.delete_range(ts.KvStore.KeyRange()).result()
+    kv = urls.open_kvstore(plan.audit_dir)
+    kvstore.delete_prefix(kv)
     futures = [kv.write(k, v) for k, v in files.items()]
     for f in futures:
         f.result()

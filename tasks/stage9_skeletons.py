@@ -24,7 +24,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import tensorstore as ts
 
 from emseg.pipeline.outputs import skeletons
 
@@ -33,8 +32,9 @@ from emseg.pipeline.outputs.downsample import Scale
 from emseg.pipeline.geometry import BlockGrid
 from emseg.pipeline.outputs.shardfile import ShardSpec, encode_shard
 from emseg.tasks.driver import runtime
+from emseg.pipeline import stages
 
-STAGE = "9-skeletons"
+STAGE = stages.SKELETONS
 PREFIX = "post/skeletons/"
 
 
@@ -62,9 +62,6 @@ class SkeletonPlan:
         return skeletons.info(self.sharding)
 
 
-def _kv(url: str) -> ts.KvStore:
-    return ts.KvStore.open(urls.kvstore_spec(url), context=ts.Context(urls.CONTEXT)).result()
-
 
 def skeleton_block_task(plan: SkeletonPlan, block_id: int, *upstream: Any) -> dict[str, Any]:
     """Skeletonize one block; store its pieces by group."""
@@ -90,12 +87,12 @@ def merge_group_task(plan: SkeletonPlan, group: int, *upstream: Any) -> dict[str
     t0 = time.perf_counter()
     store = runtime.scratch(plan.output)
     prefix = f"{PREFIX}{group}/"
-    keys = store.kv.list(ts.KvStore.KeyRange(prefix, prefix[:-1] + "0")).result()
+    keys = store.list_keys(prefix)
     pieces: dict[int, list[Any]] = {}
-    for key in sorted(k.decode() for k in keys):
+    for key in keys:
         for seg, skel in skeletons.from_arrays(store.get_arrays(key)).items():
             pieces.setdefault(seg, []).append(skel)
-    kv = _kv(plan.skeleton_dir)
+    kv = urls.open_kvstore(plan.skeleton_dir)
     entries: list[tuple[int, bytes, bytes]] = []
     writes = []
     vertices = 0

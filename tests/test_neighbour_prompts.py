@@ -25,13 +25,13 @@ def _ctx(tmp_path: Path, grid_voxels: tuple[int, int, int], prompts: bool):
 @pytest.mark.parametrize("prompts", [False, True])
 def test_every_task_comes_after_what_it_needs(tmp_path: Path, prompts: bool) -> None:
     from emseg.tasks.driver import graph
-    from emseg.tasks.driver.run import _all_items
+    from emseg.pipeline.stitching.resume import all_items
 
     _, ctx = _ctx(tmp_path, (24, 32, 40), prompts)  # 3 x 4 x 5 blocks
     grid = ctx.grid
     seen: set[tuple[str, object]] = set()
     deps_of = {}
-    for task in graph.streaming_tasks(ctx, _all_items(grid)):
+    for task in graph.streaming_tasks(ctx, all_items(grid)):
         missing = [d for d in task.deps if d not in seen]
         assert not missing, f"{task.stage} {task.item} yielded before {missing}"
         seen.add((task.stage, task.item))
@@ -83,7 +83,8 @@ def test_an_odd_block_gets_its_neighbours_labels_in_the_overlaps(tmp_path: Path)
 
 def test_a_redone_even_block_redoes_the_odd_blocks_it_prompted(tmp_path: Path) -> None:
     from emseg.pipeline.io.scratch import Scratch
-    from emseg.tasks.driver.run import _todo
+    from emseg.pipeline.stitching.resume import todo
+    from emseg.tasks.driver.run import done_markers
 
     p, ctx = _ctx(tmp_path, (24, 24, 24), prompts=True)
     grid = ctx.grid
@@ -93,5 +94,5 @@ def test_a_redone_even_block_redoes_the_odd_blocks_it_prompted(tmp_path: Path) -
     corner = grid.block_id((0, 0, 0))
     store.clear_done("1-segment", [corner])
     face = {nb.id for _, _, nb in grid.neighbours(grid.block(corner))}
-    assert set(_todo(store, grid, neighbour_prompts=True)["1-segment"]) == {corner} | face
-    assert _todo(store, grid, neighbour_prompts=False)["1-segment"] == [corner]
+    assert set(todo(done_markers(store), grid, neighbour_prompts=True)["1-segment"]) == {corner} | face
+    assert todo(done_markers(store), grid, neighbour_prompts=False)["1-segment"] == [corner]

@@ -42,9 +42,8 @@ import numpy as np
 import tensorstore as ts
 from numcodecs import Blosc
 
-from emseg.pipeline.io import urls
+from emseg.pipeline.io import kvstore, urls
 
-STAGES = ("1-segment", "2-seams", "3-unionfind", "4-relabel")
 #: what :meth:`Scratch.prune` removes after a complete run
 TRANSIENT = ("faces/", "rag/", "uf/up/", "uf/down/", "post/")
 _CODEC = Blosc(cname="lz4", clevel=3, shuffle=Blosc.SHUFFLE)
@@ -131,13 +130,23 @@ class Scratch:
 
     def delete(self, keys: Iterable[str]) -> None:
         """Delete objects (missing ones are no error)."""
-        futures = [self.kv.delete_range(ts.KvStore.KeyRange(k, k + "\x00")) for k in keys]
-        for f in futures:
-            f.result()
+        kvstore.delete_keys(self.kv, keys)
 
     def delete_prefix(self, prefix: str) -> None:
         """Delete every object whose key starts with ``prefix`` (e.g. ``"faces/"``)."""
-        self.kv.delete_range(ts.KvStore.KeyRange(prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1))).result()
+        kvstore.delete_prefix(self.kv, prefix)
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        """The keys under ``prefix`` (every key for ``""``), sorted."""
+        return kvstore.list_keys(self.kv, prefix)
+
+    def bytes_under(self, prefix: str = "") -> int:
+        """Total bytes of the objects under ``prefix`` (reads them: for estimates, not hot paths)."""
+        return kvstore.bytes_under(self.kv, prefix)
+
+    def object_bytes(self, key: str) -> int:
+        """The size of one object (0 when it is missing)."""
+        return kvstore.object_bytes(self.kv, key)
 
     def read(self, key: str) -> bytes | None:
         got = self.kv.read(key).result()
@@ -161,8 +170,7 @@ class Scratch:
 
     def done_items(self, stage: str) -> set[str]:
         prefix = f"done/{stage}/"
-        keys = self.kv.list(ts.KvStore.KeyRange(prefix, prefix[:-1] + "0")).result()
-        return {k.decode()[len(prefix) :] for k in keys}
+        return {k[len(prefix) :] for k in kvstore.list_keys(self.kv, prefix)}
 
     def done_info(self, stage: str, item: int | str) -> dict[str, Any] | None:
         blob = self.read(f"done/{stage}/{item}")
@@ -170,11 +178,9 @@ class Scratch:
 
     def clear_done(self, stage: str, items: Iterable[int | str] | None = None) -> None:
         if items is None:
-            prefix = f"done/{stage}/"
-            self.kv.delete_range(ts.KvStore.KeyRange(prefix, prefix[:-1] + "0")).result()
+            kvstore.delete_prefix(self.kv, f"done/{stage}/")
             return
-        for item in items:
-            self.kv.delete_range(ts.KvStore.KeyRange(f"done/{stage}/{item}", f"done/{stage}/{item}\x00")).result()
+        kvstore.delete_keys(self.kv, [f"done/{stage}/{item}" for item in items])
 
     def prune(self) -> None:
         """Remove what no later step needs (:data:`TRANSIENT`); see the module docstring."""
@@ -204,7 +210,7 @@ class Scratch:
         return out
 
     def clear(self) -> None:
-        self.kv.delete_range(ts.KvStore.KeyRange()).result()
+        kvstore.delete_prefix(self.kv)
 
     # fingerprint -------------------------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any] | None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import tensorstore as ts
 
 from emseg.pipeline.io import urls
 from emseg.pipeline.errors import VolumeNotFoundError
@@ -32,7 +31,7 @@ def clean(output: str) -> dict[str, Any]:
     """
     out = urls.store_url(output)
     scratch = Scratch(out)
-    keys = scratch.kv.list(ts.KvStore.KeyRange()).result()
+    keys = scratch.list_keys()
     run = report.read(out)
     if run is None and not keys:
         raise VolumeNotFoundError(f"no emseg output at {output} (no run.json, no scratch/); check the path")

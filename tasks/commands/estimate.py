@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from emseg.pipeline.errors import ConfigError
+from emseg.pipeline.io import kvstore
 
 if TYPE_CHECKING:
     from emseg.pipeline.geometry import BlockGrid
@@ -213,29 +214,6 @@ def _device(backend_params: dict[str, Any]) -> str:
     return f"cpu ({os.cpu_count()} cores)"
 
 
-def _bytes_under(kv: Any, prefix: str, *, skip: Sequence[str] = ()) -> int:
-    """Total size of the objects whose key starts with ``prefix`` (every object for ``""``)."""
-    import tensorstore as ts
-
-    if prefix:
-        keys = kv.list(ts.KvStore.KeyRange(prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1))).result()
-    else:
-        keys = kv.list().result()
-    total = 0
-    for k in keys:
-        if k.decode() in skip:
-            continue
-        got = kv.read(k).result()
-        if got.state == "value":
-            total += len(got.value)
-    return total
-
-
-def _size(kv: Any, key: str) -> int:
-    got = kv.read(key).result()
-    return len(got.value) if got.state == "value" else 0
-
-
 def calibrate(p: Plan, n: int = 3, *, workdir: str | None = None) -> Calibration:
     """Segment ``n`` blocks of a planned run for real, into a temporary output, and measure them.
 
@@ -290,12 +268,12 @@ def calibrate(p: Plan, n: int = 3, *, workdir: str | None = None) -> Calibration
         warm = time.perf_counter() - t0
 
         cal = Calibration(device="", startup_seconds=0.0)
-        written = _bytes_under(seg_kv, "", skip=("info",))
+        written = kvstore.bytes_under(seg_kv, "", skip=("info",))
         for bid in ids:
             block = grid.block(bid)
             info = segment_block(ctx, bid)
-            labels_bytes = _size(scratch.kv, f"labels/{bid}")
-            faces_bytes = _bytes_under(scratch.kv, f"faces/{bid}/")
+            labels_bytes = scratch.object_bytes(f"labels/{bid}")
+            faces_bytes = scratch.bytes_under(f"faces/{bid}/")
             face_voxels = sum((block.read_box & nb.read_box).size for _, _, nb in grid.neighbours(block))
 
             # stage 2 stand-in: read each forward overlap twice (for its two sides), match it against
@@ -312,7 +290,7 @@ def calibrate(p: Plan, n: int = 3, *, workdir: str | None = None) -> Calibration
             scratch.put_arrays(f"edges/{bid}", {"a": edges.a, "b": edges.b, "count": edges.count,
                                                 "iou": edges.iou, "merge": edges.merge})
             seam_s = time.perf_counter() - t
-            n_edges, edges_bytes = len(edges), _size(scratch.kv, f"edges/{bid}") if parts else 0
+            n_edges, edges_bytes = len(edges), scratch.object_bytes(f"edges/{bid}") if parts else 0
 
             # stage 4 stand-in: read the core labels, map them through a lookup table, write them
             # with the output's encoding and chunks
@@ -321,7 +299,7 @@ def calibrate(p: Plan, n: int = 3, *, workdir: str | None = None) -> Calibration
             lut = np.arange(int(core.max(initial=0)) + 1, dtype=np.uint64)
             writer.write(block.write_box.shift([-s for s in ctx.roi.start]), lut[core])
             write_s = time.perf_counter() - t
-            now = _bytes_under(seg_kv, "", skip=("info",))
+            now = kvstore.bytes_under(seg_kv, "", skip=("info",))
             out_bytes, written = now - written, now
 
             cal.samples.append(BlockSample(

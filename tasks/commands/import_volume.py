@@ -31,6 +31,7 @@ from emseg.pipeline.io import urls
 from emseg.pipeline.errors import ConfigError, OutputExistsError
 from emseg.pipeline.geometry import BlockGrid, Box
 from emseg.pipeline.io.importers import open_source
+from emseg.pipeline.io import kvstore
 
 log = logging.getLogger("emseg")
 
@@ -48,10 +49,9 @@ def _dest(dest: str) -> tuple[str, str]:
 
 
 def _exists(store: str) -> bool:
-    import tensorstore as ts
 
     kv = urls.open_kvstore(store)
-    return bool(kv.list(ts.KvStore.KeyRange()).result())
+    return bool(kvstore.list_keys(kv))
 
 
 def import_volume(source: str, dest: str, *, dataset: str | None = None, voxel_size_nm: Sequence[float] | None = None,

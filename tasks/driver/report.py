@@ -8,12 +8,12 @@ import json
 import platform
 from typing import TYPE_CHECKING, Any
 
-import tensorstore as ts
 
 from emseg.pipeline.outputs import neuroglancer
 
 from emseg.pipeline.io import urls
-from emseg.pipeline.io.scratch import STAGES
+from emseg.pipeline import stages
+from emseg.pipeline.io import kvstore
 
 if TYPE_CHECKING:
     from emseg.tasks.driver.run import Plan
@@ -71,8 +71,8 @@ def build(
     finished = dt.datetime.now(dt.timezone.utc).timestamp()
     per_stage: dict[str, dict[str, Any]] = {}
     stats, wall = results["stats"], results["wall"]
-    for stage in STAGES:
-        ran, secs = stats.get(stage, [0, 0.0])
+    for stage in stages.SEGMENTATION:
+        ran, secs = stats.get(stage, [0, 0.0, 0])[:2]
         first, last = wall.get(stage, [0.0, 0.0])
         per_stage[stage] = {
             "tasks": totals[stage],
@@ -142,7 +142,7 @@ def write(output: str, run: dict[str, Any]) -> None:
 
 def remove(output: str) -> None:
     kv = urls.open_kvstore(output)
-    kv.delete_range(ts.KvStore.KeyRange("run.json", "run.json\x00")).result()
+    kvstore.delete_keys(kv, ["run.json"])
 
 
 def read(output: str) -> dict[str, Any] | None:

@@ -17,7 +17,6 @@ import dataclasses
 import logging
 import math
 import os
-import sys
 import uuid
 import time
 from collections.abc import Sequence
@@ -25,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import tensorstore as ts
 
 from emseg.pipeline import backends
 
@@ -34,14 +32,16 @@ from emseg.pipeline.config import Config
 from emseg.pipeline.errors import BlocksFailedError, ConfigError, OutputExistsError, RegionError
 from emseg.pipeline.geometry import Box, BlockGrid
 from emseg.pipeline.io.lock import OutputLock
-from emseg.pipeline.io.scratch import STAGES, Scratch
+from emseg.pipeline.io.scratch import Scratch
 from emseg.pipeline.io.sharding import check_alignment, choose_bits, shard_shape
 from emseg.pipeline.io.volume import Volume, create_precomputed, open_volume, read_error, sharding_spec, spec_for
 from emseg.tasks.driver import report as report_mod
 from emseg.tasks.driver.context import RunContext
-from emseg.tasks.driver import graph
+from emseg.tasks.driver import engine, graph
 from emseg.tasks import stage3_unionfind as stage3
-from emseg.tasks.stage3_unionfind import items as unionfind_items
+from emseg.pipeline import stages as registry
+from emseg.pipeline.stitching import resume
+from emseg.pipeline.io import kvstore
 
 log = logging.getLogger("emseg")
 
@@ -290,8 +290,7 @@ def _global_agglomeration(config: Config, roi: Box) -> bool:
 
 
 def _delete_prefix(store: str) -> None:
-    kv = urls.open_kvstore(store)
-    kv.delete_range(ts.KvStore.KeyRange()).result()
+    kvstore.delete_prefix(urls.open_kvstore(store))
 
 
 def prepare_output(p: Plan, *, restart: bool) -> Scratch:
@@ -326,57 +325,12 @@ def prepare_output(p: Plan, *, restart: bool) -> Scratch:
     return scratch
 
 
-def _todo(scratch: Scratch, grid: BlockGrid, neighbour_prompts: bool = False,
-          threshold: float | None = None, boundary: bool = False,
-          global_agglomeration: bool = False) -> dict[str, list[int | str]]:
-    """What must run, given the done-markers; the dependants of redone work are redone too.
-
-    With ``neighbour_prompts``, an odd block whose (even) face neighbour is redone is redone too,
-    since it took its prompts from that neighbour's labels. With a boundary backend's agglomeration
-    ``threshold``, union-find and relabel are redone when the finished union-find used another one;
-    and since a boundary seam task reads its backward neighbours too, their redone blocks redo it.
-    """
-    n = grid.num_blocks
-    done = {s: scratch.done_items(s) for s in STAGES}
-
-    def finished(stage: str) -> np.ndarray:
-        mask = np.zeros(n, bool)
-        ids = [int(i) for i in done[stage] if i.isdigit() and int(i) < n]
-        mask[ids] = True
-        return mask
-
-    redo_seg = ~finished("1-segment")
-    fwd = grid.forward_ids()
-    if neighbour_prompts:
-        nbs = np.concatenate([fwd, grid.backward_ids()], axis=1)
-        prompted_by_redo = (redo_seg[np.maximum(nbs, 0)] & (nbs >= 0)).any(axis=1)
-        redo_seg |= grid.odd() & prompted_by_redo
-    redo_nb = np.zeros(n, bool)
-    readers = np.concatenate([fwd, grid.backward_ids()], axis=1) if boundary else fwd
-    for axis in range(readers.shape[1]):
-        has = readers[:, axis] >= 0
-        redo_nb[has] |= redo_seg[readers[has, axis]]
-    redo_seams = ~finished("2-seams") | redo_seg | redo_nb
-    uf_items = unionfind_items(grid.grid_shape, global_agglomeration)
-    stale = threshold is not None and (scratch.done_info("3-unionfind", "finish") or {}).get("threshold") != threshold
-    uf: list[int | str] = (list(uf_items) if stale or redo_seams.any() or not set(uf_items) <= done["3-unionfind"]
-                           else [])
-    redo_relabel = np.ones(n, bool) if uf else ~finished("4-relabel")
-    return {
-        "1-segment": np.flatnonzero(redo_seg).tolist(),
-        "2-seams": np.flatnonzero(redo_seams).tolist(),
-        "3-unionfind": uf,
-        "4-relabel": np.flatnonzero(redo_relabel).tolist(),
-    }
+def done_markers(scratch: Scratch) -> dict[str, set[str]]:
+    """The done-markers of the four segmentation stages, by stage."""
+    return {stage: scratch.done_items(stage) for stage in registry.SEGMENTATION}
 
 
-def _all_items(grid: BlockGrid, global_agglomeration: bool = False) -> dict[str, list[Any]]:
-    ids = list(range(grid.num_blocks))
-    return {"1-segment": ids, "2-seams": ids,
-            "3-unionfind": list(unionfind_items(grid.grid_shape, global_agglomeration)), "4-relabel": ids}
-
-
-def execute(p: Plan, *, restart: bool = False, stages: Sequence[str] = STAGES, progress: bool = True) -> dict[str, Any]:
+def execute(p: Plan, *, restart: bool = False, stages: Sequence[str] = registry.SEGMENTATION, progress: bool = True) -> dict[str, Any]:
     """Run the stages of a planned run on its Dask cluster and write ``run.json``.
 
     The output is locked for the whole run: a second run into it is refused, not interleaved.
@@ -392,32 +346,35 @@ def _execute(p: Plan, *, restart: bool, stages: Sequence[str], progress: bool) -
     p.ctx = ctx = dataclasses.replace(p.ctx, run_id=uuid.uuid4().hex)
     grid = ctx.grid
     scratch = prepare_output(p, restart=restart)
+    done = done_markers(scratch)
     for stage in stages:
-        for earlier in STAGES[: STAGES.index(stage)]:
-            if earlier not in stages and _incomplete(scratch, earlier, grid, ctx.global_agglomeration):
+        for earlier in registry.after(stage):
+            if earlier not in stages and resume.incomplete(done, earlier, grid, ctx.global_agglomeration):
                 raise ConfigError(
                     f"stage {stage} needs stage {earlier} to be complete first; run `emseg stage {earlier}` before it"
                 )
-    todo = _todo(scratch, grid, ctx.neighbour_prompts, ctx.threshold, ctx.boundary, ctx.global_agglomeration)
+    finished_threshold = (scratch.done_info(registry.UNIONFIND, resume.FINISH) or {}).get("threshold")
+    todo = resume.todo(done, grid, ctx.neighbour_prompts, ctx.threshold, finished_threshold, ctx.boundary,
+                       ctx.global_agglomeration)
     # Invalidate the markers of everything that is to be redone (now or by a later stage command)
     # before anything runs, so that a kill at any point leaves consistent markers.
-    scratch.clear_done("2-seams", todo["2-seams"])
-    if todo["3-unionfind"]:
-        scratch.clear_done("3-unionfind")
-        scratch.clear_done("4-relabel")
-    totals = {stage: len(items) for stage, items in _all_items(grid, ctx.global_agglomeration).items()}
-    for stage in STAGES:
+    scratch.clear_done(registry.SEAMS, todo[registry.SEAMS])
+    if todo[registry.UNIONFIND]:
+        scratch.clear_done(registry.UNIONFIND)
+        scratch.clear_done(registry.RELABEL)
+    totals = {stage: len(items) for stage, items in resume.all_items(grid, ctx.global_agglomeration).items()}
+    for stage in registry.SEGMENTATION:
         if stage not in stages:
             todo[stage] = []
             continue
         skipped = totals[stage] - len(todo[stage])
         if skipped:
             log.info("resume: %s skips %d of %d %s already done", stage, skipped, totals[stage],
-                     "tasks" if stage == "3-unionfind" else "blocks")
+                     "tasks" if stage == registry.UNIONFIND else "blocks")
 
     previous = report_mod.read(ctx.output)
     if not any(todo.values()) and previous is not None and previous.get("status") == "complete" \
-            and list(stages) == list(STAGES) \
+            and list(stages) == list(registry.SEGMENTATION) \
             and (previous.get("config") or {}).get("postprocess") == p.config.to_json().get("postprocess"):
         # Nothing to do: the finished run's report stands; the rerun is recorded beside it, not over it.
         log.info("resume: every task is done already; run.json keeps the finished run's report")
@@ -425,49 +382,40 @@ def _execute(p: Plan, *, restart: bool, stages: Sequence[str], progress: bool) -
 
     retries = p.config.retries
     with connect(p.config.cluster) as client:
-        bar = _progress(sum(len(v) for v in todo.values()), enabled=progress)
-
-        def done(task: graph.Task) -> None:
-            bar.update(1)
-            bar.set_postfix_str(f"{task.stage} {task.item}", refresh=False)
-
+        bar = engine.progress_bar(sum(len(v) for v in todo.values()), desc="emseg", enabled=progress)
         window = max(1000, 50 * p.config.cluster.workers * p.config.cluster.threads_per_worker)
-        stream = graph.Streamer(client, run_id=ctx.run_id, retries=retries, window=window, on_done=done)
-        for task in graph.streaming_tasks(ctx, todo):
-            stream.submit(task)
+        stream = engine.Streamer(client, run_id=ctx.run_id, retries=retries, window=window, progress=bar)
+        stream.submit_all(graph.streaming_tasks(ctx, todo))
         token: str | None = None
-        if todo["3-unionfind"]:
-            for task in graph.resolving_tasks(ctx):
-                stream.submit(task)
+        if todo[registry.UNIONFIND]:
+            stream.submit_all(graph.resolving_tasks(ctx))
             stream.barrier()
-            ups_ok = not stream.failed
-            if ups_ok:
-                stream.submit(graph.Task("3-unionfind", "finish", stage3.finish, (ctx,)))
+            if not stream.failed:
+                stream.submit(engine.Task(registry.UNIONFIND, "finish", stage3.finish, (ctx,), keep=True))
                 stream.barrier()
-                token = (stream.kept.get(("3-unionfind", "finish")) or {}).get("token")
+                token = (stream.kept.get((registry.UNIONFIND, "finish")) or {}).get("token")
         else:
             stream.barrier()
-            if todo["4-relabel"]:
-                token = (scratch.done_info("3-unionfind", "finish") or {}).get("token")
-        if todo["4-relabel"] and token is not None and not stream.failed:
-            for task in graph.relabel_tasks(ctx, [int(i) for i in todo["4-relabel"]], token):
-                stream.submit(task)
+            if todo[registry.RELABEL]:
+                token = (scratch.done_info(registry.UNIONFIND, "finish") or {}).get("token")
+        if todo[registry.RELABEL] and token is not None and not stream.failed:
+            stream.submit_all(graph.relabel_tasks(ctx, [int(i) for i in todo[registry.RELABEL]], token))
         stream.barrier()
         bar.close()
-        failures = [{"stage": stage, "block": item, "error": error} for (stage, item), error in stream.failed.items()]
+        failures = stream.failures()
         post = None
-        if not failures and list(stages) == list(STAGES) and p.config.postprocess is not None:
-            from emseg.tasks.driver.postprocess import postprocess  # stages 5-8: pyramid, meshes, properties, seam audit
+        if not failures and list(stages) == list(registry.SEGMENTATION) and p.config.postprocess is not None:
+            from emseg.tasks.driver.postprocess import postprocess  # stages 5-10: viewing outputs
 
-            post = postprocess(client, p, progress=progress)
+            post = postprocess(client, p, window=window, progress=progress)
             failures.extend(post["failures"])
         versions = report_mod.versions(client)
 
     # The union-find result of this run, or (when only relabelling was redone) of the run it resumes.
-    finish = stream.kept.get(("3-unionfind", "finish")) or scratch.done_info("3-unionfind", "finish") or {}
+    finish = stream.kept.get((registry.UNIONFIND, "finish")) or scratch.done_info(registry.UNIONFIND, "finish") or {}
     results = {"stats": stream.results, "wall": stream.wall, "finish": finish}
     run = report_mod.build(p, todo, totals, results, failures, started=t_start, versions=versions, post=post)
-    if not failures and list(stages) == list(STAGES):
+    if not failures and list(stages) == list(registry.SEGMENTATION):
         run["scratch"] = _scratch_lifecycle(p, scratch)
     report_mod.write(ctx.output, run)
     real = [f for f in failures if not f["error"].startswith("skipped")]
@@ -511,16 +459,6 @@ def _ids(items: list[Any]) -> str:
     return ", ".join(map(str, items[:10])) + (f", … ({len(items)} in all)" if len(items) > 10 else "")
 
 
-def _incomplete(scratch: Scratch, stage: str, grid: BlockGrid, global_agglomeration: bool = False) -> bool:
-    return not {str(i) for i in _all_items(grid, global_agglomeration)[stage]} <= scratch.done_items(stage)
-
-
-def _progress(total: int, *, enabled: bool) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="emseg", unit="task", disable=not enabled, file=sys.stderr, mininterval=0.5)
-
-
-def segment(config: Config, *, restart: bool = False, stages: Sequence[str] = STAGES, progress: bool = True) -> dict[str, Any]:
+def segment(config: Config, *, restart: bool = False, stages: Sequence[str] = registry.SEGMENTATION, progress: bool = True) -> dict[str, Any]:
     """Validate and run; returns the content of ``run.json``."""
     return execute(plan(config), restart=restart, stages=stages, progress=progress)
