@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, TypeVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -317,26 +317,46 @@ def parse_overrides(items: Sequence[str]) -> list[tuple[str, Any]]:
     return out
 
 
-def from_dict(data: Mapping[str, Any], overrides: Sequence[str] = ()) -> Config:
-    """Validate a config mapping after applying ``key=value`` overrides (the caller's mapping is not changed)."""
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate(model: type[M], data: Mapping[str, Any], overrides: Sequence[str] = (), *, where: str = "") -> M:
+    """Validate ``data`` as ``model`` after applying ``key=value`` overrides (``data`` is not changed).
+
+    The one loader of emseg's YAML + ``--set`` + pydantic configs (runs, training, the SLURM launcher).
+    Raises :class:`ConfigError` with one line per problem (unknown keys, missing keys, wrong values),
+    prefixed with ``where`` (e.g. the file) when given.
+    """
     data = copy.deepcopy(dict(data))
     for key, value in parse_overrides(overrides):
         _set(data, key, value)
     try:
-        return Config.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_pydantic_message(exc)) from None
+        msg = _pydantic_message(exc)
+        raise ConfigError(f"{where}: {msg}" if where else msg) from None
 
 
-def load(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
-    """Load a YAML config and apply ``key=value`` overrides."""
+def read_yaml(path: str | os.PathLike[str], what: str = "config file") -> dict[str, Any]:
+    """The mapping in a YAML file; :class:`ConfigError` (naming ``what`` and the path) when the file is
+    missing, is not YAML, or does not hold a mapping."""
     try:
         with open(path) as f:
             data = yaml.safe_load(f) or {}
     except FileNotFoundError:
-        raise ConfigError(f"config file {os.fspath(path)!r} does not exist") from None
+        raise ConfigError(f"{what} {os.fspath(path)!r} does not exist") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {os.fspath(path)!r} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{what} {os.fspath(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {os.fspath(path)!r} must hold a mapping of keys")
-    return from_dict(data, overrides)
+        raise ConfigError(f"{what} {os.fspath(path)!r} must hold a mapping of keys")
+    return data
+
+
+def from_dict(data: Mapping[str, Any], overrides: Sequence[str] = ()) -> Config:
+    """Validate a run config mapping after applying ``key=value`` overrides (the caller's mapping is not changed)."""
+    return validate(Config, data, overrides)
+
+
+def load(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
+    """Load a YAML run config and apply ``key=value`` overrides."""
+    return validate(Config, read_yaml(path), overrides)

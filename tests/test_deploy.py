@@ -241,7 +241,7 @@ def test_slurm_launcher_dry_run_and_bad_settings(slurm: ModuleType, tmp_path: Pa
     bad = _settings(slurm, tmp_path, walltime="6h", gpu=2)
     assert slurm.main([str(bad), "--dry-run"]) == 2
     err = capsys.readouterr().err
-    assert "walltime '6h' is not HH:MM:SS" in err and "unknown key 'gpu'" in err
+    assert "walltime '6h' is not HH:MM:SS" in err and "unknown config key 'gpu'" in err
 
 
 def test_pin_gpu_gives_each_worker_process_its_own_gpu(tmp_path: Path) -> None:

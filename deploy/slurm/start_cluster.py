@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 HERE = Path(__file__).resolve().parent
@@ -123,29 +122,14 @@ class Settings(BaseModel):
 
 
 def load_settings(path: str | os.PathLike[str]) -> Settings:
-    """Read and validate a settings YAML; :class:`SettingsError` says what to fix."""
+    """Read and validate a settings YAML with emseg's config loader; :class:`SettingsError` says what to fix."""
+    from emseg.pipeline.config import read_yaml, validate
+    from emseg.pipeline.errors import ConfigError
+
     try:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-    except FileNotFoundError:
-        raise SettingsError(f"settings file {os.fspath(path)!r} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise SettingsError(f"settings file {os.fspath(path)!r} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise SettingsError(f"settings file {os.fspath(path)!r} must hold a mapping of keys")
-    try:
-        return Settings.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            where = ".".join(map(str, err["loc"]))
-            if err["type"] == "extra_forbidden":
-                problems.append(f"unknown key {where!r}; remove it or check its spelling")
-            elif err["type"] == "missing":
-                problems.append(f"missing key {where!r}")
-            else:
-                problems.append(f"{where + ': ' if where else ''}{err['msg'].removeprefix('Value error, ')}")
-        raise SettingsError(f"{os.fspath(path)}: " + "; ".join(problems)) from None
+        return validate(Settings, read_yaml(path, "settings file"), where=os.fspath(path))
+    except ConfigError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def cluster_kwargs(s: Settings) -> dict[str, Any]:

@@ -17,8 +17,6 @@ import argparse
 import json
 from typing import Any
 
-from emseg.pipeline.errors import ConfigError
-from emseg.tasks.commands.train_ffn import _apply_override
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,36 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_config(path: str, overrides: list[str]) -> Any:
-    """The validated :class:`TrainConfig` from ``path`` with ``--set`` overrides applied.
-
-    Raises
-    ------
-    ConfigError
-        Missing file, not a mapping, or a key that is unknown or invalid (named in the message).
-    """
-    import yaml
-    from pydantic import ValidationError
-
+    """The validated :class:`~emseg.pipeline.backends.boundary.config.TrainConfig` from ``path`` with
+    ``--set`` overrides applied; :class:`ConfigError` names the file and the key (keys: docs/boundary.md)."""
     from emseg.pipeline.backends.boundary.config import TrainConfig
+    from emseg.pipeline.config import read_yaml, validate
 
-    try:
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"no training config at {path!r}; pass the path of a YAML file") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
-    for item in overrides:
-        _apply_override(raw, item)
-    try:
-        return TrainConfig.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        msg = first["msg"].replace("\n", " ")
-        raise ConfigError(f"{path}: key {where!r}: {msg} (keys are listed in docs/boundary.md)") from None
+    return validate(TrainConfig, read_yaml(path, "training config"), overrides, where=path)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,7 +15,6 @@ import argparse
 import json
 from typing import Any
 
-from emseg.pipeline.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,44 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
 
 
-def _apply_override(raw: dict[str, Any], item: str) -> None:
-    import yaml
-
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"--set {item!r}: write KEY=VALUE, e.g. --set steps=100")
-    node = raw
-    parts = key.split(".")
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {item!r}: {part!r} is not a section of the config")
-        node = child
-    node[parts[-1]] = yaml.safe_load(value)
-
-
 def load_config(path: str, overrides: list[str]) -> Any:
-    """The validated training config from ``path`` with ``--set`` overrides applied."""
-    import yaml
-    from pydantic import ValidationError
-
+    """The validated :class:`~emseg.pipeline.backends.ffn.config.TrainConfig` from ``path`` with
+    ``--set`` overrides applied; :class:`ConfigError` names the file and the key (keys: docs/ffn.md)."""
     from emseg.pipeline.backends.ffn.config import TrainConfig
+    from emseg.pipeline.config import read_yaml, validate
 
-    try:
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"no training config at {path!r}; pass the path of a YAML file") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
-    for item in overrides:
-        _apply_override(raw, item)
-    try:
-        return TrainConfig.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{path}: key {where!r}: {first['msg']} (keys are listed in docs/ffn.md)") from None
+    return validate(TrainConfig, read_yaml(path, "training config"), overrides, where=path)
 
 
 def run(args: argparse.Namespace) -> int:
