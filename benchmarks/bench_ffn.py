@@ -37,11 +37,10 @@ KEYS = ("voi_split", "voi_merge", "voi", "adapted_rand_error", "precision", "rec
 
 
 def _device_name(device: str) -> str:
-    import torch
 
-    from emseg.pipeline.backends.ffn.model import describe_device
+    from emseg.pipeline.backends.device import describe
 
-    return describe_device(torch.device(device))
+    return describe(device)
 
 
 def _segment_timed(image: np.ndarray, params: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from emseg.pipeline import backends
 from emseg.pipeline.backends.sam2.backend import Backend, Params
+from emseg.pipeline.errors import ConfigError
 from emseg.pipeline.backends.sam2.prompts import best_uncovered_slice, key_slices, seeds_on_slice
 
 
@@ -52,7 +53,13 @@ def test_bad_params_are_refused(bad: dict, words: str) -> None:
 def test_cpu_runs_fp32_by_default() -> None:
     assert not Backend(Params(device="cpu")).bf16()
     assert Backend(Params(device="cpu", precision="bf16")).bf16()
-    assert Backend(Params(device="cuda", precision="auto")).bf16()
+    from emseg.pipeline.backends.device import resolve_precision
+
+    assert resolve_precision("auto", "cuda:1") == "bf16"  # what Backend.bf16() applies on a GPU
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():  # a GPU asked for and absent: one clear error before any work
+        with pytest.raises(ConfigError, match="sees no CUDA device"):
+            Backend(Params(device="cuda:0")).device()
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from emseg.pipeline.backends.boundary.augment import IntensityAugment
 from emseg.pipeline.backends.boundary.unet import UNetConfig
+from emseg.pipeline.backends.device import Device
 
 Vec3 = tuple[int, int, int]
 
@@ -120,7 +121,7 @@ class TrainConfig(_Strict):
     boundary_weight: float = Field(0.5, gt=0, lt=1)
     long_range_weight: float = Field(0.5, ge=0)
     lsd_weight: float = Field(0.5, ge=0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     threads: int | None = Field(None, ge=1)
     log_every: int = Field(10, ge=1)

@@ -37,7 +37,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from emseg.pipeline.io import checkpoints
 from emseg.pipeline.backends.boundary import features as feats
-from emseg.pipeline.errors import CheckpointError, ConfigError
+from emseg.pipeline.errors import CheckpointError
+from emseg.pipeline.backends import device as devices
 
 FORMAT = "emseg-unet"
 VERSION = 1
@@ -153,26 +154,6 @@ def build(config: UNetConfig) -> Any:
     return UNet()
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when CUDA is present, else ``cpu``."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} asked for, but this torch sees no CUDA device; use cpu or auto")
-    return device
-
-
-def autocast_dtype(device: str, precision: str) -> Any:
-    """The autocast dtype: ``auto`` is bf16 on CUDA and none (fp32) on the CPU."""
-    import torch
-
-    if precision == "bf16" or (precision == "auto" and device.startswith("cuda")):
-        return torch.bfloat16
-    return None
-
-
 class UNetModel:
     """A U-Net ready for inference; implements :class:`emseg.pipeline.backends.boundary.AffinityModel`.
 
@@ -188,11 +169,10 @@ class UNetModel:
 
     def __init__(self, net: Any, device: str = "cpu", precision: str = "auto",
                  tile: tuple[int, int, int] = (96, 160, 160), meta: dict[str, Any] | None = None) -> None:
-        self.device = resolve_device(device)
+        self.device = devices.resolve_device(device)
         self.net = net.to(self.device).eval()
         self.config: UNetConfig = net.config
-        self.precision = precision
-        self.autocast = autocast_dtype(self.device, precision)
+        self.precision = devices.resolve_precision(precision, self.device)
         self.context_zyx = context(self.config)
         self.tile = tile
         self.meta = dict(meta or {})
@@ -202,12 +182,8 @@ class UNetModel:
         import torch
 
         x = torch.from_numpy(np.ascontiguousarray(normalised, dtype=np.float32))[None, None].to(self.device)
-        with torch.inference_mode():
-            if self.autocast is not None:
-                with torch.autocast(device_type=self.device.split(":")[0], dtype=self.autocast):
-                    y = self.net(x)
-            else:
-                y = self.net(x)
+        with torch.inference_mode(), devices.autocast(self.device, self.precision):
+            y = self.net(x)
         return y[0].float().cpu().numpy()
 
     def predict(self, image: np.ndarray, origin_zyx: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:

@@ -117,13 +117,14 @@ def train_unet(config: TrainConfig, spec: UNetSpec, out_dir: Path, emit: Any, pr
     """Train the U-Net as ``config`` says, resuming when asked; returns the run summary."""
     from tqdm.auto import tqdm
 
+    from emseg.pipeline.backends import device as devices
     from emseg.pipeline.backends.boundary.training import _best, _format, read, to_unit, validate
 
     start_time = time.time()
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = unet_mod.resolve_device(config.device)
-    autocast = unet_mod.autocast_dtype(device, config.precision)
+    device = devices.resolve_device(config.device)
+    precision = devices.resolve_precision(config.precision, device)
     torch.manual_seed(config.seed)
     network = spec.network()
     net = unet_mod.build(network).to(device)
@@ -149,7 +150,7 @@ def train_unet(config: TrainConfig, spec: UNetSpec, out_dir: Path, emit: Any, pr
     sampler = Sampler(to_unit(image), labels, config, spec)
     params = sum(p.numel() for p in net.parameters())
     emit(f"unet: {params} parameters, context {list(unet_mod.context(network))}, device {device}, "
-         f"autocast {autocast}, patch {list(config.patch)} x {config.batch_size}")
+         f"precision {precision}, patch {list(config.patch)} x {config.batch_size}")
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     deadline = start_time + config.max_minutes * 60 if config.max_minutes else None
@@ -186,10 +187,7 @@ def train_unet(config: TrainConfig, spec: UNetSpec, out_dir: Path, emit: Any, pr
         tt, mt = torch.from_numpy(t).to(device), torch.from_numpy(m).to(device)
         lt = torch.from_numpy(lsd).to(device) if lsd is not None else None
         optimiser.zero_grad(set_to_none=True)
-        if autocast is not None:
-            with torch.autocast(device_type=device.split(":")[0], dtype=autocast):
-                logits = net(xt)
-        else:
+        with devices.autocast(device, precision):
             logits = net(xt)
         loss = loss_fn(logits, tt, mt, lt, spec, config)
         loss.backward()
@@ -215,7 +213,7 @@ def train_unet(config: TrainConfig, spec: UNetSpec, out_dir: Path, emit: Any, pr
     checkpoint(final=True)
     return {
         "kind": "unet", "network": network.model_dump(mode="json"), "parameters": params, "steps": step,
-        "stopped": stopped, "device": device, "autocast": str(autocast), "seed": config.seed,
+        "stopped": stopped, "device": device, "precision": precision, "seed": config.seed,
         "image": config.image, "labels": config.labels,
         "train_region": config.train_region.model_dump(mode="json") if config.train_region else None,
         "val_region": config.val_region.model_dump(mode="json") if config.val_region else None,

@@ -45,6 +45,7 @@ from pydantic import Field, ValidationError, model_validator
 from emseg.pipeline import backends
 from emseg.pipeline.backends.base import BackendParams
 from emseg.pipeline.errors import CheckpointError, DtypeError
+from emseg.pipeline.backends.device import Device
 
 Vec3 = tuple[int, int, int]
 
@@ -73,7 +74,7 @@ class HybridParams(BackendParams):
 
 class Params(BackendParams):
     checkpoint: str = "bundled"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     batch_size: int | None = Field(None, ge=1)
     step: Vec3 | None = None
@@ -111,7 +112,8 @@ _LOCK = threading.Lock()
 
 def _load_predictor(params: Params) -> Any:
     """The torch predictor for ``params``, loaded once per process."""
-    from emseg.pipeline.backends.ffn.model import TorchPredictor, resolve_device, resolve_precision
+    from emseg.pipeline.backends.device import resolve_device, resolve_precision
+    from emseg.pipeline.backends.ffn.model import TorchPredictor
     from emseg.pipeline.backends.ffn.weights import build_model, load_checkpoint
 
     import torch

@@ -13,6 +13,7 @@ import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from emseg.pipeline.backends.device import Device
 
 Vec3 = tuple[int, int, int]
 
@@ -147,7 +148,7 @@ class TrainConfig(_Strict):
     moves: int = Field(1, ge=0, le=8)
     augment: bool = True
     seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     threads: int | None = Field(None, ge=1)
     log_every: int = Field(25, ge=1)

@@ -15,14 +15,13 @@ Every convolution keeps the spatial size (padding 1), so the output covers the w
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import torch
 from torch import nn
 
-from emseg.pipeline.errors import ConfigError
 from emseg.pipeline.backends.ffn.config import ModelConfig
+from emseg.pipeline.backends import device as devices
 
 
 class ResidualModule(nn.Module):
@@ -86,55 +85,6 @@ class FFN(nn.Module):
         return pom_logits.float() + update.float()
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; refuse ``cuda`` without a GPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but no GPU is visible; use device: auto or cpu")
-    if device not in ("cpu", "cuda"):
-        raise ConfigError(f"unknown device {device!r}; use auto, cpu or cuda")
-    return torch.device(device)
-
-
-def describe_device(device: torch.device) -> str:
-    """The hardware in words, for logs and results: GPU name, or CPU model, cores and threads."""
-    if device.type == "cuda":
-        return f"GPU: {torch.cuda.get_device_name(device)}"
-    import os
-    import platform
-
-    model, flags = platform.processor() or platform.machine(), []
-    try:
-        with open("/proc/cpuinfo") as f:
-            lines = f.read().splitlines()
-        model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), model)
-        flags = next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), [])
-    except OSError:
-        pass
-    extras = " ".join(f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags)
-    return (
-        f"CPU: {model}{f' ({extras})' if extras else ''}, {os.cpu_count()} cores, "
-        f"{torch.get_num_threads()} torch thread(s)"
-    )
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` → ``bf16`` on CUDA, ``fp32`` elsewhere."""
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    if precision not in ("bf16", "fp32"):
-        raise ConfigError(f"unknown precision {precision!r}; use auto, bf16 or fp32")
-    return precision
-
-
-def autocast(device: torch.device, precision: str) -> AbstractContextManager[object]:
-    """bf16 autocast for ``precision == 'bf16'``, else a no-op context."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
 class TorchPredictor:
     """Adapts an :class:`FFN` to the numpy predictor protocol of :mod:`emseg.pipeline.backends.ffn.inference`.
 
@@ -146,7 +96,7 @@ class TorchPredictor:
         Where and how to run; bf16 uses autocast.
     """
 
-    def __init__(self, net: FFN, device: torch.device, precision: str) -> None:
+    def __init__(self, net: FFN, device: str, precision: str) -> None:
         self.net = net.to(device).eval()
         self.device = device
         self.precision = precision
@@ -161,7 +111,7 @@ class TorchPredictor:
         pom = torch.from_numpy(np.ascontiguousarray(pom_logits, dtype=np.float32))[:, None]
         img = img.to(self.device, non_blocking=True)
         pom = pom.to(self.device, non_blocking=True)
-        with autocast(self.device, self.precision):
+        with devices.autocast(self.device, self.precision):
             out = self.net(img, pom)
         self.fovs += image.shape[0]
         return out[:, 0].float().cpu().numpy()

@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from emseg.pipeline.backends.ffn.config import ModelConfig, Region, TrainConfig
-from emseg.pipeline.backends.ffn.model import FFN, autocast, describe_device, resolve_device, resolve_precision
+from emseg.pipeline.backends.device import autocast, resolve_device, resolve_precision
+from emseg.pipeline.backends.device import describe as describe_device
+from emseg.pipeline.backends.ffn.model import FFN
 from emseg.pipeline.backends.ffn.sampling import Batch, PatchSampler
 from emseg.pipeline.errors import ConfigError
 from emseg.pipeline.backends.ffn.weights import bundled_path, load_checkpoint, load_state, save_checkpoint
@@ -106,7 +108,7 @@ def run_fovs(
     net: FFN,
     batch: Batch,
     moves: int,
-    device: torch.device,
+    device: str,
     precision: str,
     rng: np.random.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -304,7 +306,7 @@ def train(
     return meta
 
 
-def _meta(config: TrainConfig, summary: dict[str, Any], step: int, start: float, device: torch.device) -> dict[str, Any]:
+def _meta(config: TrainConfig, summary: dict[str, Any], step: int, start: float, device: str) -> dict[str, Any]:
     region = lambda r: "all" if r is None else f"{list(r.start)}..{list(r.stop)}"  # noqa: E731
     return {
         "steps": step,

@@ -22,6 +22,7 @@ from pydantic import Field, field_validator, model_validator
 
 from emseg.pipeline.backends.base import BackendParams
 from emseg.pipeline.errors import CheckpointError, ConfigError, DtypeError, ShapeMismatchError
+from emseg.pipeline.backends.device import Device
 
 if TYPE_CHECKING:  # pragma: no cover
     from emseg.pipeline.backends.sam2.block import BlockResult
@@ -47,7 +48,7 @@ class Params(BackendParams):
     random_weights: bool = False
     random_seed: int = 0
     image_size: int = Field(1024, ge=64)
-    device: str = "auto"
+    device: Device = "auto"
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     compile_image_encoder: bool = False
     offload: bool | None = None
@@ -78,14 +79,6 @@ class Params(BackendParams):
             raise ValueError(
                 f"image_size must be a multiple of 32 (1024 for the released weights), got {value}"
             )
-        return value
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        head, _, index = value.partition(":")
-        if head not in ("auto", "cpu", "cuda") or (index and (head != "cuda" or not index.isdigit())):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
         return value
 
     @model_validator(mode="after")
@@ -136,17 +129,15 @@ class Backend:
     # -- what the worker resolves on first use ------------------------------------------------
     def device(self) -> str:
         """The compute device: ``params.device``, or cuda when there is one and cpu otherwise."""
-        if self.params.device != "auto":
-            return self.params.device
-        import torch
+        from emseg.pipeline.backends.device import resolve_device
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return resolve_device(self.params.device)
 
     def bf16(self) -> bool:
         """Whether to run under bf16 autocast (default: on CUDA only)."""
-        if self.params.precision == "auto":
-            return self.device().startswith("cuda")
-        return self.params.precision == "bf16"
+        from emseg.pipeline.backends.device import resolve_precision
+
+        return resolve_precision(self.params.precision, self.device()) == "bf16"
 
     def predictor(self) -> Any:
         """The worker's cached ``SAM2VideoPredictor`` (built and loaded on first call)."""
