@@ -37,8 +37,10 @@ def test_url_is_fetched_once_into_the_cache_and_loads(tmp_path, monkeypatch, ser
     assert torch.equal(data["state_dict"]["w"], torch.ones(2))
     (served / "m.pt").unlink()  # a second load reads the cache, not the server
     assert checkpoints.load(f"{base}/m.pt", **KW)["version"] == 1
-    with pytest.raises(CheckpointError, match="could not fetch the test model"):
+    with pytest.raises(CheckpointError, match="the test model .*/gone.pt does not exist"):
         checkpoints.load(f"{base}/gone.pt", **KW)
+    with pytest.raises(CheckpointError, match="could not fetch the test model"):
+        checkpoints.load("http://127.0.0.1:9/m.pt", **KW)  # nothing listens on the discard port
 
 
 def test_refusals_name_the_problem(tmp_path) -> None:

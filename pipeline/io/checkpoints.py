@@ -34,6 +34,8 @@ from emseg.pipeline.errors import CheckpointError
 #: folder of the models that ship with emseg
 BUNDLED_DIR = Path(__file__).resolve().parents[1] / "models"
 _MAX_LISTED = 8
+#: URL schemes a checkpoint can be fetched from (http(s) directly, the others through tensorstore)
+REMOTE_SCHEMES = ("http", "https", "gs", "s3")
 
 
 def cache_dir(family: str) -> Path:
@@ -71,7 +73,12 @@ def resolve(location: str | os.PathLike[str], *, bundled: str, family: str, what
         return path
     parsed = urllib.parse.urlparse(location)
     if parsed.scheme in ("", "file") or (len(parsed.scheme) == 1 and os.name == "nt"):
-        return Path(urllib.parse.unquote(parsed.path) if parsed.scheme == "file" else location)
+        return Path(urllib.parse.unquote(parsed.path) if parsed.scheme == "file" else os.path.expanduser(location))
+    if parsed.scheme not in REMOTE_SCHEMES or not Path(parsed.path).name:
+        raise CheckpointError(
+            f"cannot read the {what} {location!r}; give a local path or a gs://, s3://, http:// or https:// "
+            "URL of the file"
+        )
     target = cache_dir(family) / (
         hashlib.sha256(location.encode()).hexdigest()[:16] + "-" + (Path(parsed.path).name or "checkpoint")
     )
@@ -101,6 +108,8 @@ def download(location: str, what: str = "checkpoint") -> bytes:
             raise FileNotFoundError(location)
         return bytes(result.value)
     except Exception as exc:
+        if isinstance(exc, FileNotFoundError) or getattr(exc, "code", None) == 404:
+            raise CheckpointError(f"the {what} {location} does not exist; check the URL") from None
         raise CheckpointError(
             f"could not fetch the {what} {location} ({type(exc).__name__}: {str(exc)[:200]}); check the URL "
             "and credentials, or copy the file locally and give its path"

@@ -14,8 +14,6 @@ attention are recomputed for the feature size, which the overrides below set onc
 
 from __future__ import annotations
 
-import hashlib
-import os
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -49,7 +47,6 @@ _TRUNK_SIGNATURES: dict[tuple[int, int], str] = {
     (144, 48): "sam2.1_hiera_l",
 }
 
-REMOTE_SCHEMES = ("gs", "s3", "http", "https")
 _MAX_LISTED_KEYS = 12
 
 
@@ -100,69 +97,24 @@ def build_model(model: str, image_size: int, device: str) -> Any:
     return predictor
 
 
-def cache_dir() -> str:
-    """Where remote checkpoints are kept: ``$EMSEG_CACHE/checkpoints`` or ``~/.cache/emseg/...``."""
-    root = os.environ.get("EMSEG_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "emseg")
-    return os.path.join(root, "checkpoints")
-
-
-def split_url(location: str) -> tuple[str, str]:
-    """A remote checkpoint URL as (directory URL, file name), the form tensorstore's kvstore reads.
-
-    >>> split_url("gs://bucket/models/sam2.1_hiera_tiny.pt")
-    ('gs://bucket/models/', 'sam2.1_hiera_tiny.pt')
-    >>> split_url("https://example.org/sam2.1_hiera_tiny.pt")
-    ('https://example.org/', 'sam2.1_hiera_tiny.pt')
-    """
-    scheme, sep, rest = location.partition("://")
-    if not sep or scheme not in REMOTE_SCHEMES or "/" not in rest or rest.endswith("/"):
-        raise CheckpointError(
-            f"cannot read a checkpoint from {location!r}; give a local path or a "
-            "gs://, s3://, http:// or https:// URL of a .pt file"
-        )
-    directory, _, name = location.rpartition("/")
-    return directory + "/", name
-
-
-def _fetch(location: str) -> str:
-    """Copy a remote checkpoint into the local cache (once) and return the local path."""
-    directory, name = split_url(location)
-    digest = hashlib.sha256(location.encode()).hexdigest()[:16]
-    path = os.path.join(cache_dir(), f"{digest}-{name}")
-    if os.path.exists(path):
-        return path
-    import tensorstore as ts
-
-    try:
-        store = ts.KvStore.open(directory).result()
-        result = store.read(name).result()
-    except Exception as exc:  # tensorstore raises ValueError/OSError subclasses by backend
-        raise CheckpointError(
-            f"could not read checkpoint {location!r}: {exc}; check the URL and the credentials "
-            "of this worker, or copy the file to a local path"
-        ) from exc
-    if result.state != "value":
-        raise CheckpointError(f"checkpoint {location!r} does not exist; check backend.checkpoint")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    partial = f"{path}.{os.getpid()}.{threading.get_ident()}.part"
-    with open(partial, "wb") as f:
-        f.write(bytes(result.value))
-    os.replace(partial, path)  # atomic: concurrent workers never see half a file
-    return path
-
-
 def local_checkpoint(location: str) -> str:
-    """The local path of checkpoint ``location`` (fetching a remote one into the cache)."""
-    if location.startswith("file://"):
-        location = location[len("file://") :]
-    scheme, sep, _ = location.partition("://")
-    path = _fetch(location) if sep else os.path.expanduser(location)
-    if not os.path.isfile(path):
+    """The local path of checkpoint ``location``: a path, or a URL fetched once into the cache
+    (``$EMSEG_CACHE/sam2``) by :func:`emseg.pipeline.io.checkpoints.resolve`, as every emseg model is.
+
+    Raises :class:`CheckpointError` with where to get the weights when the file is not there.
+    """
+    from emseg.pipeline.io import checkpoints
+
+    if location == "bundled":
+        raise CheckpointError(f"emseg bundles no SAM2 weights; download the SAM2.1 weights from {RELEASE_URL} "
+                              "and set backend.checkpoint to their path or URL")
+    path = checkpoints.resolve(location, bundled="", family="sam2", what="SAM2 checkpoint")
+    if not path.is_file():
         raise CheckpointError(
             f"checkpoint {location!r} not found; download the SAM2.1 weights from {RELEASE_URL} "
             "(e.g. sam2.1_hiera_tiny.pt) and set backend.checkpoint to their path or URL"
         )
-    return path
+    return str(path)
 
 
 def read_state_dict(location: str) -> dict[str, torch.Tensor]:
