@@ -19,48 +19,13 @@ import argparse
 import json
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
-from emseg.pipeline.config import from_dict
+from emseg.tasks.commands.evaluate import chunk_dependence
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "fib25_ts2.zarr"
 RESULTS = Path(__file__).parent / "results"
-KEYS = ("voi_split", "voi_merge", "adapted_rand_error", "f1")
-
-
-def run_both(backend: dict, block: int, halo: int, work: Path, address: str | None = None,
-             roi: dict | None = None) -> dict:
-    from emseg.tasks.commands.evaluate import evaluate
-    from emseg.tasks.driver.run import segment
-
-    out: dict = {}
-    cluster = {"address": address} if address else {"workers": 2}
-    for name, shape in (("chunked", [block] * 3), ("unchunked", [256] * 3)):
-        cfg = from_dict({
-            "input": f"zarr://{DATA}/raw",
-            "output": str(work / name),
-            "backend": backend,
-            "blocks": {"shape": shape, "halo": [halo] * 3},
-            "write": {"chunk_shape": [64, 64, 64]},
-            "cluster": cluster,
-            "roi": roi,
-            "postprocess": None,
-        })
-        t = time.perf_counter()
-        run = segment(cfg, restart=True, progress=False)
-        out[name] = {"seconds": round(time.perf_counter() - t, 2), "segments": run["segments"],
-                     "blocks": run["blocks"]["total"]}
-    seg = {name: f"precomputed://{work}/{name}/segmentation" for name in ("chunked", "unchunked")}
-    gt = f"zarr://{DATA}/labels"
-    dep = evaluate(seg["chunked"], seg["unchunked"], ignore_gt_zero=False)
-    out["chunk_dependence"] = {k: dep[k] for k in ("voi_split", "voi_merge", "adapted_rand_error")}
-    for name in ("chunked", "unchunked"):
-        for label, min_size in (("all", 0), ("ge1000", 1000)):
-            s = evaluate(seg[name], gt, min_size=min_size)
-            out[name][f"vs_groundtruth_{label}"] = {k: s[k] for k in KEYS}
-    return out
 
 
 def main() -> None:
@@ -72,7 +37,8 @@ def main() -> None:
     if not DATA.exists():
         raise SystemExit(f"needs {DATA}")
     work = Path(tempfile.mkdtemp(prefix="emseg-fib25-"))
-    res = run_both({"name": args.backend}, args.block, args.halo, work)
+    res = chunk_dependence(f"zarr://{DATA}/raw", f"zarr://{DATA}/labels", {"name": args.backend}, args.block,
+                           args.halo, work)
     print(f"\nFIB-25 250³, backend {args.backend}, blocks {args.block}³ halo {args.halo}")
     print(f"{'result':<34} {'VOI split':>9} {'VOI merge':>9} {'VOI sum':>8} {'ARand':>7} {'F1':>6}")
     d = res["chunk_dependence"]

@@ -3,7 +3,7 @@
 For each object count, one block is prompted on its middle slice with one click per object, and the
 objects are propagated forward and backward through every slice, twice on the same frames and
 prompts with the same model: by :func:`emseg.pipeline.backends.sam2.propagate.propagate_batch` (objects in one
-batch, image encoder once per frame) and by :func:`emseg.pipeline.backends.sam2.stock.stock_propagate` (the stock
+batch, image encoder once per frame) and by ``stock_propagate`` (tests/sam2_stock.py) (the stock
 ``SAM2VideoPredictor``, one object at a time). Both timings include the image encoder. Reported:
 slices per second and object-slices per second, and the speed-up. A last row compares the masks of
 a bf16 run with an fp32 run of the batched path (mean IoU over objects and slices).
@@ -85,7 +85,8 @@ def run(predictor: Any, image: np.ndarray, points: np.ndarray, path: str, device
 
     from emseg.pipeline.backends.sam2.frames import FrameFeatures
     from emseg.pipeline.backends.sam2.propagate import propagate_batch
-    from emseg.pipeline.backends.sam2.stock import stock_propagate
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the reference lives with the tests
+    from tests.sam2_stock import stock_propagate
 
     masks: dict[tuple[int, int], np.ndarray] = {}
 

@@ -1,31 +1,24 @@
 """Real data: FIB-25 segmented with watershed in blocks and as one block; chunk dependence and accuracy.
 
 The full-volume numbers come from benchmarks/bench_fib25.py (results/fib25_watershed.json); this
-test runs the same code on a 128 x 250 x 250 slab (2 x 2 blocks of 128³, and one block) so that it
+test runs the same function (``chunk_dependence``) on a 128 x 250 x 250 slab (2 x 2 blocks of 128³, and one block) so that it
 stays within the suite's time budget, and holds the numbers within bounds.
 """
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
-from tests.conftest import FIB25, REPO
+from emseg.tasks.commands.evaluate import chunk_dependence
+from tests.conftest import FIB25
 
 pytestmark = pytest.mark.skipif(not FIB25.exists(), reason="needs ../shared/data/fib25_ts2.zarr")
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_fib25", REPO / "benchmarks" / "bench_fib25.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
 def test_watershed_chunked_vs_unchunked(tmp_path, dask_address):
     roi = {"start": [0, 0, 0], "stop": [128, 250, 250]}
-    res = _bench().run_both({"name": "watershed"}, 128, 16, tmp_path, address=dask_address, roi=roi)
+    res = chunk_dependence(f"zarr://{FIB25}/raw", f"zarr://{FIB25}/labels", {"name": "watershed"}, 128, 16, tmp_path,
+                           address=dask_address, roi=roi)
     assert res["chunked"]["blocks"] == 4 and res["unchunked"]["blocks"] == 1
     dep = res["chunk_dependence"]
     # Blocks see 16 voxels of context across each seam: the two results nearly agree.

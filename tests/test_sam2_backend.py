@@ -19,7 +19,7 @@ from emseg.pipeline.backends.sam2.backend import Backend, Params  # noqa: E402
 from emseg.pipeline.backends.sam2.frames import FrameFeatures  # noqa: E402
 from emseg.pipeline.backends.sam2.propagate import propagate_batch  # noqa: E402
 from emseg.pipeline.backends.sam2.resolve import Resolver  # noqa: E402
-from emseg.pipeline.backends.sam2.stock import stock_propagate  # noqa: E402
+from tests.sam2_stock import stock_propagate  # noqa: E402
 from emseg.pipeline.backends.sam2.weights import build_model, get_predictor  # noqa: E402
 
 SIZE = 256

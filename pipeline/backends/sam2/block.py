@@ -15,14 +15,13 @@ estimate (labels of a cheap backend) of the same shape. The steps:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from emseg.pipeline.backends.sam2.prompts import Seeds, best_uncovered_slice, key_slices, prior_prompts, seeds_on_slice
 
 if TYPE_CHECKING:  # pragma: no cover
-    from emseg.pipeline.backends.sam2.backend import Params
     from emseg.pipeline.backends.sam2.propagate import Track
     from emseg.pipeline.backends.sam2.resolve import ObjectTable
 
@@ -55,11 +54,31 @@ class BlockResult:
     encoded_frames: int = 0
 
 
+class BlockSettings(Protocol):
+    """What :func:`segment_block` reads from its settings: the ``sam2`` backend's ``Params`` has these
+    fields (the kernel does not import the backend; the backend imports the kernel)."""
+
+    batch_size: int | None
+    encoder_batch: int
+    memory_frames: int
+    max_pointers: int
+    end_after_absent: int | None
+    key_slices: int
+    reprompt_slices: int
+    max_objects: int
+    min_seed_area: int
+    min_seed_distance: float
+    neighbour_prompts: bool
+    mask_threshold: float
+    min_size: int
+    min_score: float
+
+
 def segment_block(
     predictor: Any,
     slices: np.ndarray,
     interior_labels: np.ndarray,
-    params: Params,
+    params: BlockSettings,
     *,
     prior: np.ndarray | None = None,
     offload: bool = False,
