@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from emseg.pipeline.geometry import Block
-from emseg.pipeline.stitching.labels import key
+from emseg.pipeline.stitching.labels import key, local_of
 from emseg.pipeline.stitching.seams import Edges, match_overlap, pair_centroids
 from emseg.tasks.driver import runtime
 from emseg.tasks.driver.context import RunContext
@@ -40,6 +40,13 @@ def face_origin(ctx: RunContext, block: Block, axis: int, neighbour: Block) -> n
     return np.array((block.read_box & neighbour.read_box).start, np.float64)
 
 
+def match_seam(block_id: int, neighbour_id: int, mine: np.ndarray, theirs: np.ndarray, rule: Any) -> Edges:
+    """The scored edges of one overlap: ``mine`` and ``theirs`` are the two blocks' local labels in
+    it (same shape); the edges carry global keys (``block << 32 | local``)."""
+    e = match_overlap(mine, theirs, rule)
+    return Edges(key(block_id, e.a), key(neighbour_id, e.b), e.count, e.iou, e.merge)
+
+
 def seams_block(ctx: RunContext, block_id: int, *upstream: Any) -> dict[str, Any]:
     store = runtime.scratch(ctx.output)
     done = store.done_info(STAGE, block_id)
@@ -58,9 +65,9 @@ def seams_block(ctx: RunContext, block_id: int, *upstream: Any) -> dict[str, Any
         keys = face_key(block_id, axis, +1), face_key(neighbour.id, axis, -1)
         mine = store.get_arrays(keys[0])["labels"]
         theirs = store.get_arrays(keys[1])["labels"]
-        e = match_overlap(mine, theirs, rule)
-        parts.append(Edges(key(block_id, e.a), key(neighbour.id, e.b), e.count, e.iou, e.merge))
-        centres.append(pair_centroids(mine, theirs, e.a, e.b) + face_origin(ctx, block, axis, neighbour))
+        e = match_seam(block_id, neighbour.id, mine, theirs, rule)
+        parts.append(e)
+        centres.append(pair_centroids(mine, theirs, local_of(e.a), local_of(e.b)) + face_origin(ctx, block, axis, neighbour))
         consumed.extend(keys)
     edges = Edges.concat(parts)
     store.put_arrays(

@@ -112,12 +112,3 @@ def test_bad_plan_arguments_fail_with_one_line(tmp_path: Path, capsys: Any, args
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("emseg: error: ") and message in err[-1]
     assert not output.exists()
-
-
-def test_estimate_doctests() -> None:
-    import doctest
-
-    from emseg.tasks.commands import estimate
-
-    result = doctest.testmod(estimate)
-    assert result.failed == 0 and result.attempted >= 10

@@ -49,7 +49,7 @@ def add_arguments(p: Any) -> None:
 
 
 def run(args: Any) -> int:
-    from emseg.tasks.commands.estimate import human_bytes
+    from emseg.tasks.commands.estimate_table import human_bytes
 
     got = clean(args.output)
     size = "" if got["removed_bytes"] is None else f" ({human_bytes(got['removed_bytes'])})"

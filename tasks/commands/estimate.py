@@ -35,175 +35,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import statistics
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from emseg.pipeline.errors import ConfigError
 from emseg.pipeline.io import kvstore
+from emseg.pipeline.costs import BlockSample, Calibration, calibration_blocks, grid_totals, rate, stats
+from emseg.tasks.commands.estimate_table import format_table
 
 if TYPE_CHECKING:
-    from emseg.pipeline.geometry import BlockGrid
     from emseg.tasks.driver.run import Plan
 
 Vec3 = tuple[int, int, int]
-
-
-# ------------------------------------------------------------------------------------------------
-# which blocks to calibrate on
-
-
-def _radical_inverse(k: int, base: int) -> float:
-    """The van der Corput radical inverse of ``k`` in ``base``.
-
-    >>> [_radical_inverse(k, 2) for k in (1, 2, 3)]
-    [0.5, 0.25, 0.75]
-    """
-    inv, f = 0.0, 1.0 / base
-    while k:
-        k, digit = divmod(k, base)
-        inv += digit * f
-        f /= base
-    return inv
-
-
-def _preferred_range(size: int, block: int, halo: int) -> tuple[int, int]:
-    """Block indices along one axis whose read box is a full core + halo (else whose core is full).
-
-    >>> _preferred_range(100, 10, 2)   # blocks 1..8 have the full halo on both sides
-    (1, 8)
-    >>> _preferred_range(16, 10, 2)    # no such block: those with a full core
-    (0, 0)
-    """
-    n = -(-size // block)
-    lo, hi = -(-halo // block), (size - halo) // block - 1
-    if lo <= hi:
-        return lo, hi
-    full = size // block - 1
-    return 0, max(0, min(full, n - 1))
-
-
-def calibration_blocks(grid: BlockGrid, n: int) -> list[int]:
-    """``n`` block ids spread over the grid (a Halton sequence), interior blocks preferred.
-
-    Deterministic for a given grid. Falls back to the rest of the grid when the preferred blocks are
-    fewer than ``n``; returns every block when the grid has no more than ``n``.
-
-    >>> from emseg.pipeline.geometry import Box, BlockGrid
-    >>> calibration_blocks(BlockGrid(Box((0, 0, 0), (80, 80, 80)), (16, 16, 16), (2, 2, 2)), 3)
-    [61, 42, 82]
-    >>> calibration_blocks(BlockGrid(Box((0, 0, 0), (16, 32, 16)), (16, 16, 16), (2, 2, 2)), 5)
-    [0, 1]
-    """
-    if n <= 0:
-        raise ConfigError(f"--calibrate must be at least 1, got {n}")
-    if grid.num_blocks <= n:
-        return list(range(grid.num_blocks))
-    ranges = [_preferred_range(s, b, h) for s, b, h in zip(grid.roi.shape, grid.block_shape, grid.halo)]
-    chosen: list[int] = []
-    for space in (ranges, [(0, g - 1) for g in grid.grid_shape]):
-        size = math.prod(hi - lo + 1 for lo, hi in space)
-        k = 0
-        while len(chosen) < n and k < 64 * size + 64:
-            k += 1
-            index = [lo + min(hi - lo, int(_radical_inverse(k, base) * (hi - lo + 1)))
-                     for (lo, hi), base in zip(space, (2, 3, 5))]
-            bid = grid.block_id(index)
-            if bid not in chosen:
-                chosen.append(bid)
-    return chosen
-
-
-# ------------------------------------------------------------------------------------------------
-# the geometry of a whole run, computed per axis (a run may have millions of blocks)
-
-
-@dataclass(frozen=True)
-class GridTotals:
-    """Voxel counts summed over every block of a grid."""
-
-    grid_zyx: Vec3
-    blocks: int
-    core_voxels: int
-    read_voxels: int
-    #: voxels of the overlap faces stage 1 stores (each face-adjacent pair twice, once per block)
-    face_voxels: int
-    #: half of it: the forward overlaps that stage 2 matches
-    forward_face_voxels: int
-
-
-def _axis(size: int, block: int, halo: int) -> tuple[list[int], list[int]]:
-    """Read lengths of the blocks along one axis, and the overlaps of consecutive ones.
-
-    >>> _axis(40, 16, 2)
-    ([18, 20, 10], [4, 4])
-    """
-    n = -(-size // block)
-    start = [max(0, i * block - halo) for i in range(n)]
-    stop = [min(size, (i + 1) * block + halo) for i in range(n)]
-    return [b - a for a, b in zip(start, stop)], [stop[i] - start[i + 1] for i in range(n - 1)]
-
-
-def grid_totals(shape: Sequence[int], block: Sequence[int], halo: Sequence[int]) -> GridTotals:
-    """Totals for a region of ``shape`` tiled by ``block`` with ``halo``, without listing blocks.
-
-    A read box is a product of one interval per axis, so sums over blocks factor into per-axis sums.
-
-    >>> t = grid_totals((32, 32, 32), (16, 16, 16), (1, 1, 1))
-    >>> t.blocks, t.core_voxels, t.read_voxels, t.face_voxels
-    (8, 32768, 39304, 13872)
-    """
-    axes = [_axis(int(s), int(b), int(h)) for s, b, h in zip(shape, block, halo)]
-    read_sums = [sum(r) for r, _ in axes]
-    forward = 0
-    for a, (_, overlaps) in enumerate(axes):
-        forward += sum(overlaps) * math.prod(read_sums[j] for j in range(3) if j != a)
-    grid = tuple(len(r) for r, _ in axes)
-    return GridTotals(
-        grid_zyx=grid,  # type: ignore[arg-type]
-        blocks=math.prod(grid),
-        core_voxels=math.prod(int(s) for s in shape),
-        read_voxels=math.prod(read_sums),
-        face_voxels=2 * forward,
-        forward_face_voxels=forward,
-    )
-
-
-# ------------------------------------------------------------------------------------------------
-# the calibration
-
-
-@dataclass
-class BlockSample:
-    """What one calibration block measured."""
-
-    block: int
-    core_voxels: int
-    read_voxels: int
-    face_voxels: int
-    forward_face_voxels: int
-    segment_seconds: float
-    labels_bytes: int
-    faces_bytes: int
-    seam_seconds: float
-    edges: int
-    edges_bytes: int
-    write_seconds: float
-    output_bytes: int
-
-
-@dataclass
-class Calibration:
-    """The measurements of a calibration run."""
-
-    device: str
-    startup_seconds: float
-    samples: list[BlockSample] = field(default_factory=list)
 
 
 def _device(backend_params: dict[str, Any]) -> str:
@@ -230,16 +77,16 @@ def calibrate(p: Plan, n: int = 3, *, workdir: str | None = None) -> Calibration
     import dataclasses
     import shutil
     import tempfile
-    import uuid
 
     import numpy as np
 
     from emseg.pipeline.io import urls
-    from emseg.pipeline.stitching.labels import key
-    from emseg.pipeline.stitching.seams import Edges, match_overlap
+    from emseg.pipeline.stitching.seams import Edges
     from emseg.pipeline.io.volume import create_precomputed
     from emseg.tasks.driver import runtime
+    from emseg.tasks.driver.context import new_run_id
     from emseg.tasks.stage1_segment import face_key, segment_block
+    from emseg.tasks.stage2_seams import match_seam
     from emseg.tasks.stage4_relabel import segmentation_spec
 
     if workdir is not None and not os.path.isdir(workdir):
@@ -248,7 +95,7 @@ def calibrate(p: Plan, n: int = 3, *, workdir: str | None = None) -> Calibration
     try:
         out = urls.store_url(tmp)
         ctx = dataclasses.replace(p.ctx, output=out, segmentation=urls.join(out, "segmentation"),
-                                  run_id=uuid.uuid4().hex)
+                                  run_id=new_run_id())
         grid = ctx.grid
         ids = calibration_blocks(grid, n)
         seg = create_precomputed(
@@ -284,8 +131,7 @@ def calibrate(p: Plan, n: int = 3, *, workdir: str | None = None) -> Calibration
                 mine = scratch.get_arrays(face_key(bid, axis, +1))["labels"]
                 theirs = scratch.get_arrays(face_key(bid, axis, +1))["labels"]
                 fwd_voxels += mine.size
-                e = match_overlap(mine, theirs, rule)
-                parts.append(Edges(key(bid, e.a), key(nb.id, e.b), e.count, e.iou, e.merge))
+                parts.append(match_seam(bid, nb.id, mine, theirs, rule))
             edges = Edges.concat(parts)
             scratch.put_arrays(f"edges/{bid}", {"a": edges.a, "b": edges.b, "count": edges.count,
                                                 "iou": edges.iou, "merge": edges.merge})
@@ -319,20 +165,6 @@ def calibrate(p: Plan, n: int = 3, *, workdir: str | None = None) -> Calibration
 
 # ------------------------------------------------------------------------------------------------
 # the estimate
-
-
-def _rate(samples: list[BlockSample], num: str, den: str) -> tuple[float, float, float]:
-    """(ratio of sums, smallest and largest per-block ratio) of two sample fields."""
-    pairs = [(getattr(s, num), getattr(s, den)) for s in samples if getattr(s, den) > 0]
-    if not pairs:
-        return 0.0, 0.0, 0.0
-    per = [a / b for a, b in pairs]
-    return sum(a for a, _ in pairs) / sum(b for _, b in pairs), min(per), max(per)
-
-
-def _stats(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "min": min(values), "max": max(values)}
 
 
 def check_arguments(
@@ -388,14 +220,14 @@ def estimate(
     t = grid_totals(shape, blocks.shape, blocks.halo)
     s = cal.samples
 
-    seg_rate = _rate(s, "segment_seconds", "read_voxels")
-    seam_rate = _rate(s, "seam_seconds", "forward_face_voxels")
-    write_rate = _rate(s, "write_seconds", "core_voxels")
-    labels_rate = _rate(s, "labels_bytes", "core_voxels")[0]
-    faces_rate = _rate(s, "faces_bytes", "face_voxels")[0]
-    edges_rate = _rate(s, "edges_bytes", "forward_face_voxels")[0]
-    nedges_rate = _rate(s, "edges", "forward_face_voxels")[0]
-    out_rate = _rate(s, "output_bytes", "core_voxels")[0]
+    seg_rate = rate(s, "segment_seconds", "read_voxels")
+    seam_rate = rate(s, "seam_seconds", "forward_face_voxels")
+    write_rate = rate(s, "write_seconds", "core_voxels")
+    labels_rate = rate(s, "labels_bytes", "core_voxels")[0]
+    faces_rate = rate(s, "faces_bytes", "face_voxels")[0]
+    edges_rate = rate(s, "edges_bytes", "forward_face_voxels")[0]
+    nedges_rate = rate(s, "edges", "forward_face_voxels")[0]
+    out_rate = rate(s, "output_bytes", "core_voxels")[0]
 
     def task_seconds(k: int) -> float:
         return seg_rate[k] * t.read_voxels + seam_rate[k] * t.forward_face_voxels + write_rate[k] * t.core_voxels
@@ -437,9 +269,9 @@ def estimate(
     scratch["kept"] = scratch["labels"] + scratch["edges"]
     itemsize = p.input.dtype.itemsize
     per_block = {
-        "segment": _stats([x.segment_seconds for x in s]),
-        "seams_standin": _stats([x.seam_seconds for x in s]),
-        "write_standin": _stats([x.write_seconds for x in s]),
+        "segment": stats([x.segment_seconds for x in s]),
+        "seams_standin": stats([x.seam_seconds for x in s]),
+        "write_standin": stats([x.write_seconds for x in s]),
     }
     return {
         "config": p.config.to_json(),
@@ -481,98 +313,6 @@ def estimate(
             "queueing for cluster nodes, and image or model download on fresh workers",
         ],
     }
-
-
-# ------------------------------------------------------------------------------------------------
-# presentation
-
-
-def human_bytes(n: float) -> str:
-    """Decimal units.
-
-    >>> human_bytes(1234), human_bytes(3.2e12)
-    ('1.2 kB', '3.20 TB')
-    """
-    for unit, size in (("PB", 1e15), ("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            v = n / size
-            return f"{v:.2f} {unit}" if unit in ("PB", "TB") else f"{v:.1f} {unit}"
-    return f"{n:.0f} B"
-
-
-def human_seconds(s: float) -> str:
-    """
-    >>> human_seconds(42.0), human_seconds(5400), human_seconds(9000), human_seconds(3 * 86400)
-    ('42.0 s', '90.0 min', '2.5 h', '3.0 d')
-    """
-    if s < 120:
-        return f"{s:.1f} s"
-    if s < 7200:
-        return f"{s / 60:.1f} min"
-    if s < 3 * 86400:
-        return f"{s / 3600:.1f} h"
-    return f"{s / 86400:.1f} d"
-
-
-def _usd(x: float) -> str:
-    """
-    >>> _usd(0.00123), _usd(12.5), _usd(123456.7)
-    ('$0.0012', '$12.50', '$123,457')
-    """
-    if x < 1:
-        return f"${x:.2g}"
-    return f"${x:,.2f}" if x < 1000 else f"${x:,.0f}"
-
-
-def _voxels(n: float) -> str:
-    for unit, size in (("PVx", 1e15), ("TVx", 1e12), ("GVx", 1e9), ("MVx", 1e6)):
-        if n >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{n:.0f} voxels"
-
-
-def format_table(est: dict[str, Any]) -> str:
-    """The estimate as a two-column text table."""
-    v, b, r = est["volume"], est["blocks"], est["read"]
-    sc, ts_, pb = est["scratch_bytes"], est["task_seconds"], est["seconds_per_block"]
-    seg = pb["segment"]
-    n_cal = len(est["calibration"]["blocks"])
-    rows: list[tuple[str, str]] = [
-        ("volume", f"{' x '.join(map(str, v['shape_zyx']))} voxels = {_voxels(v['voxels'])} {v['dtype']}"
-                   + (f" (hypothetical; calibrated on a {' x '.join(map(str, v['sample_roi_shape_zyx']))} sample)"
-                      if v["hypothetical"] else "")),
-        ("blocks", f"{b['count']:,} = {' x '.join(map(str, b['grid_zyx']))} of "
-                   f"{' x '.join(map(str, b['shape_zyx']))} + halo {' x '.join(map(str, b['halo_zyx']))}"),
-        ("voxels read", f"{_voxels(r['voxels'])} incl. halo = {r['overhead']:.3f} x the volume "
-                        f"({human_bytes(r['bytes'])} of {v['dtype']})"),
-        ("scratch", f"peak {human_bytes(sc['peak'])}, kept after the run {human_bytes(sc['kept'])} "
-                    f"({sc['kept'] / max(est['output_bytes'], 1):.0%} of the output; labels "
-                    f"{human_bytes(sc['labels'])}, edges {human_bytes(sc['edges'])}); faces written "
-                    f"{human_bytes(sc['faces'])} in all, deleted as the seams are matched; "
-                    f"~{est['candidate_edges']:,.0f} candidate edges"),
-        ("output", f"{human_bytes(est['output_bytes'])} ({est['output_encoding']})"),
-        ("seconds per block", f"{seg['mean']:.2f} +- {seg['sd']:.2f} (min {seg['min']:.2f}, max {seg['max']:.2f}) "
-                              f"stage 1 on {n_cal} block{'' if n_cal == 1 else 's'}, {est['device']}"),
-        ("", f"+ {pb['seams_standin']['mean']:.3f} seams, + {pb['write_standin']['mean']:.3f} relabel/write "
-             "(stand-ins)"),
-        ("startup per worker", f"{est['startup_seconds']:.1f} s"),
-        ("task time", f"{human_seconds(ts_['total'])} = {ts_['total'] / 3600:,.2f} worker-hours "
-                      f"({human_seconds(ts_['low'])} .. {human_seconds(ts_['high'])}); "
-                      f"stage 1 is {ts_['segment'] / max(ts_['total'], 1e-12):.0%}"),
-    ]
-    for run in est["runs"]:
-        unit = "worker" if run["unit"] == "workers" else "GPU"
-        label = f"wall, {run['count']} {unit}{'s' if run['count'] != 1 else ''}"
-        text = (f"{human_seconds(run['wall_seconds'])} ({human_seconds(run['wall_seconds_low'])} .. "
-                f"{human_seconds(run['wall_seconds_high'])})")
-        if "cost_usd" in run:
-            text += (f", {_usd(run['cost_usd'])} at ${est['cost_per_hour_usd']:g}/{unit}-hour "
-                     f"({_usd(run['cost_usd_low'])} .. {_usd(run['cost_usd_high'])})")
-        rows.append((label, text))
-    width = max(len(k) for k, _ in rows)
-    lines = [f"{k:<{width}}  {t}" for k, t in rows]
-    lines.append("not estimated: " + "; ".join(est["not_estimated"]))
-    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------

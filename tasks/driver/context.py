@@ -52,3 +52,11 @@ class RunContext:
     @property
     def backend_key(self) -> str:
         return json.dumps({"name": self.backend_name, **self.backend_params}, sort_keys=True)
+
+
+def new_run_id() -> str:
+    """A fresh id for one execution of a run: part of every Dask task key and of the workers' cache
+    keys, so that a rerun never picks up a previous execution's results or open stores."""
+    import uuid
+
+    return uuid.uuid4().hex

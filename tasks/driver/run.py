@@ -17,7 +17,6 @@ import dataclasses
 import logging
 import math
 import os
-import uuid
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from emseg.pipeline.io.scratch import Scratch
 from emseg.pipeline.io.sharding import check_alignment, choose_bits, shard_shape
 from emseg.pipeline.io.volume import Volume, create_precomputed, open_volume, read_error, sharding_spec, spec_for
 from emseg.tasks.driver import report as report_mod
-from emseg.tasks.driver.context import RunContext
+from emseg.tasks.driver.context import RunContext, new_run_id
 from emseg.tasks.driver import engine, graph
 from emseg.tasks import stage3_unionfind as stage3
 from emseg.pipeline import stages as registry
@@ -343,7 +342,7 @@ def _execute(p: Plan, *, restart: bool, stages: Sequence[str], progress: bool) -
     from emseg.tasks.driver.cluster import connect
 
     t_start = time.time()
-    p.ctx = ctx = dataclasses.replace(p.ctx, run_id=uuid.uuid4().hex)
+    p.ctx = ctx = dataclasses.replace(p.ctx, run_id=new_run_id())
     grid = ctx.grid
     scratch = prepare_output(p, restart=restart)
     done = done_markers(scratch)
