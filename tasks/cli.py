@@ -72,8 +72,8 @@ def _summary(cfg: Any, run: dict[str, Any], evaluation: dict[str, Any] | None) -
     voxels = 1
     for s, e in zip(run["roi"]["start"], run["roi"]["stop"]):
         voxels *= e - s
-    print(f"segmented {voxels / 1e6:.1f} Mvoxels in {_plural(run['blocks']['total'], 'block')}: "
-          f"{_plural(run['segments'] or 0, 'segment')}, "
+    print(f"segmented {voxels / 1e6:.1f} Mvoxels in {plural(run['blocks']['total'], 'block')}: "
+          f"{plural(run['segments'] or 0, 'segment')}, "
           f"{run['wall_seconds']:.1f} s ({voxels / 1e6 / max(run['wall_seconds'], 1e-9):.1f} Mvoxel/s end to end)")
     for stage, s in run["stages"].items():
         print(f"  {stage:<12} ran {s['ran']:>5}  skipped {s['skipped_done']:>5}  failed {s['failed']:>3}  "
@@ -85,8 +85,8 @@ def _summary(cfg: Any, run: dict[str, Any], evaluation: dict[str, Any] | None) -
 
         keys = ("voi_split", "voi_merge", "adapted_rand_error", "precision", "recall", "f1", "mean_iou")
         print("evaluation:   " + json.dumps({k: round(evaluation[k], 4) for k in keys if k in evaluation}))
-        print(f"  against the ground truth ({_plural(evaluation.get('n_gt', 0), 'true object')}, "
-              f"{_plural(evaluation.get('n_seg', 0), 'segment')}):")
+        print(f"  against the ground truth ({plural(evaluation.get('n_gt', 0), 'true object')}, "
+              f"{plural(evaluation.get('n_seg', 0), 'segment')}):")
         for line in readings(evaluation):
             print("  " + line)
     state = run["neuroglancer"]
@@ -155,7 +155,7 @@ def cmd_link(args: argparse.Namespace) -> int:
     if run.get("status") != "complete":
         failed = len(run.get("failures") or [])
         print(f"emseg: warning: the run in {args.output} did not complete (status {run.get('status')!r}, "
-              f"{_plural(failed, 'failure')}); its segmentation is partial or missing", file=sys.stderr)
+              f"{plural(failed, 'failure')}); its segmentation is partial or missing", file=sys.stderr)
         return 1
     return 0
 
@@ -216,13 +216,13 @@ def _add_log_args(p: argparse.ArgumentParser, *, quiet: bool = True) -> None:
                    help="debug lines, and the Dask scheduler's and workers' own logs (quiet otherwise)")
 
 
-def _plural(n: int, word: str, plural: str | None = None) -> str:
+def plural(n: int, word: str, many: str | None = None) -> str:
     """``"1 segment"``, ``"2 segments"``.
 
-    >>> _plural(1, "block"), _plural(3, "block"), _plural(0, "failure")
+    >>> plural(1, "block"), plural(3, "block"), plural(0, "failure")
     ('1 block', '3 blocks', '0 failures')
     """
-    return f"{n:,} {word if n == 1 else (plural or word + 's')}"
+    return f"{n:,} {word if n == 1 else (many or word + 's')}"
 
 
 def _version() -> str:

@@ -22,7 +22,7 @@ def test_ffn_boundary_seeds_lie_inside_each_segment():
                                               "seed_min_distance": 2, "seed_min_depth": 1.0})
     ffn = backends.create("ffn", params)
     labels = _cells()
-    seeds = ffn._boundary_seeds(labels, (100, 100, 100))  # a grid coarser than the block: peaks only
+    seeds = ffn.boundary_seeds(labels, (100, 100, 100))  # a grid coarser than the block: peaks only
     hit = labels[tuple(seeds.T)]
     assert set(hit.tolist()) == {1, 2, 3}
     # every peak is inside its cell, not on a boundary: its face neighbours share its label

@@ -83,7 +83,7 @@ def test_every_argument_has_help_and_defaults_are_shown(capsys):
 
     import pytest
 
-    from emseg.tasks.cli import _plural, build_parser
+    from emseg.tasks.cli import plural, build_parser
 
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
@@ -101,7 +101,7 @@ def test_every_argument_has_help_and_defaults_are_shown(capsys):
                 block = text[text.index(flag):]
                 block = block[: block.index("\n  -", 1) if "\n  -" in block[1:] else len(block)]
                 assert "default" in block, f"emseg {name} {flag}: the help does not show its default"
-    assert _plural(1, "segment") == "1 segment" and _plural(2, "segment") == "2 segments"
+    assert plural(1, "segment") == "1 segment" and plural(2, "segment") == "2 segments"
 
 
 def test_dask_logs_only_with_verbose(tmp_path):

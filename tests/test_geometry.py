@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import itertools
 
 import numpy as np
@@ -37,7 +39,7 @@ def test_forward_neighbours_cover_every_face_once():
 def test_box_is_immutable_and_half_open():
     b = Box((0, 0, 0), (2, 3, 4))
     assert b.shape == (2, 3, 4) and b.size == 24
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         b.start = (1, 1, 1)  # type: ignore[misc]
     assert (b & Box((2, 0, 0), (3, 3, 4))).empty
 

@@ -169,7 +169,7 @@ class Backend:
             self._model_config = self._predictor.net.config
         return self._predictor, self._model_config
 
-    def _boundary_seeds(self, image: np.ndarray, grid: tuple[int, ...]) -> np.ndarray:
+    def boundary_seeds(self, image: np.ndarray, grid: tuple[int, ...]) -> np.ndarray:
         """Seeds from a boundary model: distance-transform peaks inside its segments, then the grid."""
         from emseg.pipeline.backends.ffn.seeds import grid_seeds, peak_seeds
 
@@ -209,7 +209,7 @@ class Backend:
             seeds = seed_points(normalised, p.seed_sigma, p.seed_threshold, p.seed_min_distance, p.seed_min_depth,
                                 grid)
         else:
-            seeds = self._boundary_seeds(image, grid)
+            seeds = self.boundary_seeds(image, grid)
         device = getattr(predictor, "device", None)
         batch = p.batch_size or (32 if getattr(device, "type", "cpu") == "cuda" else 8)
         settings = FloodSettings(
