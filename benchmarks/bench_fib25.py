@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from emseg.tasks.commands.evaluate import chunk_dependence
+from emseg.tasks.commands.chunk_dependence import chunk_dependence
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "fib25_ts2.zarr"

@@ -201,12 +201,12 @@ def plan_dry_run(work: Path):
     """Plan a dry run (backend ``noop``, 2³ blocks) of ``work/in.zarr``: the plan and what is to do."""
     from emseg.pipeline.config import from_dict
     from emseg.pipeline.stitching.resume import todo
-    from emseg.tasks.driver.run import done_markers, plan, prepare_output
+    from emseg.tasks.driver.run import done_markers, prepare_output, validate
 
     cfg = from_dict({"input": f"zarr://{work}/in.zarr", "output": str(work / "out"), "backend": {"name": "noop"},
                      "blocks": {"shape": [2, 2, 2], "halo": [0, 0, 0]}, "write": {"chunk_shape": [2, 2, 2]},
                      "postprocess": None})
-    p = plan(cfg)
+    p = validate(cfg)
     return p, todo(done_markers(prepare_output(p, restart=True)), p.ctx.grid)
 
 

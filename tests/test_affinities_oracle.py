@@ -93,7 +93,7 @@ def test_halo_smaller_than_context_is_refused(tmp_path):
     """The forest's affinities at a voxel depend on 22 voxels around it: a halo that does not cover
     that (+1) is refused before any work, with the halo to set; so is a halo of 0 for any model."""
     from emseg.pipeline.errors import ConfigError
-    from emseg.tasks.driver.run import plan
+    from emseg.tasks.driver.run import validate
 
     img = np.ones((32, 32, 32), np.uint8)
     url = write_zarr(tmp_path / "one.zarr", img, chunks=(16, 16, 16))
@@ -101,12 +101,12 @@ def test_halo_smaller_than_context_is_refused(tmp_path):
                      backend={"name": "affinities", "model": {"kind": "forest"}},
                      blocks={"shape": [16, 16, 16], "halo": [8, 8, 8]})
     with pytest.raises(ConfigError, match=r"context \[22, 22, 22\] \+ 1 .*set blocks.halo to \[23, 23, 23\]"):
-        plan(cfg)
+        validate(cfg)
     cfg = run_config(url, tmp_path / "out", None,
                      backend={"name": "affinities", "model": {"kind": "labels"}},
                      blocks={"shape": [16, 16, 16], "halo": [0, 1, 1]})
     with pytest.raises(ConfigError, match=r"blocks.halo"):
-        plan(cfg)
+        validate(cfg)
     assert not (tmp_path / "out").exists()
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from emseg.tasks.commands.evaluate import chunk_dependence
+from emseg.tasks.commands.chunk_dependence import chunk_dependence
 from tests.conftest import FIB25
 
 pytestmark = pytest.mark.skipif(not FIB25.exists(), reason="needs ../shared/data/fib25_ts2.zarr")

@@ -18,7 +18,7 @@ import tensorstore as ts
 from emseg.pipeline.io import intensity
 from emseg.pipeline.errors import ConfigError, ShapeMismatchError, VolumeReadError
 from emseg.pipeline.io.volume import create_precomputed, open_volume
-from emseg.tasks.driver.run import plan, segment
+from emseg.tasks.driver.run import segment, validate
 from tests.conftest import blobs, read_output, run_config, same_partition, write_zarr
 
 
@@ -69,12 +69,12 @@ def _bare_zarr(path: Path, data: np.ndarray) -> str:
 def test_2_no_voxel_size_is_refused_naming_the_key(tmp_path):
     url = _bare_zarr(tmp_path / "a.zarr", np.zeros((16, 16, 16), np.uint8))
     with pytest.raises(ConfigError, match=r"has no voxel size in its metadata .* set input_voxel_size_nm"):
-        plan(run_config(url, tmp_path / "out", None))
+        validate(run_config(url, tmp_path / "out", None))
     assert not (tmp_path / "out").exists()
-    p = plan(run_config(url, tmp_path / "out", None, input_voxel_size_nm=[40, 8, 8]))
+    p = validate(run_config(url, tmp_path / "out", None, input_voxel_size_nm=[40, 8, 8]))
     assert p.input.voxel_size_nm == (40.0, 8.0, 8.0)
     with pytest.raises(ConfigError, match="disagrees with the input's attribute resolution_nm"):
-        plan(run_config(write_zarr(tmp_path / "b.zarr", np.zeros((16, 16, 16), np.uint8), voxel_size_nm=(8, 8, 8)),
+        validate(run_config(write_zarr(tmp_path / "b.zarr", np.zeros((16, 16, 16), np.uint8), voxel_size_nm=(8, 8, 8)),
                         tmp_path / "out", None, input_voxel_size_nm=[40, 8, 8]))
 
 
@@ -96,7 +96,7 @@ def test_3_backend_gets_the_input_voxel_size(tmp_path, dask_address):
                              blocks={"shape": [16, 32, 32], "halo": [8, 8, 8]}), progress=False)
     assert run["config"]["backend"]["voxel_size_zyx"] == [40.0, 8.0, 8.0]
     # A value the config sets is kept.
-    p = plan(run_config(url, tmp_path / "o2", None, backend={"name": "watershed", "voxel_size_zyx": [2, 1, 1]},
+    p = validate(run_config(url, tmp_path / "o2", None, backend={"name": "watershed", "voxel_size_zyx": [2, 1, 1]},
                         blocks={"shape": [16, 32, 32], "halo": [8, 8, 8]}))
     assert p.config.backend.params.voxel_size_zyx == (2.0, 1.0, 1.0)
     assert p.ctx.backend_params["voxel_size_zyx"] == [2.0, 1.0, 1.0]
@@ -114,7 +114,7 @@ def test_4_float_0_255_is_refused_then_mapped(tmp_path, dask_address):
     ws = {"name": "watershed", "min_size": 10}
     blocks = {"shape": [16, 32, 32], "halo": [8, 8, 8]}
     with pytest.raises(ConfigError, match=r"values 0\.\.\d+ .* takes float images in 0\.\.1; set input_value_range: \[0, 255\]"):
-        plan(run_config(url, tmp_path / "out", None, backend=ws, blocks=blocks))
+        validate(run_config(url, tmp_path / "out", None, backend=ws, blocks=blocks))
     assert not (tmp_path / "out").exists()
     segment(run_config(url, tmp_path / "f", dask_address, backend=ws, blocks=blocks, input_value_range=[0, 255]),
             progress=False)
@@ -190,8 +190,8 @@ def test_4_value_range_lets_a_uint16_input_reach_a_float_backend(tmp_path, dask_
 
     ffn = dict(backend={"name": "ffn"}, blocks={"shape": [16, 16, 16], "halo": [4, 4, 4]})
     with pytest.raises(DtypeError, match="takes uint8 or float32 images, but the input is uint16"):
-        plan(run_config(url, tmp_path / "o2", None, **ffn))
-    assert plan(run_config(url, tmp_path / "o2", None, input_value_range=[0, 4080], **ffn)).ctx.value_range == (0, 4080)
+        validate(run_config(url, tmp_path / "o2", None, **ffn))
+    assert validate(run_config(url, tmp_path / "o2", None, input_value_range=[0, 4080], **ffn)).ctx.value_range == (0, 4080)
 
 
 def test_4_float_range_check_ignores_nan():
@@ -216,7 +216,7 @@ def _precomputed_with_hole(tmp_path: Path, shape: tuple[int, int, int], hole_zyx
 def test_5_missing_chunk_is_refused_before_work(tmp_path):
     url, key = _precomputed_with_hole(tmp_path, (32, 32, 32), (16, 0, 16))
     with pytest.raises(VolumeReadError, match=rf"chunk of the input .* is missing .*{key}.*set fill_missing: true"):
-        plan(run_config(url, tmp_path / "out", None))
+        validate(run_config(url, tmp_path / "out", None))
     assert not (tmp_path / "out").exists()
 
 
@@ -316,7 +316,7 @@ def test_corrupt_input_is_not_overwritten_by_a_phantom(tmp_path):
     cfg = from_dict({"input": f"precomputed://{tmp_path}/img", "output": str(tmp_path / "out"),
                      "phantom": {"shape": [8, 8, 8], "chunk_shape": [8, 8, 8]}, "postprocess": None})
     with pytest.raises(VolumeReadError, match="cannot open"):
-        plan(cfg)
+        validate(cfg)
     assert (tmp_path / "img" / "info").read_text() == "{not json"
 
 

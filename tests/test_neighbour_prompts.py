@@ -13,11 +13,11 @@ from tests.conftest import blobs, run_config, same_partition, write_zarr
 
 
 def _ctx(tmp_path: Path, grid_voxels: tuple[int, int, int], prompts: bool):
-    from emseg.tasks.driver.run import plan
+    from emseg.tasks.driver.run import validate
 
     image = blobs(grid_voxels, sigma=2.0, seed=4)
     write_zarr(tmp_path / "in.zarr", image, chunks=(8, 8, 8))
-    p = plan(run_config(f"zarr://{tmp_path}/in.zarr", tmp_path / "out", None,
+    p = validate(run_config(f"zarr://{tmp_path}/in.zarr", tmp_path / "out", None,
                         blocks={"shape": [8, 8, 8], "halo": [2, 2, 2]}))
     return p, dataclasses.replace(p.ctx, neighbour_prompts=prompts)
 

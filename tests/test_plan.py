@@ -72,10 +72,10 @@ def test_plan_command_counts_blocks_and_leaves_the_output_alone(tmp_path: Path, 
 def test_estimates_scale_linearly_with_the_volume_shape(tmp_path: Path) -> None:
     from emseg.pipeline import config as config_mod
     from emseg.tasks.commands.estimate import calibrate, estimate
-    from emseg.tasks.driver.run import plan
+    from emseg.tasks.driver.run import validate
 
     config, output = _config_file(tmp_path)
-    p = plan(config_mod.load(config))
+    p = validate(config_mod.load(config))
     cal = calibrate(p, 2, workdir=str(tmp_path))
     assert not output.exists()
 

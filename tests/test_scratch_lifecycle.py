@@ -125,9 +125,9 @@ def test_keep_scratch_keeps_the_faces_and_the_kept_centroids_match_them(volume, 
 
 
 def cfg_grid(cfg):
-    from emseg.tasks.driver.run import plan
+    from emseg.tasks.driver.run import validate
 
-    return plan(cfg).ctx.grid
+    return validate(cfg).ctx.grid
 
 
 def test_kill_in_the_middle_of_stage_2_then_resume(volume, dask_address, tmp_path):

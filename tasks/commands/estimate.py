@@ -48,7 +48,7 @@ from emseg.pipeline.costs import BlockSample, Calibration, calibration_blocks, g
 from emseg.tasks.commands.estimate_table import format_table
 
 if TYPE_CHECKING:
-    from emseg.tasks.driver.run import Plan
+    from emseg.tasks.driver.context import ValidatedRun
 
 Vec3 = tuple[int, int, int]
 
@@ -61,7 +61,7 @@ def _device(backend_params: dict[str, Any]) -> str:
     return f"cpu ({os.cpu_count()} cores)"
 
 
-def calibrate(p: Plan, n: int = 3, *, workdir: str | None = None) -> Calibration:
+def calibrate(p: ValidatedRun, n: int = 3, *, workdir: str | None = None) -> Calibration:
     """Segment ``n`` blocks of a planned run for real, into a temporary output, and measure them.
 
     Parameters
@@ -168,7 +168,7 @@ def calibrate(p: Plan, n: int = 3, *, workdir: str | None = None) -> Calibration
 
 
 def check_arguments(
-    p: Plan,
+    p: ValidatedRun,
     *,
     volume_shape: Sequence[int] | None = None,
     workers: int | None = None,
@@ -190,7 +190,7 @@ def check_arguments(
 
 
 def estimate(
-    p: Plan,
+    p: ValidatedRun,
     cal: Calibration,
     *,
     volume_shape: Sequence[int] | None = None,
@@ -205,7 +205,7 @@ def estimate(
     p, cal
         The planned run and its calibration.
     volume_shape
-        Plan a volume of this shape (z, y, x voxels) instead of the configured region of interest,
+        ValidatedRun a volume of this shape (z, y, x voxels) instead of the configured region of interest,
         with the same block shape, halo, backend and data.
     workers, gpus
         Wall time and cost for this many workers (default: ``cluster.workers``) and, when given, GPUs
@@ -342,13 +342,13 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from emseg.pipeline import config as config_mod
-    from emseg.tasks.driver.run import plan
+    from emseg.tasks.driver.run import validate
 
     log = logging.getLogger("emseg")
     if args.calibrate < 1:
         raise ConfigError(f"--calibrate must be at least 1, got {args.calibrate}")
     cfg = config_mod.load(args.config, args.overrides)
-    p = plan(cfg)
+    p = validate(cfg)
     check_arguments(p, volume_shape=args.volume_shape, workers=args.workers, gpus=args.gpus,
                     cost_per_hour=args.cost_per_hour)
     n = min(args.calibrate, p.ctx.grid.num_blocks)

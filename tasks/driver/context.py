@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emseg.pipeline.geometry import Box, BlockGrid
 from emseg.pipeline.stitching.seams import StitchRule
+
+if TYPE_CHECKING:
+    from emseg.pipeline.config import Config
+    from emseg.pipeline.io.volume import Volume
 
 
 @dataclass(frozen=True)
@@ -60,3 +64,16 @@ def new_run_id() -> str:
     import uuid
 
     return uuid.uuid4().hex
+
+
+@dataclass
+class ValidatedRun:
+    """A run checked before any work (:func:`emseg.tasks.driver.run.validate`): the config, the context
+    every task receives, the input volume's facts, the output's sharding, and the fingerprint that a
+    resumed run must match."""
+
+    config: Config
+    ctx: RunContext
+    input: Volume
+    sharding: dict[str, Any] | None
+    fingerprint: dict[str, Any] = field(default_factory=dict)

@@ -43,7 +43,7 @@ from emseg.tasks.driver.engine import Item
 
 if TYPE_CHECKING:
     from emseg.tasks.driver.context import RunContext
-    from emseg.tasks.driver.run import Plan
+    from emseg.tasks.driver.context import ValidatedRun
 
 log = logging.getLogger("emseg")
 
@@ -74,7 +74,7 @@ def image_store(output: str) -> str:
     return urls.join(output, "image")
 
 
-def _image_layer(p: Plan, levels: int | None) -> stage5_pyramid.PyramidLayer:
+def _image_layer(p: ValidatedRun, levels: int | None) -> stage5_pyramid.PyramidLayer:
     ctx = p.ctx
     return stage5_pyramid.plan_image(ctx.input_spec, ctx.roi, tuple(p.input.offset_zyx), p.input.voxel_size_nm,
                                      p.input.dtype.name, image_store(ctx.output), levels,
@@ -149,7 +149,7 @@ def reduce_tasks(stage: str, plan: Any, n: int, block_task: Any, partial_task: A
     yield engine.Task(stage, "reduce", root_task, (plan, top, counts[top]), deps, keep=True, counts_voxels=False)
 
 
-def _skeleton_plan(p: Plan, seg_layer: Any, num_segments: int) -> stage9_skeletons.SkeletonPlan:
+def _skeleton_plan(p: ValidatedRun, seg_layer: Any, num_segments: int) -> stage9_skeletons.SkeletonPlan:
     """Stage 9's plan: the scale to skeletonize, blocks, groups (= shards when sharded), parameters."""
     cfg = p.config.postprocess
     ctx = p.ctx
@@ -180,11 +180,11 @@ def _skeleton_plan(p: Plan, seg_layer: Any, num_segments: int) -> stage9_skeleto
     )
 
 
-def _settings(p: Plan) -> dict[str, Any]:
+def _settings(p: ValidatedRun) -> dict[str, Any]:
     return p.config.postprocess.model_dump(mode="json")
 
 
-def _mesh_plan(p: Plan, seg_layer: Any, num_segments: int) -> stage6_meshes.MeshPlan:
+def _mesh_plan(p: ValidatedRun, seg_layer: Any, num_segments: int) -> stage6_meshes.MeshPlan:
     """Stage 6's plan: the scale to mesh, blocks, groups (= shards when sharded), simplification."""
     cfg = p.config.postprocess
     ctx = p.ctx
@@ -221,7 +221,7 @@ def _reset(directory: str, info: dict[str, Any]) -> None:
     kv.write("info", json.dumps(info).encode()).result()
 
 
-def postprocess(client: Any, p: Plan, *, window: int = 1000, progress: bool = True) -> dict[str, Any]:
+def postprocess(client: Any, p: ValidatedRun, *, window: int = 1000, progress: bool = True) -> dict[str, Any]:
     """Run stages 5-10 for the finished run ``p`` on ``client``; returns the report's ``postprocess``.
 
     The tasks go through the run's task engine (:class:`engine.Streamer`, at most ``window`` in

@@ -16,7 +16,7 @@ from emseg.pipeline import stages
 from emseg.pipeline.io import kvstore
 
 if TYPE_CHECKING:
-    from emseg.tasks.driver.run import Plan
+    from emseg.tasks.driver.context import ValidatedRun
 
 PACKAGES = ("emseg", "numpy", "scipy", "dask", "distributed", "tensorstore", "zarr", "cloud-volume",
             "connected-components-3d", "scikit-image", "torch", "sam2")
@@ -58,7 +58,7 @@ def versions(client: Any = None) -> dict[str, Any]:
 
 
 def build(
-    p: Plan,
+    p: ValidatedRun,
     todo: dict[str, list[Any]],
     totals: dict[str, int],
     results: dict[str, Any],

@@ -19,7 +19,6 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,7 +34,7 @@ from emseg.pipeline.io.scratch import Scratch
 from emseg.pipeline.io.sharding import check_alignment, choose_bits, shard_shape
 from emseg.pipeline.io.volume import Volume, create_precomputed, open_volume, read_error, sharding_spec, spec_for
 from emseg.tasks.driver import report as report_mod
-from emseg.tasks.driver.context import RunContext, new_run_id
+from emseg.tasks.driver.context import RunContext, ValidatedRun, new_run_id
 from emseg.tasks.driver import engine, graph
 from emseg.tasks import stage3_unionfind as stage3
 from emseg.pipeline import stages as registry
@@ -43,17 +42,6 @@ from emseg.pipeline.stitching import resume
 from emseg.pipeline.io import kvstore
 
 log = logging.getLogger("emseg")
-
-
-@dataclass
-class Plan:
-    """A validated run: its context and the facts the report needs."""
-
-    config: Config
-    ctx: RunContext
-    input: Volume
-    sharding: dict[str, Any] | None
-    fingerprint: dict[str, Any] = field(default_factory=dict)
 
 
 def region(config: Config, vol: Volume) -> Box:
@@ -106,7 +94,7 @@ def check_hands_off(config: Config) -> None:
 MAX_BLOCKS = 1 << 31
 
 
-def plan(config: Config) -> Plan:
+def validate(config: Config) -> ValidatedRun:
     """Validate everything that can be checked before any work, and describe the run."""
     check_hands_off(config)
     check_output_location(config.output)
@@ -175,7 +163,7 @@ def plan(config: Config) -> Plan:
     fingerprint["stitch"] = ctx.stitch
     if ctx.boundary:  # stage 2 scores edges itself only when blockwise
         fingerprint["global_agglomeration"] = ctx.global_agglomeration
-    return Plan(config, ctx, vol, sharding, fingerprint)
+    return ValidatedRun(config, ctx, vol, sharding, fingerprint)
 
 
 def _check_boundary(config: Config, vol: Volume, grid: BlockGrid) -> float:
@@ -292,7 +280,7 @@ def _delete_prefix(store: str) -> None:
     kvstore.delete_prefix(urls.open_kvstore(store))
 
 
-def prepare_output(p: Plan, *, restart: bool) -> Scratch:
+def prepare_output(p: ValidatedRun, *, restart: bool) -> Scratch:
     """Create (or reopen for resume) the output; refuse to mix two different runs."""
     ctx = p.ctx
     scratch = Scratch(ctx.output)
@@ -329,7 +317,7 @@ def done_markers(scratch: Scratch) -> dict[str, set[str]]:
     return {stage: scratch.done_items(stage) for stage in registry.SEGMENTATION}
 
 
-def execute(p: Plan, *, restart: bool = False, stages: Sequence[str] = registry.SEGMENTATION, progress: bool = True) -> dict[str, Any]:
+def execute(p: ValidatedRun, *, restart: bool = False, stages: Sequence[str] = registry.SEGMENTATION, progress: bool = True) -> dict[str, Any]:
     """Run the stages of a planned run on its Dask cluster and write ``run.json``.
 
     The output is locked for the whole run: a second run into it is refused, not interleaved.
@@ -338,7 +326,7 @@ def execute(p: Plan, *, restart: bool = False, stages: Sequence[str] = registry.
         return _execute(p, restart=restart, stages=stages, progress=progress)
 
 
-def _execute(p: Plan, *, restart: bool, stages: Sequence[str], progress: bool) -> dict[str, Any]:
+def _execute(p: ValidatedRun, *, restart: bool, stages: Sequence[str], progress: bool) -> dict[str, Any]:
     from emseg.tasks.driver.cluster import connect
 
     t_start = time.time()
@@ -435,7 +423,7 @@ def _execute(p: Plan, *, restart: bool, stages: Sequence[str], progress: bool) -
     return run
 
 
-def _scratch_lifecycle(p: Plan, scratch: Scratch) -> dict[str, Any]:
+def _scratch_lifecycle(p: ValidatedRun, scratch: Scratch) -> dict[str, Any]:
     """After a complete run: prune the scratch area (unless ``keep_scratch``) and say what it holds."""
     if not p.config.keep_scratch:
         scratch.prune()
@@ -460,4 +448,4 @@ def _ids(items: list[Any]) -> str:
 
 def segment(config: Config, *, restart: bool = False, stages: Sequence[str] = registry.SEGMENTATION, progress: bool = True) -> dict[str, Any]:
     """Validate and run; returns the content of ``run.json``."""
-    return execute(plan(config), restart=restart, stages=stages, progress=progress)
+    return execute(validate(config), restart=restart, stages=stages, progress=progress)

@@ -29,43 +29,11 @@ import numpy as np
 from emseg.pipeline.backends.boundary import augment as aug
 from emseg.pipeline.backends.boundary import features as feats
 from emseg.pipeline.backends.boundary import forest as forest_mod
-from emseg.pipeline.backends.boundary.config import ForestSpec, Region, TrainConfig
-from emseg.pipeline.backends.boundary.validation import score_thresholds
-from emseg.pipeline.errors import ConfigError, DtypeError
+from emseg.pipeline.backends.boundary.config import ForestSpec, TrainConfig
+from emseg.pipeline.backends.boundary.validation import best_row, format_rows, read, to_unit, validate
+from emseg.pipeline.errors import ConfigError
 
 Log = Callable[[str], None]
-
-
-def to_unit(image: np.ndarray) -> np.ndarray:
-    """float32 intensities in [0, 1]: uint8 / 255, uint16 / 65535, floats as they are."""
-    image = np.asarray(image)
-    if image.dtype == np.uint8:
-        return image.astype(np.float32) / np.float32(255)
-    if image.dtype == np.uint16:
-        return image.astype(np.float32) / np.float32(65535)
-    if np.issubdtype(image.dtype, np.floating):
-        return image.astype(np.float32)
-    raise DtypeError(f"training images must be uint8, uint16 or float in [0, 1], got {image.dtype}; convert the volume")
-
-
-def read(url: str, region: Region | None, grow: int = 0) -> tuple[np.ndarray, tuple[slice, ...]]:
-    """The region (grown by ``grow`` voxels, clipped to the volume) and the slices of the region in it."""
-    from emseg.pipeline.errors import RegionError
-    from emseg.pipeline.geometry import Box
-    from emseg.pipeline.io.volume import open_volume
-
-    volume = open_volume(url)
-    box = volume.box if region is None else Box(region.start, region.stop)
-    if not volume.box.contains(box):
-        raise RegionError(
-            f"region {list(box.start)}..{list(box.stop)} lies outside {url} of shape {list(volume.shape_zyx)}; "
-            "give a region inside the volume"
-        )
-    start = [max(a, s - grow) for a, s in zip(volume.box.start, box.start)]
-    stop = [min(b, e + grow) for b, e in zip(volume.box.stop, box.stop)]
-    data = np.asarray(volume.read(Box(tuple(start), tuple(stop))))
-    inner = tuple(slice(s - a, e - a) for s, e, a in zip(box.start, box.stop, start))
-    return data, inner
 
 
 class _Logger:
@@ -82,29 +50,6 @@ class _Logger:
 
     def close(self) -> None:
         self.file.close()
-
-
-def _best(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    return min(rows, key=lambda r: r["voi"])
-
-
-def _format(rows: list[dict[str, Any]]) -> str:
-    return "  ".join(
-        f"t={r['threshold']:.2f} voi {r['voi_split']:.3f}/{r['voi_merge']:.3f} arand {r['adapted_rand_error']:.3f}"
-        for r in rows
-    )
-
-
-def validate(model: Any, config: TrainConfig) -> list[dict[str, Any]] | None:
-    """Scores of ``model`` on ``config.val_region`` at ``config.thresholds`` (None: no validation region)."""
-    if config.val_region is None:
-        return None
-    grow = max(model.context_zyx) + 1
-    image, inner = read(config.image, config.val_region, grow=grow)
-    labels, _ = read(config.labels, config.val_region)
-    origin = tuple(int(r - s.start) for r, s in zip(config.val_region.start, inner))
-    affs = model.predict(to_unit(image), origin_zyx=origin)[(slice(None),) + inner]
-    return score_thresholds(affs, labels, config.thresholds)
 
 
 def train(config: TrainConfig, *, progress: bool = True, log: Log | None = None) -> dict[str, Any]:
@@ -172,7 +117,7 @@ def _train_forest(config: TrainConfig, spec: ForestSpec, out_dir: Path, emit: _L
     rows = validate(model, config)
     val_seconds = time.time() - t0
     if rows is not None:
-        emit("validation: " + _format(rows))
+        emit("validation: " + format_rows(rows))
     summary: dict[str, Any] = {
         "kind": "forest", "classifier": spec.classifier, "params": dict(spec.params),
         "training_voxels": int(len(y)), "copies": copies, "seed": config.seed,
@@ -181,7 +126,7 @@ def _train_forest(config: TrainConfig, spec: ForestSpec, out_dir: Path, emit: _L
         "val_region": config.val_region.model_dump(mode="json") if config.val_region else None,
         "feature_seconds": round(feature_seconds, 1), "fit_seconds": round(fit_seconds, 1),
         "validation_seconds": round(val_seconds, 1), "wall_seconds": round(time.time() - start, 1),
-        "validation": rows, "best": _best(rows) if rows else None,
+        "validation": rows, "best": best_row(rows) if rows else None,
         "sklearn": sklearn.__version__, "machine": platform.processor() or platform.machine(),
     }
     model.meta = {
@@ -197,6 +142,6 @@ def _train_forest(config: TrainConfig, spec: ForestSpec, out_dir: Path, emit: _L
 
 def log_lines(rows: list[dict[str, Any]] | None) -> str:
     """One log line of validation rows."""
-    return _format(rows) if rows else "no validation region"
+    return format_rows(rows) if rows else "no validation region"
 
 

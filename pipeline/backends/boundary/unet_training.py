@@ -118,7 +118,7 @@ def train_unet(config: TrainConfig, spec: UNetSpec, out_dir: Path, emit: Any, pr
     from tqdm.auto import tqdm
 
     from emseg.pipeline.backends import device as devices
-    from emseg.pipeline.backends.boundary.training import _best, _format, read, to_unit, validate
+    from emseg.pipeline.backends.boundary.validation import best_row, format_rows, read, to_unit, validate
 
     start_time = time.time()
     if config.threads:
@@ -171,9 +171,9 @@ def train_unet(config: TrainConfig, spec: UNetSpec, out_dir: Path, emit: Any, pr
         rows = validate(model, config)
         net.train()
         if rows:
-            row = _best(rows)
+            row = best_row(rows)
             history.append({"step": step, "rows": rows})
-            emit(f"validation step {step}: " + _format(rows))
+            emit(f"validation step {step}: " + format_rows(rows))
             if best is None or row["voi"] < best["voi"]:
                 best = {**row, "step": step}
                 checkpoints.save(out_dir / "unet_best.pt", _state(net, optimiser, step, config, {"best_voi": row["voi"]}))
