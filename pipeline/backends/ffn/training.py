@@ -31,6 +31,8 @@ from emseg.pipeline.backends.ffn.sampling import Batch, PatchSampler
 from emseg.pipeline.errors import ConfigError
 from emseg.pipeline.backends.ffn.weights import bundled_path, load_checkpoint, load_state, save_checkpoint
 
+Vec3 = tuple[int, int, int]
+
 #: a face whose predicted object probability reaches this is where the FOV moves in training
 MOVE_THRESHOLD = 0.9
 
@@ -154,6 +156,69 @@ def run_fovs(
     return torch.stack(losses).mean(), correct, counted
 
 
+def _network(config: TrainConfig, raw: np.ndarray) -> tuple[Any, dict[str, Any] | None]:
+    """The network to train and the checkpoint it starts from (None: random weights).
+
+    From ``init_checkpoint``, the checkpoint's network (the config may not name other values for its
+    keys: :class:`ConfigError`); else ``config.model``, normalised from the data when asked.
+    """
+    if config.init_checkpoint is not None:
+        location = str(bundled_path()) if config.init_checkpoint == "bundled" else config.init_checkpoint
+        init = load_checkpoint(location)
+        theirs, ours = init["model"].model_dump(), config.model.model_dump()
+        diff = ", ".join(f"{k} {theirs[k]} vs {ours[k]}" for k in sorted(config.model.model_fields_set)
+                         if theirs[k] != ours[k])  # only the keys the config names
+        if diff:
+            raise ConfigError(
+                f"init_checkpoint {config.init_checkpoint} holds another network than `model` ({diff}, "
+                "checkpoint vs config); drop those keys to fine-tune the checkpoint's network"
+            )
+        return init["model"], init
+    if config.normalise_from_data:
+        return config.model.model_copy(
+            update={"image_mean": round(float(raw.mean()), 3), "image_stddev": round(float(raw.std()) or 1.0, 3)}
+        ), None
+    return config.model, None
+
+
+def _validation_batches(config: TrainConfig, norm: Callable[[np.ndarray], np.ndarray], patch: Vec3) -> list[Batch]:
+    """Fixed validation batches from ``val_region`` (seeded apart from training), none without one."""
+    batches: list[Batch] = []
+    if config.val_region is None:
+        return batches
+    val_raw = read_region(config.image, config.val_region)
+    val_lab = read_region(config.labels, config.val_region)
+    val_sampler = PatchSampler(
+        norm(val_raw), val_lab, patch, config.interior_fraction, False, np.random.default_rng(config.seed + 1)
+    )
+    left = config.val_samples
+    while left > 0:
+        batches.append(val_sampler.sample(min(left, config.batch_size)))
+        left -= config.batch_size
+    return batches
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """Cosine decay from ``learning_rate`` to ``lr_final_fraction`` of it over ``steps``."""
+    cos = 0.5 * (1 + math.cos(math.pi * min(step / config.steps, 1.0)))
+    return config.learning_rate * (config.lr_final_fraction + (1 - config.lr_final_fraction) * cos)
+
+
+def _validate(net: Any, batches: list[Batch], config: TrainConfig, device: str, precision: str) -> tuple[float, float]:
+    """Mean loss and voxel accuracy of ``net`` on the validation batches (same draws every time)."""
+    net.eval()
+    vrng = np.random.default_rng(config.seed + 2)
+    loss_sum = correct = counted = 0.0
+    with torch.no_grad():
+        for vb in batches:
+            loss, c, n = run_fovs(net, vb, config.moves, device, precision, vrng)
+            loss_sum += float(loss) * vb.image.shape[0]
+            correct += float(c)
+            counted += float(n)
+    net.train()
+    return loss_sum / max(1, sum(vb.image.shape[0] for vb in batches)), correct / max(counted, 1.0)
+
+
 def train(
     config: TrainConfig,
     progress: bool = True,
@@ -190,38 +255,11 @@ def train(
 
     raw = read_region(config.image, config.train_region)
     labels = read_region(config.labels, config.train_region)
-    model = config.model
-    init = None
-    if config.init_checkpoint is not None:
-        location = str(bundled_path()) if config.init_checkpoint == "bundled" else config.init_checkpoint
-        init = load_checkpoint(location)
-        theirs, ours = init["model"].model_dump(), config.model.model_dump()
-        diff = ", ".join(f"{k} {theirs[k]} vs {ours[k]}" for k in sorted(config.model.model_fields_set)
-                         if theirs[k] != ours[k])  # only the keys the config names
-        if diff:
-            raise ConfigError(
-                f"init_checkpoint {config.init_checkpoint} holds another network than `model` ({diff}, "
-                "checkpoint vs config); drop those keys to fine-tune the checkpoint's network"
-            )
-        model = init["model"]
-    elif config.normalise_from_data:
-        model = model.model_copy(
-            update={"image_mean": round(float(raw.mean()), 3), "image_stddev": round(float(raw.std()) or 1.0, 3)}
-        )
+    model, init = _network(config, raw)
     norm = lambda a: ((a.astype(np.float32) - model.image_mean) / model.image_stddev)  # noqa: E731
     patch = patch_size(model, config.moves)
     sampler = PatchSampler(norm(raw), labels, patch, config.interior_fraction, config.augment, rng)
-    val_batches: list[Batch] = []
-    if config.val_region is not None:
-        val_raw = read_region(config.image, config.val_region)
-        val_lab = read_region(config.labels, config.val_region)
-        val_sampler = PatchSampler(
-            norm(val_raw), val_lab, patch, config.interior_fraction, False, np.random.default_rng(config.seed + 1)
-        )
-        left = config.val_samples
-        while left > 0:
-            val_batches.append(val_sampler.sample(min(left, config.batch_size)))
-            left -= config.batch_size
+    val_batches = _validation_batches(config, norm, patch)
 
     net = FFN(model)
     if init is not None:
@@ -238,21 +276,10 @@ def train(
     )
 
     def lr_at(step: int) -> float:
-        cos = 0.5 * (1 + math.cos(math.pi * min(step / config.steps, 1.0)))
-        return config.learning_rate * (config.lr_final_fraction + (1 - config.lr_final_fraction) * cos)
+        return learning_rate(config, step)
 
     def validate() -> tuple[float, float]:
-        net.eval()
-        vrng = np.random.default_rng(config.seed + 2)
-        loss_sum = correct = counted = 0.0
-        with torch.no_grad():
-            for vb in val_batches:
-                loss, c, n = run_fovs(net, vb, config.moves, device, precision, vrng)
-                loss_sum += float(loss) * vb.image.shape[0]
-                correct += float(c)
-                counted += float(n)
-        net.train()
-        return loss_sum / max(1, sum(vb.image.shape[0] for vb in val_batches)), correct / max(counted, 1.0)
+        return _validate(net, val_batches, config, device, precision)
 
     start = time.monotonic()
     summary: dict[str, Any] = {}
