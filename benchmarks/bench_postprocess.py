@@ -130,6 +130,7 @@ def run_emseg(store: Path, block: int, workers: int, error_voxels: float, parts:
     from emseg.pipeline.io import urls
     from emseg.pipeline.io.volume import open_volume
     from emseg.tasks import stage5_pyramid
+    from emseg.pipeline.outputs.shardfile import plan_groups
     from emseg.tasks import stage6_meshes
     from emseg.tasks.driver import engine
     from emseg.tasks.driver.postprocess import mesh_tasks, pyramid_tasks
@@ -170,7 +171,7 @@ def run_emseg(store: Path, block: int, workers: int, error_voxels: float, parts:
 
         t = time.perf_counter()
         scale = layer.scales[0]
-        shift, sharding = stage6_meshes.plan_groups(max_id, -(-scale.shape_zyx[0] // block) ** 3, "legacy")
+        shift, sharding = plan_groups(max_id, -(-scale.shape_zyx[0] // block) ** 3, "legacy")
         plan = stage6_meshes.MeshPlan(
             output=url, volume_spec={"driver": "neuroglancer_precomputed", "kvstore": urls.kvstore_spec(url),
                                      "scale_metadata": {"key": scale.key}},
@@ -193,13 +194,13 @@ def run_emseg(store: Path, block: int, workers: int, error_voxels: float, parts:
 def _emseg_skeletons(client: Any, url: str, scale: Any, block: int, max_id: int) -> dict[str, Any]:
     """emseg's stage 9 with the same TEASAR parameters, block shape and dust threshold as igneous's run."""
     from emseg.pipeline.io import urls
-    from emseg.tasks import stage6_meshes
+    from emseg.pipeline.outputs.shardfile import plan_groups
     from emseg.tasks import stage9_skeletons
     from emseg.tasks.driver import engine
 
     t = time.perf_counter()
     n_blocks = -(-scale.shape_zyx[0] // block) ** 3
-    shift, _ = stage6_meshes.plan_groups(max_id, n_blocks, "legacy")
+    shift, _ = plan_groups(max_id, n_blocks, "legacy")
     plan = stage9_skeletons.SkeletonPlan(
         output=url, volume_spec={"driver": "neuroglancer_precomputed", "kvstore": urls.kvstore_spec(url),
                                  "scale_metadata": {"key": scale.key}},

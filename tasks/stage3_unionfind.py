@@ -40,6 +40,7 @@ from emseg.tasks.driver.context import RunContext
 from emseg.tasks.stage1_segment import STAGE as SEGMENT
 from emseg.pipeline import stages
 from emseg.pipeline.stitching.resume import AGGLOMERATE, FINISH, down_item, group_name, up_item
+from emseg.pipeline.stitching.unionfind import group_index
 
 STAGE = stages.UNIONFIND
 Vec = tuple[int, int, int]
@@ -197,17 +198,3 @@ def finish(ctx: RunContext, *upstream: Any) -> dict[str, Any]:
     return info
 
 
-def group_index(indices: np.ndarray, grid_shape: Vec, level: int) -> np.ndarray:
-    """One flat int64 per group of ``level`` (2^level blocks a side) from its (n, 3) z, y, x group indices.
-
-    Row-major over the grid of groups at that level, whose extent per axis is the block grid's divided by
-    2^level, rounded up: distinct groups never share an index, however long an axis is.
-
-    >>> group_index(np.array([[0, 1, 0], [0, 0, 1 << 20]]), (1, 3, 1 << 21), 0).tolist()
-    [2097152, 1048576]
-    """
-    extent = tuple(-(-int(g) // (1 << level)) for g in grid_shape)
-    idx = np.asarray(indices, np.int64).reshape(-1, 3)
-    if len(idx) == 0:
-        return np.zeros(0, np.int64)
-    return np.ravel_multi_index(tuple(idx.T), extent).astype(np.int64)

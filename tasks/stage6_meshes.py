@@ -21,7 +21,6 @@ levels of detail packed into shard files); ``auto`` picks ``sharded`` when the s
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +35,7 @@ from emseg.pipeline.geometry import BlockGrid
 from emseg.pipeline.outputs.shardfile import ShardSpec, encode_shard
 from emseg.tasks.driver import runtime
 from emseg.pipeline import stages
+from emseg.pipeline.outputs.meshes import levels_of_detail
 
 STAGE = stages.MESHES
 PREFIX = "post/meshes/"
@@ -66,25 +66,6 @@ class MeshPlan:
         if self.format == "legacy":
             return {"@type": "neuroglancer_legacy_mesh"}
         return meshes.multires_info(self.scale.voxel_size_nm, self.sharding)
-
-
-def plan_groups(num_segments: int, num_blocks: int, fmt: str) -> tuple[int, dict[str, Any] | None]:
-    """``(shift, sharding)``: groups of about ``num_segments / num_blocks`` consecutive ids (at least
-    64), as powers of two; for ``sharded``, the sharding whose shards are exactly those groups.
-
-    >>> plan_groups(1000, 8, "legacy")
-    (7, None)
-    >>> shift, sharding = plan_groups(1000, 8, "sharded")
-    >>> shift, sharding["preshift_bits"] + sharding["minishard_bits"], sharding["shard_bits"]
-    (7, 7, 3)
-    """
-    from emseg.pipeline.outputs.shardfile import spec_for_ids
-
-    per = max(64, math.ceil(max(num_segments, 1) / max(num_blocks, 1)))
-    spec = spec_for_ids(max(num_segments, 1), per)
-    shift = spec.preshift_bits + spec.minishard_bits
-    return shift, (spec.to_json() if fmt == "sharded" else None)
-
 
 
 def mesh_block_task(plan: MeshPlan, block_id: int, *upstream: Any) -> dict[str, Any]:
@@ -132,17 +113,6 @@ def load_group(output: str, group: int) -> dict[int, dict[int, list[meshes.Mesh]
             piece = meshes.Mesh(a["vertices"][v0 : int(v_end[i])], a["faces"][f0 : int(f_end[i])])
             out.setdefault(int(seg), {}).setdefault(int(lod), []).append(piece)
     return out
-
-
-def levels_of_detail(by_lod: dict[int, list[meshes.Mesh]]) -> list[meshes.Mesh]:
-    """The joined mesh of each level, keeping a coarser level only while it has clearly fewer triangles."""
-    lods = [meshes.join(by_lod[0])]
-    for k in sorted(by_lod)[1:]:
-        coarse = meshes.join(by_lod[k])
-        if len(coarse.faces) > 0.85 * len(lods[-1].faces) or len(coarse.faces) < 4:
-            break
-        lods.append(coarse)
-    return lods
 
 
 def merge_group_task(plan: MeshPlan, group: int, *upstream: Any) -> dict[str, Any]:

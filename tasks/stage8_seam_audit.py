@@ -30,6 +30,7 @@ from emseg.tasks.stage1_segment import face_key
 from emseg.tasks.stage2_seams import face_origin
 from emseg.pipeline import stages
 from emseg.pipeline.io import kvstore
+from emseg.pipeline.stitching.seams import near, nearest
 
 STAGE = stages.SEAM_AUDIT
 PREFIX = "post/audit/"
@@ -45,15 +46,6 @@ class AuditPlan:
     margin: float
     limit: int
     audit_dir: str  # kvstore URL of <output>/seam_audit
-
-
-def near(iou: np.ndarray, threshold: float, margin: float) -> np.ndarray:
-    """Edges whose IoU lies within ``margin`` of ``threshold``.
-
-    >>> near(np.array([0.1, 0.45, 0.5, 0.62, 0.9]), 0.5, 0.1).tolist()
-    [False, True, True, False, False]
-    """
-    return np.abs(iou.astype(np.float64) - threshold) <= margin + 1e-9
 
 
 def audit_block_task(plan: AuditPlan, block_id: int, *upstream: Any) -> dict[str, Any]:
@@ -107,19 +99,6 @@ def audit_block_task(plan: AuditPlan, block_id: int, *upstream: Any) -> dict[str
 def part_key(level: int, index: int) -> str:
     """Scratch key of a block's points (level 0) or of a partial reduce (level >= 1)."""
     return f"{PREFIX}{index}" if level == 0 else f"{PREFIX}L{level}/{index}"
-
-
-def nearest(cat: dict[str, np.ndarray], threshold: float, limit: int) -> dict[str, np.ndarray]:
-    """The ``limit`` points whose IoU lies nearest ``threshold`` (ties: the earlier point), in their
-    order. Exact under a tree reduce: a point among the nearest overall is among its part's nearest.
-
-    >>> nearest({"iou": np.array([0.9, 0.5, 0.45, 0.1])}, 0.5, 2)["iou"].tolist()
-    [0.5, 0.45]
-    """
-    if len(cat["iou"]) <= limit:
-        return cat
-    keep = np.argsort(np.abs(cat["iou"].astype(np.float64) - threshold), kind="stable")[:limit]
-    return {k: v[np.sort(keep)] for k, v in cat.items()}
 
 
 def _gather(plan: AuditPlan, level: int, indices: range) -> tuple[dict[str, np.ndarray], int]:

@@ -14,7 +14,7 @@ from emseg.pipeline import stages
 from emseg.pipeline.io.scratch import Scratch
 from emseg.tasks.driver import engine
 from emseg.tasks.driver.run import segment
-from emseg.tasks.stage8_seam_audit import nearest
+from emseg.pipeline.stitching.seams import nearest
 from tests.conftest import blobs, read_output, run_config, write_zarr
 
 

@@ -330,7 +330,7 @@ def test_block_ids_must_fit_below_2_31(tmp_path):
 
 
 def test_group_index_has_no_radix_collisions():
-    from emseg.tasks.stage3_unionfind import group_index
+    from emseg.pipeline.stitching.unionfind import group_index
 
     # The old key (i * 2^20 + j) * 2^20 + k gave both of these 2^20.
     a, b = group_index(np.array([[0, 1, 0], [0, 0, 1 << 20]]), (1, 3, 1 << 21), 0).tolist()

@@ -288,3 +288,14 @@ def decode_multires(manifest: bytes, data: bytes) -> list[tuple[np.ndarray, np.n
             v = origin + offsets[lod] + chunk * (1 << lod) * (positions[:, j] + q / top)
             out.append((v, np.asarray(decoded.faces, np.uint32).reshape(-1, 3)))
     return out
+
+
+def levels_of_detail(by_lod: dict[int, list[Mesh]]) -> list[Mesh]:
+    """The joined mesh of each level, keeping a coarser level only while it has clearly fewer triangles."""
+    lods = [join(by_lod[0])]
+    for k in sorted(by_lod)[1:]:
+        coarse = join(by_lod[k])
+        if len(coarse.faces) > 0.85 * len(lods[-1].faces) or len(coarse.faces) < 4:
+            break
+        lods.append(coarse)
+    return lods

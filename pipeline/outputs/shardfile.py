@@ -126,3 +126,19 @@ def encode_shard(entries: Sequence[tuple[int, bytes, bytes]], spec: ShardSpec) -
         tail.append(raw)
         pos += len(raw)
     return index.tobytes() + b"".join(data_parts) + b"".join(tail)
+
+
+def plan_groups(num_segments: int, num_blocks: int, fmt: str) -> tuple[int, dict[str, Any] | None]:
+    """``(shift, sharding)``: groups of about ``num_segments / num_blocks`` consecutive ids (at least
+    64), as powers of two; for ``sharded``, the sharding whose shards are exactly those groups.
+
+    >>> plan_groups(1000, 8, "legacy")
+    (7, None)
+    >>> shift, sharding = plan_groups(1000, 8, "sharded")
+    >>> shift, sharding["preshift_bits"] + sharding["minishard_bits"], sharding["shard_bits"]
+    (7, 7, 3)
+    """
+    per = max(64, math.ceil(max(num_segments, 1) / max(num_blocks, 1)))
+    spec = spec_for_ids(max(num_segments, 1), per)
+    shift = spec.preshift_bits + spec.minishard_bits
+    return shift, (spec.to_json() if fmt == "sharded" else None)

@@ -130,3 +130,25 @@ def pair_centroids(mine: np.ndarray, theirs: np.ndarray, a: np.ndarray, b: np.nd
     for axis in range(3):
         out[:, axis] = np.bincount(which, weights=coords[axis][hit], minlength=len(a)) / np.maximum(n, 1)
     return out
+
+
+def near(iou: np.ndarray, threshold: float, margin: float) -> np.ndarray:
+    """Edges whose IoU lies within ``margin`` of ``threshold``.
+
+    >>> near(np.array([0.1, 0.45, 0.5, 0.62, 0.9]), 0.5, 0.1).tolist()
+    [False, True, True, False, False]
+    """
+    return np.abs(iou.astype(np.float64) - threshold) <= margin + 1e-9
+
+
+def nearest(cat: dict[str, np.ndarray], threshold: float, limit: int) -> dict[str, np.ndarray]:
+    """The ``limit`` points whose IoU lies nearest ``threshold`` (ties: the earlier point), in their
+    order. Exact under a tree reduce: a point among the nearest overall is among its part's nearest.
+
+    >>> nearest({"iou": np.array([0.9, 0.5, 0.45, 0.1])}, 0.5, 2)["iou"].tolist()
+    [0.5, 0.45]
+    """
+    if len(cat["iou"]) <= limit:
+        return cat
+    keep = np.argsort(np.abs(cat["iou"].astype(np.float64) - threshold), kind="stable")[:limit]
+    return {k: v[np.sort(keep)] for k, v in cat.items()}

@@ -265,3 +265,19 @@ def block_lut(
     lut = np.zeros(n_total + 1, np.uint64)
     lut[1:] = final_ids(table, n_core, offs, table_of, np.arange(1, n_total + 1))
     return lut
+
+
+def group_index(indices: np.ndarray, grid_shape: Vec, level: int) -> np.ndarray:
+    """One flat int64 per group of ``level`` (2^level blocks a side) from its (n, 3) z, y, x group indices.
+
+    Row-major over the grid of groups at that level, whose extent per axis is the block grid's divided by
+    2^level, rounded up: distinct groups never share an index, however long an axis is.
+
+    >>> group_index(np.array([[0, 1, 0], [0, 0, 1 << 20]]), (1, 3, 1 << 21), 0).tolist()
+    [2097152, 1048576]
+    """
+    extent = tuple(-(-int(g) // (1 << level)) for g in grid_shape)
+    idx = np.asarray(indices, np.int64).reshape(-1, 3)
+    if len(idx) == 0:
+        return np.zeros(0, np.int64)
+    return np.ravel_multi_index(tuple(idx.T), extent).astype(np.int64)

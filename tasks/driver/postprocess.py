@@ -40,6 +40,7 @@ from emseg.pipeline import stages
 from emseg.pipeline.io import kvstore
 from emseg.tasks.driver import engine
 from emseg.tasks.driver.engine import Item
+from emseg.pipeline.outputs.shardfile import plan_groups
 
 if TYPE_CHECKING:
     from emseg.tasks.driver.context import RunContext
@@ -167,7 +168,7 @@ def _skeleton_plan(p: ValidatedRun, seg_layer: Any, num_segments: int) -> stage9
     if fmt == "auto":
         fmt = "sharded" if p.config.write.sharded else "unsharded"
     n_blocks = math.prod(-(-s // b) for s, b in zip(scale.shape_zyx, block_shape))
-    shift, sharding = stage6_meshes.plan_groups(num_segments, n_blocks, "sharded" if fmt == "sharded" else "legacy")
+    shift, sharding = plan_groups(num_segments, n_blocks, "sharded" if fmt == "sharded" else "legacy")
     return stage9_skeletons.SkeletonPlan(
         output=ctx.output,
         volume_spec={"driver": "neuroglancer_precomputed", "kvstore": urls.kvstore_spec(ctx.segmentation),
@@ -204,7 +205,7 @@ def _mesh_plan(p: ValidatedRun, seg_layer: Any, num_segments: int) -> stage6_mes
     if fmt == "auto":
         fmt = "sharded" if p.config.write.sharded else "legacy"
     n_blocks = math.prod(-(-s // b) for s, b in zip(scale.shape_zyx, block_shape))
-    shift, sharding = stage6_meshes.plan_groups(num_segments, n_blocks, fmt)
+    shift, sharding = plan_groups(num_segments, n_blocks, fmt)
     spec = {"driver": "neuroglancer_precomputed", "kvstore": urls.kvstore_spec(ctx.segmentation),
             "scale_metadata": {"key": scale.key}}
     return stage6_meshes.MeshPlan(
