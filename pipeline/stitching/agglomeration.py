@@ -24,7 +24,8 @@ Only the write box is cut into fragments, so fragment ids are unique per block w
 neighbours as context (``emseg.tasks.stage3_unionfind.agglomerate_all``, ``agglomeration.scope``);
 :func:`segment` is the whole-volume reference. docs/agglomeration.md has the measurements.
 
-Libraries: edt, cc3d and scikit-image make the seeded-watershed fragments; waterz (Funke et al. 2019,
+Libraries: edt and cc3d make the seeded-watershed fragments' seeds, and a numba-compiled flood
+(:mod:`emseg.pipeline.stitching.flood`) grows them; waterz (Funke et al. 2019,
 "Large scale image segmentation with structured loss based deep learning for connectome
 reconstruction", IEEE TPAMI) makes zwatershed fragments, and its mean-affinity agglomeration is the
 algorithm :func:`agglomerate` runs on a region graph assembled from blocks.
@@ -106,8 +107,9 @@ def fragments_watershed(
     ``voxel_size_zyx``); a watershed on the boundary map grows them over the whole box (``mask``
     excluded). Returns ``(z, y, x)`` uint64 fragment ids, 0 where ``mask`` is False.
 
-    Libraries: ``edt`` (distance transform, anisotropic), ``cc3d`` (seed labels), scikit-image
-    (watershed). Unlike :func:`fragments_zwatershed` it tolerates soft, badly calibrated affinities
+    Libraries: ``edt`` (distance transform, anisotropic), ``cc3d`` (seed labels); the watershed is
+    :func:`emseg.pipeline.stitching.flood.seeded_watershed` (scikit-image's flooding, compiled with
+    numba, about four times faster). Unlike :func:`fragments_zwatershed` it tolerates soft, badly calibrated affinities
     (a forest's probabilities), but a fragment may cross a boundary where no seed lies on one side.
 
     >>> labels = np.zeros((6, 6, 12), np.uint32); labels[..., :6] = 1; labels[..., 6:] = 2
@@ -118,7 +120,8 @@ def fragments_watershed(
     import cc3d
     import edt
     from scipy import ndimage as ndi
-    from skimage.segmentation import watershed
+
+    from emseg.pipeline.stitching.flood import seeded_watershed
 
     affs = _check_affs(affs)
     mean = affs.mean(axis=0)
@@ -131,7 +134,7 @@ def fragments_watershed(
     footprint = tuple(2 * max(0, int(round(seed_min_distance * finest / v))) + 1 for v in size)
     peaks = (depth == ndi.maximum_filter(depth, size=footprint, mode="nearest")) & interior
     seeds = cc3d.connected_components(peaks, connectivity=26, out_dtype=np.uint64)
-    return watershed(1.0 - mean, seeds, mask=mask).astype(np.uint64)
+    return seeded_watershed(1.0 - mean, seeds, mask)
 
 
 def fragments_zwatershed(
