@@ -111,6 +111,8 @@ class PhantomParams(BaseModel):
     mito_length: tuple[float, float] = (15.0, 60.0)
     mito_radius_ratio: tuple[float, float] = (0.3, 0.55)
     mito_intensity: tuple[float, float] = (70.0, 95.0)
+    #: voxels of cytoplasm (at least) between a mitochondrion and its neurite's membrane
+    mito_gap: float = Field(1.0, ge=0.0)
     #: Gaussian blur (voxels) and then Gaussian noise (grey levels)
     blur_sigma: float = Field(1.2, ge=0.0)
     noise_sigma: float = Field(8.0, ge=0.0)
@@ -245,6 +247,27 @@ def _nearest(
         np.copyto(view, q, where=closer)
         np.copyto(result[sl], np.int32(owner[k]), where=closer)
     return result
+
+
+def _contact_distance(labels: np.ndarray, margin: int) -> np.ndarray:
+    """Distance (voxels) from each voxel to the nearest voxel on a label contact, cropped by ``margin``.
+
+    A contact voxel has a 6-neighbour of another label. ``labels`` is the box grown by ``margin`` on
+    every side, so distances up to ``margin - 1`` are exact whatever lies outside it; farther ones
+    may be overestimated (``inf`` where no contact is in the box).
+    """
+    edge = np.zeros(labels.shape, dtype=bool)
+    for axis in range(3):
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        differ = labels[tuple(lo)] != labels[tuple(hi)]
+        edge[tuple(lo)] |= differ
+        edge[tuple(hi)] |= differ
+    crop = tuple(slice(margin, n - margin) for n in labels.shape)
+    if not edge.any():
+        return np.full(edge[crop].shape, np.inf, dtype=np.float64)
+    return ndi.distance_transform_edt(~edge)[crop]
 
 
 # --- the phantom ------------------------------------------------------------------------------------
@@ -498,6 +521,9 @@ class Phantom:
         blur_margin = int(_TRUNCATE * p.blur_sigma + 0.5) if p.blur_sigma > 0 else 0
         offsets = self._membrane_offsets()
         h = max((max(abs(v) for v in o) for o in offsets), default=0)
+        clear = p.membrane_thickness / 2 + p.mito_gap  # how far mitochondria keep from a contact
+        if len(self.mito_neurite) and p.mito_gap > 0:
+            h = max(h, math.ceil(clear) + 1)
         outer = box.grow((blur_margin + h,) * 3)
         wide = self.labels(outer)
         inner = box.grow((blur_margin,) * 3)
@@ -514,6 +540,8 @@ class Phantom:
         if len(self.mito_neurite):
             mito = self.mitochondria(inner)
             inside = (mito >= 0) & ~membrane
+            if p.mito_gap > 0:
+                inside &= _contact_distance(wide, h) >= clear
             inside[inside] = core[inside] == (self.mito_neurite[mito[inside]] + 1).astype(np.uint64)
             image[inside] = self.mito_intensity[mito[inside]].astype(np.float32)
         if p.texture_amplitude > 0:
