@@ -116,6 +116,20 @@ class WriteConfig(Strict):
     sharding_bits: tuple[int, int, int] | None = None
 
 
+class Region(Strict):
+    """A half-open box of voxels, ``[start, stop)``, z, y, x: the training and validation regions of
+    ``emseg train`` and ``emseg train-ffn``."""
+
+    start: Vec3
+    stop: Vec3
+
+    @model_validator(mode="after")
+    def _nonempty(self) -> Region:
+        if any(b <= a for a, b in zip(self.start, self.stop)):
+            raise ValueError(f"region stop {list(self.stop)} must exceed start {list(self.start)}")
+        return self
+
+
 class RegionConfig(Strict):
     """A region of interest in the input's own coordinates (its voxel offset included)."""
 

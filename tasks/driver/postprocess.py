@@ -108,30 +108,30 @@ def pyramid_tasks(layer: stage5_pyramid.PyramidLayer, run_id: str,
         previous = mine
 
 
-def mesh_tasks(plan: stage6_meshes.MeshPlan, num_segments: int, upstream: list[Item]) -> Iterator[engine.Task]:
-    """The per-block mesh tasks (after ``upstream``), a join, and the per-group merge tasks after it."""
-    stage = stage6_meshes.STAGE
+def grouped_tasks(stage: str, plan: Any, num_segments: int, upstream: list[Item], block_task: Any,
+                  group_task: Any) -> Iterator[engine.Task]:
+    """Per-block tasks (after ``upstream``), a join, and per-group merge tasks after it: stage 6
+    (meshes) and stage 9 (skeletons), whose groups are ``2^plan.shift`` consecutive segment ids."""
     blocks = []
     for b in plan.grid:
         blocks.append((stage, f"block-{b.id}"))
-        yield engine.Task(stage, blocks[-1][1], stage6_meshes.mesh_block_task, (plan, b.id), list(upstream))
+        yield engine.Task(stage, blocks[-1][1], block_task, (plan, b.id), list(upstream))
     yield engine.Task(stage, "blocks", engine.join, (), blocks, counts_voxels=False)
     for group in range((max(num_segments, 1) >> plan.shift) + 1):
-        yield engine.Task(stage, f"group-{group}", stage6_meshes.merge_group_task, (plan, group), [(stage, "blocks")],
-                          keep=True, counts_voxels=False)
+        yield engine.Task(stage, f"group-{group}", group_task, (plan, group), [(stage, "blocks")], keep=True,
+                          counts_voxels=False)
+
+
+def mesh_tasks(plan: stage6_meshes.MeshPlan, num_segments: int, upstream: list[Item]) -> Iterator[engine.Task]:
+    """Stage 6: meshes per block, joined per group of segment ids."""
+    return grouped_tasks(stage6_meshes.STAGE, plan, num_segments, upstream, stage6_meshes.mesh_block_task,
+                         stage6_meshes.merge_group_task)
 
 
 def skeleton_tasks(plan: stage9_skeletons.SkeletonPlan, num_segments: int, upstream: list[Item]) -> Iterator[engine.Task]:
-    """The per-block skeleton tasks (after ``upstream``), a join, and the per-group merge tasks after it."""
-    stage = stage9_skeletons.STAGE
-    blocks = []
-    for b in plan.grid:
-        blocks.append((stage, f"block-{b.id}"))
-        yield engine.Task(stage, blocks[-1][1], stage9_skeletons.skeleton_block_task, (plan, b.id), list(upstream))
-    yield engine.Task(stage, "blocks", engine.join, (), blocks, counts_voxels=False)
-    for group in range((max(num_segments, 1) >> plan.shift) + 1):
-        yield engine.Task(stage, f"group-{group}", stage9_skeletons.merge_group_task, (plan, group),
-                          [(stage, "blocks")], keep=True, counts_voxels=False)
+    """Stage 9: skeletons per block, joined per group of segment ids."""
+    return grouped_tasks(stage9_skeletons.STAGE, plan, num_segments, upstream, stage9_skeletons.skeleton_block_task,
+                         stage9_skeletons.merge_group_task)
 
 
 def reduce_tasks(stage: str, plan: Any, n: int, block_task: Any, partial_task: Any, root_task: Any) -> Iterator[engine.Task]:

@@ -13,25 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from emseg.pipeline.backends.boundary.augment import IntensityAugment
 from emseg.pipeline.backends.boundary.unet import UNetConfig
 from emseg.pipeline.backends.device import Device
+from emseg.pipeline.config import Region
 
 Vec3 = tuple[int, int, int]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class Region(_Strict):
-    """A half-open box of voxels, ``[start, stop)``, z, y, x."""
-
-    start: Vec3
-    stop: Vec3
-
-    @model_validator(mode="after")
-    def _nonempty(self) -> Region:
-        if any(b <= a for a, b in zip(self.start, self.stop)):
-            raise ValueError(f"region stop {list(self.stop)} must exceed start {list(self.start)}")
-        return self
 
 
 class ForestSpec(_Strict):

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from emseg.pipeline.backends.device import Device
+from emseg.pipeline.config import Region
 
 Vec3 = tuple[int, int, int]
 
@@ -78,19 +79,6 @@ class ModelConfig(_Strict):
     @property
     def seed_logit(self) -> float:
         return _logit(self.pom_seed)
-
-
-class Region(_Strict):
-    """A half-open box of voxels, ``[start, stop)``, z, y, x."""
-
-    start: Vec3
-    stop: Vec3
-
-    @model_validator(mode="after")
-    def _nonempty(self) -> Region:
-        if any(b <= a for a, b in zip(self.start, self.stop)):
-            raise ValueError(f"region stop {list(self.stop)} must exceed start {list(self.start)}")
-        return self
 
 
 class TrainConfig(_Strict):
