@@ -201,6 +201,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--affinities", choices=("forest", "standin"), default="forest")
     ap.add_argument("--weights", default="bundled", help="the forest: 'bundled' or a path (model.weights)")
+    ap.add_argument("--affinities-file", type=Path, default=None,
+                    help="forest affinities of the whole volume saved earlier (.npy, (3, z, y, x) float32, made "
+                         "by the same backend call as --affinities forest) instead of predicting them again")
     ap.add_argument("--frag-biases", type=float, nargs="*", default=[],
                     help="volara: also score fragments made with these ExtractFrags biases (accuracy only)")
     a = ap.parse_args()
@@ -218,7 +221,17 @@ def main() -> None:
     }
     try:
         # 1. affinities, once
-        if a.affinities == "forest":
+        if a.affinities == "forest" and a.affinities_file is not None:
+            from emseg.pipeline.backends.affinities import Backend, Params
+
+            backend = Backend(Params(model={"kind": "forest", "weights": a.weights}))
+            affs = np.load(a.affinities_file)
+            if affs.shape != (3, *raw.shape) or affs.dtype != np.float32:
+                sys.exit(f"bench_volara: {a.affinities_file} holds {affs.dtype} {affs.shape}, not float32 {(3, *raw.shape)}")
+            context, default_t = backend.context_zyx, backend.default_threshold
+            out["affinities_info"] = {"model": f"forest, weights {a.weights}", "predicted_earlier": str(a.affinities_file),
+                                      "context_zyx": list(context), "default_threshold": default_t}
+        elif a.affinities == "forest":
             affs, model_s, context, default_t = forest_affinities(raw, a.weights)
             out["affinities_info"] = {"model": f"forest, weights {a.weights}", "predict_seconds_whole_volume": round(model_s, 2),
                                       "context_zyx": list(context), "default_threshold": default_t}
