@@ -15,6 +15,10 @@ seed count; scipy's ``watershed_ift`` gives wrong labels on plateaus. This flood
 the same segmentation as scikit-image's after agglomeration (VOI and adapted Rand equal to three
 decimals on FIB-25 z >= 170 and z < 150; docs/agglomeration.md). Fewer levels (256, or a flood
 that never goes back to a lower level) changed the fragments enough to change the agglomeration.
+
+The kernel is compiled on first use in each process (about 1 s) and not cached on disk: numba's
+disk cache is keyed by the source file, and a cache written while the file ran under another module
+name (``python -m doctest``) made later imports fail.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ LEVELS = 65536
 _GROUP = 8  # log2 of the levels per group: the queue skips groups with nothing queued
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _flood(level: np.ndarray, labels: np.ndarray, allowed: np.ndarray, ny: int, nx: int) -> None:  # pragma: no cover - compiled
     n = level.size
     head = np.full(LEVELS, -1, np.int32)
