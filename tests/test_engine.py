@@ -13,6 +13,7 @@ import numpy as np
 from emseg.pipeline import stages
 from emseg.pipeline.io.scratch import Scratch
 from emseg.tasks.driver import engine
+from emseg.tasks.driver.context import new_run_id
 from emseg.tasks.driver.run import segment
 from emseg.pipeline.stitching.seams import nearest
 from tests.conftest import blobs, read_output, run_config, write_zarr
@@ -29,7 +30,7 @@ def test_window_bounds_tasks_in_flight_and_failures_skip_their_dependants(dask_a
 
     with Client(dask_address) as client:
         seen: list[int] = []
-        stream = engine.Streamer(client, run_id="t-window", retries=0, window=2)
+        stream = engine.Streamer(client, run_id=new_run_id(), retries=0, window=2)
         stream.on_done = lambda task: seen.append(len(stream.inflight))
         for i in range(8):
             stream.submit(engine.Task("s", i, _fail_on, (i,)))
@@ -39,9 +40,23 @@ def test_window_bounds_tasks_in_flight_and_failures_skip_their_dependants(dask_a
         stream.barrier()
     assert len(seen) == 10
     failures = {(f["stage"], f["block"]): f["error"] for f in stream.failures()}
-    assert failures == {("s", 3): "ValueError: three is refused", ("t", "after-3"): engine.SKIPPED}
+    assert failures == {("s", 3): "ValueError: three is refused", ("t", "after-3"): engine.SKIPPED}, failures
     assert stream.results["s"][0] == 7 and stream.results["s"][2] == sum(range(8)) - 3
     assert stream.results["t"][0] == 1
+
+
+def test_a_dependency_that_fails_while_the_window_is_full_skips_its_dependant(dask_address):
+    """Window 1: submitting the dependant waits for the dependency, which fails during that wait; the
+    dependant must be skipped, not submitted without it (it would run and succeed)."""
+    from distributed import Client
+
+    with Client(dask_address) as client:
+        stream = engine.Streamer(client, run_id=new_run_id(), retries=0, window=1)
+        stream.submit(engine.Task("s", 3, _fail_on, (3,)))
+        stream.submit(engine.Task("t", "after-3", _fail_on, (0,), deps=[("s", 3)], keep=True))
+        stream.barrier()
+    assert stream.failed == {("s", 3): "ValueError: three is refused", ("t", "after-3"): engine.SKIPPED}
+    assert not stream.kept
 
 
 def test_tree_reduce_keeps_exactly_the_nearest_points():

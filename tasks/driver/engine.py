@@ -99,12 +99,14 @@ class Streamer:
 
     def submit(self, task: Task) -> None:
         item = (task.stage, task.item)
+        while len(self.inflight) >= self.window:
+            self._drain(block=True)
+        # after the wait: a dependency that failed meanwhile is no longer in flight, and the task
+        # would otherwise be submitted without it
         if any(d in self.failed for d in task.deps):
             self.failed[item] = SKIPPED
             self._finished(task)
             return
-        while len(self.inflight) >= self.window:
-            self._drain(block=True)
         futures = [self.inflight[d][0] for d in task.deps if d in self.inflight]
         key = f"{task.stage}-{task.item}-{self.run_id}"
         f = self.client.submit(task.fn, *task.args, *futures, key=key, retries=self.retries, pure=False)
@@ -135,7 +137,7 @@ class Streamer:
                     stat[2] += int(info.get("voxels", 0))
                 if task.keep:
                     self.kept[item] = info
-            elif any(d in self.failed for d in task.deps):
+            elif any(self._failed(d) for d in task.deps):  # the error is its dependency's
                 self.failed[item] = SKIPPED
             elif f.status == "cancelled":
                 self.failed[item] = "cancelled by the scheduler (a worker died too often?)"
@@ -144,6 +146,14 @@ class Streamer:
                 self.failed[item] = f"{type(exc).__name__}: {exc}"
             self.wall[task.stage][1] = time.time()
             self._finished(task)
+
+    def _failed(self, item: Item) -> bool:
+        """Whether ``item`` failed: recorded already, or in flight and errored (a batch of completions
+        may hand over a dependant before the dependency it failed through)."""
+        if item in self.failed:
+            return True
+        running = self.inflight.get(item)
+        return running is not None and running[0].status in ("error", "cancelled")
 
     def _finished(self, task: Task) -> None:
         if self.progress is not None:
