@@ -134,7 +134,8 @@ def reduce_task(plan: AuditPlan, level: int, count: int, *upstream: Any) -> dict
         cat.get("pos", np.zeros((0, 3))),
         voxel_size_nm=plan.voxel_size_nm,
         properties=[
-            Property("iou", "float32", "IoU of the two labels inside the overlap"),
+            Property("iou", "float32", "mean affinity across the seam contact (boundary backends: the score "
+                     "agglomeration merges by)" if plan.run.boundary else "IoU of the two labels inside the overlap"),
             Property("overlap", "uint32", "voxels the two labels share in the overlap"),
             Property("merged", "uint8", "whether the stitching rule merged the pair", {0: "kept apart", 1: "merged"}),
         ],

@@ -14,8 +14,8 @@ call :func:`run_state`. The state has up to three layers:
 - ``segmentation``: the output, precomputed (voxel size and offset in its ``info``). Every segment is
   coloured in the 2D panels (``notSelectedAlpha``); the largest are selected, so their meshes load in
   the 3D panel.
-- ``seam audit``: point annotations of the stitching edges whose IoU fell near the merge threshold
-  (stage 8); the layer's name says so.
+- ``seam audit``: point annotations of the stitching edges whose score (IoU, or a boundary backend's
+  mean affinity) fell near the merge threshold (stage 8); the layer's name says which and how near.
 
 The state's global axes are x, y, z in metres at the input's voxel size; ``position`` is a voxel in those
 units (offset included).
@@ -201,7 +201,7 @@ def state(
     ``image`` is a source from :func:`image_source`; ``roi_*_zyx`` are zero-origin voxels of the input
     and ``offset_zyx`` its voxel offset; ``selected`` are segment ids whose meshes show in 3D;
     ``seam_audit`` is run.json's ``postprocess.seam_audit`` (``source``, ``points``, ``threshold``,
-    ``margin``).
+    ``margin``, ``score``: ``IoU`` for instance backends, ``mean affinity`` for boundary backends).
     """
     vz, vy, vx = (float(v) for v in voxel_size_nm)
     centre = [o + s + (e - s) / 2 for o, s, e in zip(offset_zyx, roi_start_zyx, roi_stop_zyx)]
@@ -224,7 +224,8 @@ def state(
         layers.append({
             "type": "annotation",
             "source": seam_audit["source"],
-            "name": f"seam audit: stitching edges with IoU {max(thr - margin, 0):.2f}-{thr + margin:.2f} "
+            "name": f"seam audit: stitching edges with {seam_audit.get('score', 'IoU')} "
+                    f"{max(thr - margin, 0):.2f}-{thr + margin:.2f} "
                     f"(merge threshold {thr:.2f})",
             "annotationColor": "#ff9900",
             "linkedSegmentationLayer": {"segments": "segmentation"},

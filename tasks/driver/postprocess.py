@@ -150,24 +150,31 @@ def reduce_tasks(stage: str, plan: Any, n: int, block_task: Any, partial_task: A
     yield engine.Task(stage, "reduce", root_task, (plan, top, counts[top]), deps, keep=True, counts_voxels=False)
 
 
+def _scale_blocks(p: ValidatedRun, seg_layer: Any, level: int, key: str) -> tuple[Any, tuple[int, ...], int]:
+    """The pyramid scale ``level`` that stages 6 and 9 read, the run's blocks measured at that scale
+    (at least 16 voxels a side), and how many there are. :class:`ConfigError` names ``postprocess.<key>``
+    when the pyramid has no such scale."""
+    scales = seg_layer.scales if seg_layer is not None else None
+    if level > 0 and (scales is None or level >= len(scales)):
+        have = 0 if scales is None else len(scales) - 1
+        raise ConfigError(f"postprocess.{key} {level} needs that pyramid scale, but the pyramid has {have} coarser "
+                          f"scales; raise postprocess.pyramid_levels or lower {key}")
+    scale = scales[level] if scales is not None else stage5_pyramid.base_scale(
+        stage5_pyramid.read_info(p.ctx.segmentation))
+    voxel = tuple(float(v) for v in p.input.voxel_size_nm)
+    factor = [round(a / b) for a, b in zip(scale.voxel_size_nm, voxel)]
+    block_shape = tuple(max(16, b // f) for b, f in zip(p.ctx.block_shape, factor))
+    return scale, block_shape, math.prod(-(-s // b) for s, b in zip(scale.shape_zyx, block_shape))
+
+
 def _skeleton_plan(p: ValidatedRun, seg_layer: Any, num_segments: int) -> stage9_skeletons.SkeletonPlan:
     """Stage 9's plan: the scale to skeletonize, blocks, groups (= shards when sharded), parameters."""
     cfg = p.config.postprocess
     ctx = p.ctx
-    scales = seg_layer.scales if seg_layer is not None else None
-    if cfg.skeleton_scale > 0 and (scales is None or cfg.skeleton_scale >= len(scales)):
-        have = 0 if scales is None else len(scales) - 1
-        raise ConfigError(f"postprocess.skeleton_scale {cfg.skeleton_scale} needs that pyramid scale, but the pyramid "
-                          f"has {have} coarser scales; raise postprocess.pyramid_levels or lower skeleton_scale")
-    scale = scales[cfg.skeleton_scale] if scales is not None else stage5_pyramid.base_scale(
-        stage5_pyramid.read_info(ctx.segmentation))
-    voxel = tuple(float(v) for v in p.input.voxel_size_nm)
-    factor = [round(a / b) for a, b in zip(scale.voxel_size_nm, voxel)]
-    block_shape = tuple(max(16, b // f) for b, f in zip(ctx.block_shape, factor))
+    scale, block_shape, n_blocks = _scale_blocks(p, seg_layer, cfg.skeleton_scale, "skeleton_scale")
     fmt = cfg.skeleton_format
     if fmt == "auto":
         fmt = "sharded" if p.config.write.sharded else "unsharded"
-    n_blocks = math.prod(-(-s // b) for s, b in zip(scale.shape_zyx, block_shape))
     shift, sharding = plan_groups(num_segments, n_blocks, "sharded" if fmt == "sharded" else "legacy")
     return stage9_skeletons.SkeletonPlan(
         output=ctx.output,
@@ -189,22 +196,10 @@ def _mesh_plan(p: ValidatedRun, seg_layer: Any, num_segments: int) -> stage6_mes
     """Stage 6's plan: the scale to mesh, blocks, groups (= shards when sharded), simplification."""
     cfg = p.config.postprocess
     ctx = p.ctx
-    scales = seg_layer.scales if seg_layer is not None else None
-    if cfg.mesh_scale > 0 and (scales is None or cfg.mesh_scale >= len(scales)):
-        have = 0 if scales is None else len(scales) - 1
-        raise ConfigError(
-            f"postprocess.mesh_scale {cfg.mesh_scale} needs that pyramid scale, but the pyramid has {have} "
-            "coarser scales; raise postprocess.pyramid_levels or lower mesh_scale"
-        )
-    scale = scales[cfg.mesh_scale] if scales is not None else stage5_pyramid.base_scale(
-        stage5_pyramid.read_info(ctx.segmentation))
-    voxel = tuple(float(v) for v in p.input.voxel_size_nm)
-    factor = [round(a / b) for a, b in zip(scale.voxel_size_nm, voxel)]
-    block_shape = tuple(max(16, b // f) for b, f in zip(ctx.block_shape, factor))
+    scale, block_shape, n_blocks = _scale_blocks(p, seg_layer, cfg.mesh_scale, "mesh_scale")
     fmt = cfg.mesh_format
     if fmt == "auto":
         fmt = "sharded" if p.config.write.sharded else "legacy"
-    n_blocks = math.prod(-(-s // b) for s, b in zip(scale.shape_zyx, block_shape))
     shift, sharding = plan_groups(num_segments, n_blocks, fmt)
     spec = {"driver": "neuroglancer_precomputed", "kvstore": urls.kvstore_spec(ctx.segmentation),
             "scale_metadata": {"key": scale.key}}
@@ -360,6 +355,7 @@ def postprocess(client: Any, p: ValidatedRun, *, window: int = 1000, progress: b
     if audit_r is not None:
         summary["seam_audit"] = {k: audit_r[k] for k in ("points", "candidates", "merged")}
         summary["seam_audit"].update(threshold=audit_threshold(ctx), margin=cfg.seam_audit_margin,
+                                     score="mean affinity" if ctx.boundary else "IoU",
                                      source="precomputed://" + urls.join(ctx.output, "seam_audit"))
     summary["wall_seconds"] = round(time.time() - t_start, 3)
     failures = stream.failures()
