@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from emseg.pipeline.stitching.agglomeration import affinities_from_labels, segment
 from emseg.pipeline.backends.base import BackendParams
 from emseg.pipeline.errors import ConfigError, DtypeError
-from emseg.pipeline.backends.device import Device
+from emseg.pipeline.backends.device import Device, Precision
 
 _DTYPE_RANGE: dict[str, tuple[float, float]] = {"uint8": (0.0, 255.0), "uint16": (0.0, 65535.0)}
 #: agglomeration thresholds when the config and the model give none: the bundled forest's card
@@ -56,7 +56,7 @@ class ModelParams(BaseModel):
     #: "auto" (cuda when there is one, else cpu), "cpu", "cuda" or "cuda:N" (unet only)
     device: Device = "auto"
     #: "auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16" or "fp32" (unet only)
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    precision: Precision = "auto"
 
 
 class Params(BackendParams):

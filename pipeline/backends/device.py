@@ -18,13 +18,15 @@ ValueError: device must be auto, cpu, cuda or cuda:N, got 'gpu'
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator
 
 from emseg.pipeline.errors import ConfigError
 
 DEVICES = "auto, cpu, cuda or cuda:N"
+#: a config field holding a precision setting
+Precision = Literal["auto", "bf16", "fp32"]
 PRECISIONS = ("auto", "bf16", "fp32")
 
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from emseg.pipeline.backends.boundary.augment import IntensityAugment
 from emseg.pipeline.backends.boundary.unet import UNetConfig
-from emseg.pipeline.backends.device import Device
+from emseg.pipeline.backends.device import Device, Precision
 from emseg.pipeline.config import Region
 
 Vec3 = tuple[int, int, int]
@@ -110,7 +110,7 @@ class TrainConfig(_Strict):
     long_range_weight: float = Field(0.5, ge=0)
     lsd_weight: float = Field(0.5, ge=0)
     device: Device = "auto"
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    precision: Precision = "auto"
     threads: int | None = Field(None, ge=1)
     log_every: int = Field(10, ge=1)
     val_every: int = Field(250, ge=1)

@@ -45,7 +45,7 @@ from pydantic import Field, ValidationError, model_validator
 from emseg.pipeline import backends
 from emseg.pipeline.backends.base import BackendParams
 from emseg.pipeline.errors import CheckpointError, DtypeError
-from emseg.pipeline.backends.device import Device
+from emseg.pipeline.backends.device import Device, Precision
 
 Vec3 = tuple[int, int, int]
 
@@ -75,7 +75,7 @@ class HybridParams(BackendParams):
 class Params(BackendParams):
     checkpoint: str = "bundled"
     device: Device = "auto"
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    precision: Precision = "auto"
     batch_size: int | None = Field(None, ge=1)
     step: Vec3 | None = None
     move_threshold: float = Field(0.9, gt=0, lt=1)

@@ -10,10 +10,9 @@ can validate configs cheaply.
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from emseg.pipeline.backends.device import Device
+from emseg.pipeline.backends.device import Device, Precision
 from emseg.pipeline.config import Region
 
 Vec3 = tuple[int, int, int]
@@ -137,7 +136,7 @@ class TrainConfig(_Strict):
     augment: bool = True
     seed: int = 0
     device: Device = "auto"
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    precision: Precision = "auto"
     threads: int | None = Field(None, ge=1)
     log_every: int = Field(25, ge=1)
     val_every: int = Field(250, ge=1)

@@ -22,7 +22,7 @@ from pydantic import Field, field_validator, model_validator
 
 from emseg.pipeline.backends.base import BackendParams
 from emseg.pipeline.errors import CheckpointError, ConfigError, DtypeError, ShapeMismatchError
-from emseg.pipeline.backends.device import Device
+from emseg.pipeline.backends.device import Device, Precision
 
 if TYPE_CHECKING:  # pragma: no cover
     from emseg.pipeline.backends.sam2.block import BlockResult
@@ -49,7 +49,7 @@ class Params(BackendParams):
     random_seed: int = 0
     image_size: int = Field(1024, ge=64)
     device: Device = "auto"
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    precision: Precision = "auto"
     compile_image_encoder: bool = False
     offload: bool | None = None
     batch_size: int | None = Field(None, ge=1)
