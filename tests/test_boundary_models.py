@@ -14,7 +14,7 @@ from emseg.pipeline.backends.boundary import features as feats
 from emseg.pipeline.backends.boundary import forest as forest_mod
 from emseg.pipeline.backends.boundary import load_model
 from emseg.pipeline.backends.boundary import unet as unet_mod
-from emseg.pipeline.backends.boundary.unet_training import affinity_targets, loss_fn
+from emseg.pipeline.backends.boundary.unet_training import affinity_targets, loss_fn, lsd_targets
 from emseg.pipeline.errors import CheckpointError, ConfigError
 from emseg.pipeline.geometry import Box
 from emseg.pipeline.quality.phantom import Phantom, PhantomParams
@@ -167,6 +167,49 @@ def test_one_training_step_lowers_the_loss(phantom) -> None:
         opt.step()
     after = loss_fn(net(x), t, m, None, config.model, config).item()
     assert after < before
+
+
+def test_lsd_targets_describe_shape_and_skip_unlabelled() -> None:
+    labels = np.zeros((12, 24, 24), np.uint64)
+    labels[:, 2:22, 2:5] = 1  # a thin slab along y: large variance in y, small in x
+    labels[:, 2:5, 8:22] = 2  # a thin slab along x
+    d = lsd_targets(labels, sigma=3.0)
+    assert d.shape == (10, 12, 24, 24) and d.dtype == np.float32
+    assert np.isnan(d[:, labels == 0]).all() and np.isfinite(d[:, labels != 0]).all()
+    assert (d[:, labels != 0] >= 0).all() and (d[:, labels != 0] <= 1).all()
+    var_y, var_x = d[4], d[5]
+    one, two = (6, 12, 3), (6, 3, 15)
+    assert var_y[one] > var_x[one] and var_x[two] > var_y[two]
+    # mean offset points to the object's local centre: at slab 1's y=2 end it points up in y (> 0.5)
+    assert d[1, 6, 2, 3] > 0.5 > d[1, 6, 21, 3]
+
+
+def test_training_step_with_lsds_lowers_the_loss(phantom) -> None:
+    from emseg.pipeline.backends.boundary.config import TrainConfig
+
+    cfg = CFG.model_copy(update={"lsds": True, "lsd_sigma": 3.0})
+    image, labels = phantom
+    config = TrainConfig.model_validate({"image": "x", "labels": "y", "output": "z", "patch": [8, 32, 32],
+                                         "model": {"kind": "unet", **cfg.model_dump(mode="json")}})
+    torch.manual_seed(0)
+    net = unet_mod.build(cfg)
+    lab = labels[:8, :32, :32].copy()
+    lab[:, :4] = 0  # an unlabelled band: no LSD target there, the loss must stay finite
+    x = torch.from_numpy(feats.normalise(image[:8, :32, :32]))[None, None]
+    t, m = affinity_targets(lab, [(-1, 0, 0), (0, -1, 0), (0, 0, -1), (-2, 0, 0)])
+    t, m = torch.from_numpy(t)[None], torch.from_numpy(m)[None]
+    lsds = torch.from_numpy(lsd_targets(lab, 3.0))[None]
+    assert net(x).shape[1] == 4 + 10
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    with_lsd = loss_fn(net(x), t, m, lsds, config.model, config)
+    without = loss_fn(net(x), t, m, None, config.model, config)
+    assert torch.isfinite(with_lsd) and with_lsd > without
+    before = with_lsd.item()
+    for _ in range(3):
+        opt.zero_grad()
+        loss_fn(net(x), t, m, lsds, config.model, config).backward()
+        opt.step()
+    assert loss_fn(net(x), t, m, lsds, config.model, config).item() < before
 
 
 def test_unet_checkpoint_round_trip_and_mismatch(tmp_path) -> None:

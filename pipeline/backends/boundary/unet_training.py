@@ -47,12 +47,27 @@ def affinity_targets(labels: np.ndarray, offsets: list[tuple[int, int, int]]) ->
 
 
 def lsd_targets(labels: np.ndarray, sigma: float) -> np.ndarray:
-    """(10, z, y, x) local shape descriptors of the labels, through ``lsd-lite`` (Sheridan et al. 2023)."""
+    """Local shape descriptors of ``labels`` (z, y, x) as training targets: (10, z, y, x) float32.
+
+    Computed by ``lsd-lite`` (the LSD paper's descriptors: Sheridan et al. 2023, Nature Methods) with a
+    Gaussian of ``sigma`` voxels, in the paper's channel order: mean offset to the local centre of
+    mass (3), variances (3), Pearson coefficients (3), local size (1), each scaled into [0, 1].
+    Unlabelled voxels (label 0) have no descriptor: NaN in every channel, which the loss leaves out.
+    The descriptors see only the patch, so near its faces they describe the object's part inside it.
+
+    Raises
+    ------
+    ConfigError
+        ``lsd-lite`` is not installed.
+    """
     try:
         from lsd_lite import get_lsds  # type: ignore[import-not-found]
     except ImportError:
         raise ConfigError("model.lsds needs the lsd-lite package (pip install lsd-lite); or set lsds: false") from None
-    return np.asarray(get_lsds(labels.astype(np.uint64), sigma=sigma), dtype=np.float32)
+    labels = np.asarray(labels)
+    out = np.asarray(get_lsds(labels.astype(np.uint64), sigma=sigma), dtype=np.float32)
+    out[:, labels == 0] = np.nan
+    return out
 
 
 class Sampler:
@@ -101,9 +116,11 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, lsds
         pos, neg = m * t, m * (1 - t)
         term = w * (b * neg).sum() / neg.sum().clamp(min=1) + (1 - w) * (b * pos).sum() / pos.sum().clamp(min=1)
         losses.append(weight * 2 * term)
-    if lsds is not None:
-        pred = torch.sigmoid(logits[:, n_aff:])
-        losses.append(config.lsd_weight * F.mse_loss(pred, lsds))
+    if lsds is not None:  # mean squared error over labelled voxels (NaN targets: unlabelled)
+        known = ~torch.isnan(lsds)
+        if known.any():
+            pred = torch.sigmoid(logits[:, n_aff:])
+            losses.append(config.lsd_weight * F.mse_loss(pred[known], lsds[known]))
     return torch.stack(losses).sum()
 
 
