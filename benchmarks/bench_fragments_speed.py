@@ -7,7 +7,9 @@ bundled forest's affinities, in one process:
 - ``before``: the kernels before the block-invariance and speed work (fragments cut from the write
   box alone, scikit-image's watershed);
 - ``after``: today's kernels (fragments cut with ``fragment_context`` voxels of context,
-  :func:`emseg.pipeline.stitching.flood.seeded_watershed`, join edges across the faces).
+  :func:`emseg.pipeline.stitching.flood.seeded_watershed`, join edges across the faces, the region
+  and face graphs summed by the compiled kernels of :mod:`emseg.pipeline.stitching.rag`; ``before``
+  keeps the numpy formulation they replaced, :func:`_numpy_pairs`).
 
 Each runs the crop in 64³ blocks and as one block (128³ blocks): per block the seeds (mean
 affinity, distance transform, maximum filter, connected components), the watershed, the crop to the
@@ -56,6 +58,29 @@ def predict() -> tuple[np.ndarray, float]:
     backend = Backend(Params(model={"kind": "forest", "weights": "bundled"}))
     affs, _ = backend.affinities(raw, tuple(s.start for s in BOX))
     return affs, float(backend.default_threshold)
+
+
+def _numpy_pairs(a: np.ndarray, b: np.ndarray, aff: np.ndarray, same_ids_differ: bool = False) -> Any:
+    """The region/face graph sums as they were before the compiled kernels: sort the pair keys."""
+    from emseg.pipeline.stitching.agglomeration import Graph
+
+    a, b = np.asarray(a).ravel().astype(np.uint64), np.asarray(b).ravel().astype(np.uint64)
+    keep = (a != 0) & (b != 0) & ((a != b) | same_ids_differ)
+    a, b, aff = a[keep], b[keep], np.asarray(aff).ravel()[keep].astype(np.float64)
+    uniq, inverse = np.unique((a << np.uint64(32)) | b, return_inverse=True)
+    inverse = inverse.ravel()
+    return Graph(uniq >> np.uint64(32), uniq & np.uint64(0xFFFFFFFF), np.bincount(inverse, aff),
+                 np.bincount(inverse).astype(np.int64))
+
+
+def _numpy_region_graph(frags: np.ndarray, affs: np.ndarray) -> Any:
+    parts = []
+    for axis in range(3):
+        hi = tuple(slice(1, None) if d == axis else slice(None) for d in range(3))
+        lo = tuple(slice(None, -1) if d == axis else slice(None) for d in range(3))
+        x, y = frags[hi].ravel(), frags[lo].ravel()
+        parts.append((np.minimum(x, y), np.maximum(x, y), affs[axis][hi].ravel()))
+    return _numpy_pairs(*(np.concatenate(p) for p in zip(*parts)))
 
 
 def run(affs: np.ndarray, block: int, variant: str, threshold: float) -> tuple[dict[str, float], np.ndarray]:
@@ -110,7 +135,7 @@ def run(affs: np.ndarray, block: int, variant: str, threshold: float) -> tuple[d
                         beyond[axis] = slice(step, step + 1)
                         cont[(bi, axis, d)] = (cut[tuple(face)] == cut[tuple(beyond)]) & (cut[tuple(face)] > 0)
         t0 = tick("crop + renumber", t0)
-        g = region_graph(f, a[(slice(None), *inner)])
+        g = (region_graph if after else _numpy_region_graph)(f, a[(slice(None), *inner)])
         key = np.uint64(bi + 1) << np.uint64(32)
         parts.append(Graph(g.u.astype(np.uint64) + key, g.v.astype(np.uint64) + key, g.total, g.count))
         tick("region graph", t0)
@@ -133,7 +158,8 @@ def run(affs: np.ndarray, block: int, variant: str, threshold: float) -> tuple[d
             first = tuple(slice(0, 1) if i == axis else slice(None) for i in range(3))
             a = affs[axis][tuple(slice(c.start, c.start + 1) if i == axis else c for i, c in enumerate(ncore))]
             joined = cont[(bi, axis, 1)] & cont[(nb, axis, -1)] if after else None
-            g = face_graph(f[last], nf[first], a, joined)  # stage 2's call, block-local ids
+            # stage 2's call, block-local ids
+            g = face_graph(f[last], nf[first], a, joined) if after else _numpy_pairs(f[last], nf[first], a, True)
             ka, kb = np.uint64(bi + 1) << np.uint64(32), np.uint64(nb + 1) << np.uint64(32)
             parts.append(Graph(g.u.astype(np.uint64) + ka, g.v.astype(np.uint64) + kb, g.total, g.count, join=g.join))
     t0 = tick("face graphs", t0)

@@ -358,25 +358,11 @@ def _pairs(a: np.ndarray, b: np.ndarray, aff: np.ndarray, *, same_ids_differ: bo
     """Sum the affinities of voxel pairs ``(a[i], b[i])`` per ordered label pair; 0 is no label.
 
     With ``same_ids_differ`` the two sides are id spaces of their own (two blocks' fragments), so a
-    pair of equal ids is an edge too.
+    pair of equal ids is an edge too. The sums are :func:`emseg.pipeline.stitching.rag.face_pairs_sum`'s.
     """
-    a = np.asarray(a).ravel().astype(np.uint64)
-    b = np.asarray(b).ravel().astype(np.uint64)
-    keep = (a != 0) & (b != 0)
-    if not same_ids_differ:
-        keep &= a != b
-    a, b, aff = a[keep], b[keep], np.asarray(aff).ravel()[keep].astype(np.float64)
-    if not len(a):
-        u = np.zeros(0, np.uint64)
-        return Graph(u, u.copy(), np.zeros(0), np.zeros(0, np.int64))
-    if max(int(a.max()), int(b.max())) < 1 << 32:  # block-local ids: one sortable key per pair
-        uniq, inverse = np.unique((a << np.uint64(32)) | b, return_inverse=True)
-        first, second = uniq >> np.uint64(32), uniq & np.uint64(0xFFFFFFFF)
-    else:
-        pairs, inverse = np.unique(np.stack([a, b]), axis=1, return_inverse=True)
-        first, second = pairs[0], pairs[1]
-    inverse = inverse.ravel()
-    return Graph(first, second, np.bincount(inverse, aff), np.bincount(inverse).astype(np.int64))
+    from emseg.pipeline.stitching.rag import face_pairs_sum
+
+    return Graph(*face_pairs_sum(a, b, aff, same_ids_differ=same_ids_differ))
 
 
 def region_graph(frags: np.ndarray, affs: np.ndarray) -> Graph:
@@ -390,21 +376,12 @@ def region_graph(frags: np.ndarray, affs: np.ndarray) -> Graph:
     >>> g.u.tolist(), g.v.tolist(), g.total.tolist(), g.count.tolist()
     ([1], [2], [0.25], [1])
     """
+    from emseg.pipeline.stitching.rag import box_pairs_sum
+
     affs = _check_affs(affs)
     if frags.shape != affs.shape[1:]:
         raise ValueError(f"fragments of shape {frags.shape} and affinities of {affs.shape} do not match")
-    a_parts, b_parts, v_parts = [], [], []
-    for axis in range(3):
-        hi = [slice(None)] * 3
-        lo = [slice(None)] * 3
-        hi[axis] = slice(1, None)
-        lo[axis] = slice(None, -1)
-        x, y = frags[tuple(hi)].ravel(), frags[tuple(lo)].ravel()
-        edge = x != y
-        a_parts.append(np.minimum(x[edge], y[edge]))
-        b_parts.append(np.maximum(x[edge], y[edge]))
-        v_parts.append(affs[axis][tuple(hi)].ravel()[edge])
-    return _pairs(np.concatenate(a_parts), np.concatenate(b_parts), np.concatenate(v_parts))
+    return Graph(*box_pairs_sum(frags, affs))
 
 
 def face_graph(mine: np.ndarray, theirs: np.ndarray, affs: np.ndarray, joined: np.ndarray | None = None) -> Graph:
