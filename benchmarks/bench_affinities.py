@@ -63,11 +63,12 @@ def _halo(backend: dict[str, Any]) -> list[int]:
     return [c + 1 for c in b.context_zyx], b.default_threshold
 
 
-def _model_seconds(out: Path, n_blocks: int) -> float:
+def _model_seconds(out: Path, n_blocks: int, key: str = "model_seconds") -> float:
+    from emseg.pipeline import stages
     from emseg.pipeline.io.scratch import Scratch
 
     s = Scratch(str(out))
-    return sum((s.done_info("1-segment", i) or {}).get("model_seconds", 0.0) for i in range(n_blocks))
+    return sum((s.done_info(stages.SEGMENT, i) or {}).get(key, 0.0) for i in range(n_blocks))
 
 
 def _scores(seg: str, gt: str, **kw: Any) -> dict[str, float]:
@@ -78,15 +79,21 @@ def _scores(seg: str, gt: str, **kw: Any) -> dict[str, float]:
 
 
 def _speed(run: dict[str, Any], out: Path) -> dict[str, float]:
+    """Model and outside-the-model seconds of a run's stages 1-4, wall (task seconds: inflated by
+    other load on the machine) and CPU (each worker process's CPU time during its tasks: one thread
+    per worker, so this is the work itself). "Per core" rates divide by CPU seconds."""
     voxels = 1
     for a, b in zip(run["roi"]["start"], run["roi"]["stop"]):
         voxels *= b - a
     stages = run["stages"]
     model = _model_seconds(out, run["blocks"]["total"])
+    model_cpu = _model_seconds(out, run["blocks"]["total"], "model_cpu_seconds")
     outside = sum(stages[s]["task_seconds"] for s in stages) - model
-    return {"voxels": voxels, "model_task_seconds": round(model, 2), "other_task_seconds": round(outside, 2),
-            "model_voxels_per_s": round(voxels / max(model, 1e-9)),
-            "other_mvoxel_per_s_per_core": round(voxels / 1e6 / max(outside, 1e-9), 2),
+    outside_cpu = sum(stages[s]["task_cpu_seconds"] for s in stages) - model_cpu
+    return {"voxels": voxels, "model_task_seconds": round(model, 2), "model_cpu_seconds": round(model_cpu, 2),
+            "other_task_seconds": round(outside, 2), "other_cpu_seconds": round(outside_cpu, 2),
+            "model_voxels_per_cpu_s": round(voxels / max(model_cpu, 1e-9)),
+            "other_mvoxel_per_s_per_core": round(voxels / 1e6 / max(outside_cpu, 1e-9), 2),
             "wall_seconds": round(run["wall_seconds"], 2)}
 
 
@@ -110,6 +117,7 @@ def main() -> None:
                            "machine": f"{platform.processor() or platform.machine()}, {args.workers} worker processes"}
     try:
         runs: dict[str, dict[str, Any]] = {}
+        from emseg.pipeline import stages
         from emseg.tasks.driver.run import segment
 
         for name, block, scope in (("64", [64] * 3, "global"), ("128", [128] * 3, "global"),
@@ -132,7 +140,7 @@ def main() -> None:
         for t in [float(v) for v in args.thresholds.split(",")]:
             run = segment(_config(backend, work / "128", [128] * 3, halo, args.workers, threshold=t, scope="global"),
                           progress=False)
-            assert run["stages"]["1-segment"]["ran"] == 0, "a threshold change must not rerun inference"
+            assert run["stages"][stages.SEGMENT]["ran"] == 0, "a threshold change must not rerun inference"
             s = _scores(seg["128"], gt)
             sweep.append({"threshold": t, "segments": run["segments"], **s})
             print(f"threshold {t:.2f}: {sweep[-1]}", flush=True)

@@ -45,6 +45,25 @@ def test_window_bounds_tasks_in_flight_and_failures_skip_their_dependants(dask_a
     assert stream.results["t"][0] == 1
 
 
+def _busy(n: int) -> dict:
+    total = 0
+    for i in range(n):
+        total += i * i
+    return {"seconds": 0.0, "voxels": total % 7}
+
+
+def test_tasks_record_their_cpu_seconds(dask_address):
+    from distributed import Client
+
+    with Client(dask_address) as client:
+        stream = engine.Streamer(client, run_id=new_run_id(), retries=0, window=2)
+        stream.submit(engine.Task("idle", 0, _fail_on, (0,)))
+        stream.submit(engine.Task("busy", 0, _busy, (3_000_000,)))
+        stream.barrier()
+    # a pure-Python loop of 3 million steps takes well over 0.05 CPU-s; returning a constant, far less
+    assert stream.results["busy"][3] > 0.05 > stream.results["idle"][3] >= 0.0
+
+
 def test_a_dependency_that_fails_while_the_window_is_full_skips_its_dependant(dask_address):
     """Window 1: submitting the dependant waits for the dependency, which fails during that wait; the
     dependant must be skipped, not submitted without it (it would run and succeed)."""

@@ -71,10 +71,21 @@ def join(*upstream: Any) -> dict[str, Any]:
     return {"seconds": 0.0}
 
 
+def timed(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """Run a task on its worker and add ``cpu_seconds`` to its result: the CPU time of the worker
+    process while it ran (``time.process_time``; with one thread per worker, the task's own CPU time
+    including the storage libraries' threads; with more, it includes the other tasks' time)."""
+    t0 = time.process_time()
+    info = fn(*args)
+    if isinstance(info, dict):
+        info = {**info, "cpu_seconds": time.process_time() - t0}
+    return info
+
+
 class Streamer:
     """Submits tasks with at most ``window`` in flight; records results and failures as they finish.
 
-    ``results[stage]`` is ``[tasks, task-seconds, voxels]``, ``wall[stage]`` ``[first submit, last
+    ``results[stage]`` is ``[tasks, task-seconds, voxels, task CPU seconds]``, ``wall[stage]`` ``[first submit, last
     completion]`` (epoch seconds), ``kept[(stage, item)]`` the result of every task with ``keep``, and
     ``failed[(stage, item)]`` the error of every task that failed after the retries or was skipped.
     """
@@ -109,7 +120,7 @@ class Streamer:
             return
         futures = [self.inflight[d][0] for d in task.deps if d in self.inflight]
         key = f"{task.stage}-{task.item}-{self.run_id}"
-        f = self.client.submit(task.fn, *task.args, *futures, key=key, retries=self.retries, pure=False)
+        f = self.client.submit(timed, task.fn, *task.args, *futures, key=key, retries=self.retries, pure=False)
         self.inflight[item] = (f, task)
         self.by_key[f.key] = item
         self.completed.add(f)
@@ -130,11 +141,12 @@ class Streamer:
             _, task = self.inflight.pop(item)
             if f.status == "finished":
                 info = f.result()
-                stat = self.results.setdefault(task.stage, [0, 0.0, 0])
+                stat = self.results.setdefault(task.stage, [0, 0.0, 0, 0.0])
                 stat[0] += 1
                 stat[1] += float(info.get("seconds", 0.0))
                 if task.counts_voxels:
                     stat[2] += int(info.get("voxels", 0))
+                stat[3] += float(info.get("cpu_seconds", 0.0))
                 if task.keep:
                     self.kept[item] = info
             elif any(self._failed(d) for d in task.deps):  # the error is its dependency's

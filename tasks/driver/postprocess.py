@@ -328,11 +328,12 @@ def postprocess(client: Any, p: ValidatedRun, *, window: int = 1000, progress: b
     for stage in stages.POSTPROCESS:
         if stage not in stream.results:
             continue
-        ran, secs, voxels = stream.results[stage]
+        ran, secs, voxels, cpu = stream.results[stage]
         first, last = stream.wall[stage]
         wall = last - first
         stages_out[stage] = {
-            "tasks": int(ran), "task_seconds": round(secs, 3), "wall_seconds": round(wall, 3),
+            "tasks": int(ran), "task_seconds": round(secs, 3), "task_cpu_seconds": round(cpu, 3),
+            "wall_seconds": round(wall, 3),
             "megavoxels": round(voxels / 1e6, 3), "megavoxels_per_second": round(voxels / 1e6 / max(wall, 1e-9), 3),
         }
     summary["stages"] = stages_out

@@ -72,7 +72,7 @@ def build(
     per_stage: dict[str, dict[str, Any]] = {}
     stats, wall = results["stats"], results["wall"]
     for stage in stages.SEGMENTATION:
-        ran, secs = stats.get(stage, [0, 0.0, 0])[:2]
+        ran, secs, _, cpu = stats.get(stage, [0, 0.0, 0, 0.0])
         first, last = wall.get(stage, [0.0, 0.0])
         per_stage[stage] = {
             "tasks": totals[stage],
@@ -80,6 +80,7 @@ def build(
             "ran": int(ran),
             "failed": sum(1 for f in failures if f["stage"] == stage),
             "task_seconds": round(secs, 3),
+            "task_cpu_seconds": round(cpu, 3),
             "wall_seconds": round(last - first, 3),
         }
     uf = results["finish"]
@@ -128,7 +129,7 @@ def record_rerun(output: str, run: dict[str, Any], *, started: float) -> dict[st
     write(output, run)
     # What this invocation did (nothing), over the finished run's facts: its segments, output, state.
     view = dict(run, wall_seconds=entry["wall_seconds"])
-    view["stages"] = {stage: dict(s, skipped_done=s.get("tasks", 0), ran=0, failed=0, task_seconds=0.0,
+    view["stages"] = {stage: dict(s, skipped_done=s.get("tasks", 0), ran=0, failed=0, task_seconds=0.0, task_cpu_seconds=0.0,
                                   wall_seconds=0.0) for stage, s in (run.get("stages") or {}).items()}
     if isinstance(run.get("postprocess"), dict):
         view["postprocess"] = dict(run["postprocess"], skipped_done=True)
