@@ -16,22 +16,46 @@ the same segmentation as scikit-image's after agglomeration (VOI and adapted Ran
 decimals on FIB-25 z >= 170 and z < 150; docs/agglomeration.md). Fewer levels (256, or a flood
 that never goes back to a lower level) changed the fragments enough to change the agglomeration.
 
-The kernel is compiled on first use in each process (about 1 s) and not cached on disk: numba's
-disk cache is keyed by the source file, and a cache written while the file ran under another module
-name (``python -m doctest``) made later imports fail.
+The kernel is compiled on first use (about 1.4 CPU-s) and cached on disk by numba (``cache=True``,
+in ``__pycache__`` beside this file or numba's user cache directory), so later processes, Dask
+workers included, load it in milliseconds. The cache is used only when this module is imported as
+``emseg.pipeline.stitching.flood`` (:data:`DISK_CACHE`): numba names a cache after the source file
+but records the module's name in it, and a cache written while the file ran as another module
+(``python -m doctest flood.py``) made every later load fail.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from numba import njit
 
 #: levels of the bucket queue; costs in [0, 1] are quantised to them
 LEVELS = 65536
+#: numba's disk cache, only under the package's own module name (see the module's docstring)
+DISK_CACHE = __name__.startswith("emseg.")
+
+
+def compiled(cache: bool, **options: Any) -> Callable[[Callable[..., Any]], Any]:
+    """``numba.njit(**options)``, with numba's disk cache when ``cache`` is True and numba finds a
+    writable place for it (beside the source or in the user's cache directory); without one (a
+    read-only install and home), the function is compiled in each process instead of failing."""
+
+    def wrap(fn: Callable[..., Any]) -> Any:
+        if cache:
+            try:
+                return njit(cache=True, **options)(fn)
+            except RuntimeError:  # numba: "no locator available" for the cache
+                pass
+        return njit(**options)(fn)
+
+    return wrap
 _GROUP = 8  # log2 of the levels per group: the queue skips groups with nothing queued
 
 
-@njit(nogil=True)
+@compiled(DISK_CACHE, nogil=True)
 def _flood(level: np.ndarray, labels: np.ndarray, allowed: np.ndarray, ny: int, nx: int) -> None:  # pragma: no cover - compiled
     n = level.size
     head = np.full(LEVELS, -1, np.int32)

@@ -10,19 +10,22 @@ bit-identical to the numpy formulation they replace (``np.unique`` of the pair k
 few thousand per block), so it stays in cache while the voxels stream past.
 
 Measured on FIB-25 forest affinities (96 x 160 x 160 voxels, 1,827 fragments): see
-docs/agglomeration.md, "Speed". Compiled on first use in each process (about 1 s), no disk cache
-(see :mod:`emseg.pipeline.stitching.flood` for why).
+docs/agglomeration.md, "Known limits". Compiled on first use (about 2 CPU-s for both) and cached on
+disk like :mod:`emseg.pipeline.stitching.flood`'s kernel (same rule: only under the package's name).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from emseg.pipeline.stitching.flood import compiled
 
 _EMPTY = np.uint64(0xFFFFFFFFFFFFFFFF)
+#: numba's disk cache, only under the package's own module name (see emseg.pipeline.stitching.flood)
+DISK_CACHE = __name__.startswith("emseg.")
 
 
-@njit(nogil=True, inline="always")
+@compiled(DISK_CACHE, nogil=True, inline="always")
 def _slot(ka: np.ndarray, kb: np.ndarray, a: np.uint64, b: np.uint64) -> int:  # pragma: no cover - compiled
     mask = np.uint64(ka.size - 1)
     h = ((a * np.uint64(0x9E3779B97F4A7C15)) ^ (b * np.uint64(0xC2B2AE3D27D4EB4F))) >> np.uint64(17)
@@ -32,7 +35,7 @@ def _slot(ka: np.ndarray, kb: np.ndarray, a: np.uint64, b: np.uint64) -> int:  #
     return np.int64(s)
 
 
-@njit(nogil=True)
+@compiled(DISK_CACHE, nogil=True)
 def _grow(ka, kb, tot, cnt):  # pragma: no cover - compiled
     cap = ka.size * 2
     na = np.full(cap, _EMPTY, np.uint64)
@@ -53,7 +56,7 @@ def _table(expected: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
             np.zeros(cap, np.int64))
 
 
-@njit(nogil=True)
+@compiled(DISK_CACHE, nogil=True)
 def _add_pairs(a, b, aff, same_ids_differ, ka, kb, tot, cnt):  # pragma: no cover - compiled
     used = 0
     for i in range(a.size):
@@ -72,7 +75,7 @@ def _add_pairs(a, b, aff, same_ids_differ, ka, kb, tot, cnt):  # pragma: no cove
     return ka, kb, tot, cnt
 
 
-@njit(nogil=True)
+@compiled(DISK_CACHE, nogil=True)
 def _add_box(frags, affs, ka, kb, tot, cnt):  # pragma: no cover - compiled
     nz, ny, nx = frags.shape
     used = 0
