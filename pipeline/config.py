@@ -152,8 +152,8 @@ class AgglomerationConfig(Strict):
     #: "global": one agglomeration of the whole region graph (one task; the result does not depend
     #: on the block shape beyond where fragments were cut; memory grows with the graph, about 0.8 KB
     #: and 30 us of CPU per fragment edge, ~1 edge per 180 voxels on FIB-25). "blockwise": each
-    #: block agglomerates its own edges with its six face
-    #: neighbours as context (scales without limit; depends more on the block shape). "auto":
+    #: block agglomerates its own edges with its 3 x 3 x 3 neighbourhood's region graphs and seams
+    #: as context (scales without limit; near the global result, docs/agglomeration.md). "auto":
     #: global up to global_max_voxels of region of interest, blockwise beyond
     scope: Literal["auto", "global", "blockwise"] = "auto"
     global_max_voxels: int = Field(1_000_000_000, ge=0)

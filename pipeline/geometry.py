@@ -225,6 +225,33 @@ class BlockGrid:
         _, z, y, x = self._index_arrays()
         return (z + y + x) % 2 == 1
 
+    def offset_ids(self, offset: Sequence[int]) -> np.ndarray:
+        """For every block id, the id of the block ``offset`` (dz, dy, dx) grid steps away (-1 where none).
+
+        >>> g = BlockGrid(Box((0, 0, 0), (4, 4, 4)), (2, 2, 2), (0, 0, 0))
+        >>> g.offset_ids((1, 1, 1)).tolist(), g.offset_ids((0, 0, -1)).tolist()
+        ([7, -1, -1, -1, -1, -1, -1, -1], [-1, 0, -1, 2, -1, 4, -1, 6])
+        """
+        import numpy as np
+
+        ids, z, y, x = self._index_arrays()
+        _, gy, gx = self.grid_shape
+        dz, dy, dx = (int(o) for o in offset)
+        inside = np.ones(len(ids), bool)
+        for i, d, n in ((z, dz, self.grid_shape[0]), (y, dy, gy), (x, dx, gx)):
+            inside &= (i + d >= 0) & (i + d < n)
+        return np.where(inside, ids + (dz * gy + dy) * gx + dx, -1)
+
+    def neighbourhood(self, block: Block) -> list[Block]:
+        """The blocks of the 3 x 3 x 3 neighbourhood around ``block`` inside the grid, ``block``
+        included, in id order (face, edge and corner neighbours: up to 27 blocks)."""
+        out = []
+        for offset in itertools.product((-1, 0, 1), repeat=3):
+            index = [i + d for i, d in zip(block.index, offset)]
+            if all(0 <= i < n for i, n in zip(index, self.grid_shape)):
+                out.append(self.block(self.block_id(index)))
+        return out
+
     def neighbours(self, block: Block) -> Iterator[tuple[int, int, Block]]:
         """All face neighbours as ``(axis, direction, neighbour)`` with direction -1 or +1."""
         grid = self.grid_shape

@@ -97,8 +97,9 @@ def fragment_seams_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
     audit shows), ``pos`` (a seam edge's contact centroid on the seam plane; NaN for the others).
 
     Blockwise agglomeration (``ctx.global_agglomeration`` False) also writes ``score``: the block's
-    edges agglomerated together with the region graphs of its six face neighbours and the seams
-    between them (:func:`emseg.pipeline.stitching.agglomeration.agglomerate`). Global agglomeration scores every
+    edges agglomerated together with the region graphs of the other blocks of its 3 x 3 x 3
+    neighbourhood and every seam between two blocks of it
+    (:func:`emseg.pipeline.stitching.agglomeration.agglomerate`). Global agglomeration scores every
     edge in stage 3's first task instead. Faces are read by several blocks' seam tasks here, so
     they stay until the run's scratch is pruned.
     """
@@ -136,11 +137,19 @@ def fragment_seams_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
               "iou": (mine.total / np.maximum(mine.count, 1)).astype(np.float32), "pos": _positions(centres)}
     info: dict[str, Any] = {"edges": len(mine), "seam_edges": int(seam_flag.sum())}
     if not ctx.global_agglomeration:
+        # The block's own edges first, then every other region graph of its 3 x 3 x 3 neighbourhood
+        # and every seam between two blocks of it (docs/agglomeration.md: with the face neighbours
+        # alone, 64³ blocks over-merged; with the whole neighbourhood, near the global result).
+        hood = grid.neighbourhood(block)
+        inside = {b.id for b in hood}
         context = [mine]
-        for axis, direction, nb in grid.neighbours(block):
-            context.append(rag(nb.id))
-            if direction < 0:
-                context.append(seam(nb, axis, block)[0])
+        for other in hood:
+            if other.id == block_id:
+                continue
+            context.append(rag(other.id))
+            for axis, upper in grid.forward_neighbours(other):
+                if upper.id in inside:
+                    context.append(seam(other, axis, upper)[0])
         score = agglomerate(Graph.concat(context))[: len(mine)]
         arrays["score"] = score
         arrays["merge"] = score <= ctx.threshold

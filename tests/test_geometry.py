@@ -66,3 +66,21 @@ def test_choose_bits_prefers_the_largest_aligned_shard():
         assert all(fits)  # the shard lies inside one block ...
         bigger = shard_chunks(grid, pre + mini + 1)
         assert not all(b % s == 0 or b >= g for b, s, g in zip(block, bigger, grid))  # ... and is the largest
+
+
+def test_a_redone_block_redoes_the_seam_tasks_that_read_it() -> None:
+    """Resume planning: a boundary seam task reads its face neighbours (global agglomeration) or its
+    whole 3 x 3 x 3 neighbourhood (blockwise), so a redone stage-1 block redoes exactly those."""
+    from emseg.pipeline import stages
+    from emseg.pipeline.stitching.resume import todo
+
+    grid = BlockGrid(Box((0, 0, 0), (6, 6, 6)), (2, 2, 2), (1, 1, 1))
+    everything = {str(i) for i in range(grid.num_blocks)}
+    done = {stages.SEGMENT: everything - {"13"}, stages.SEAMS: everything, stages.UNIONFIND: set(),
+            stages.RELABEL: everything}  # block 13 is the centre of the 3 x 3 x 3 grid
+    faces = todo(done, grid, boundary=True, global_agglomeration=True)[stages.SEAMS]
+    assert faces == [4, 10, 12, 13, 14, 16, 22]
+    hood = todo(done, grid, boundary=True, global_agglomeration=False)[stages.SEAMS]
+    assert hood == list(range(27))
+    assert [b.id for b in grid.neighbourhood(grid.block(0))] == [0, 1, 3, 4, 9, 10, 12, 13]
+    assert sorted(int(i) for i in grid.offset_ids((1, 0, -1)) if i >= 0) == [9, 10, 12, 13, 15, 16, 18, 19, 21, 22, 24, 25]

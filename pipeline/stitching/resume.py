@@ -18,6 +18,7 @@ octree group bottom-up, ``down-L-z_y_x`` top-down, then ``finish``.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from typing import Any
 
@@ -78,7 +79,8 @@ def todo(done: Mapping[str, set[str]], grid: BlockGrid, neighbour_prompts: bool 
     (even) face neighbour is redone is redone too, since it took its prompts from that neighbour's
     labels. With a boundary backend's agglomeration ``threshold``, union-find and relabel are redone
     when the finished union-find used another one (``finished_threshold``); and since a boundary seam
-    task reads its backward neighbours too, their redone blocks redo it.
+    task reads its backward neighbours too (with blockwise agglomeration, its whole 3 x 3 x 3
+    neighbourhood), their redone blocks redo it.
     """
     n = grid.num_blocks
 
@@ -95,7 +97,12 @@ def todo(done: Mapping[str, set[str]], grid: BlockGrid, neighbour_prompts: bool 
         prompted_by_redo = (redo_seg[np.maximum(nbs, 0)] & (nbs >= 0)).any(axis=1)
         redo_seg |= grid.odd() & prompted_by_redo
     redo_nb = np.zeros(n, bool)
-    readers = np.concatenate([fwd, grid.backward_ids()], axis=1) if boundary else fwd
+    if boundary and not global_agglomeration:  # blockwise: a seam task reads its 3 x 3 x 3 neighbourhood
+        readers = np.stack([grid.offset_ids(o) for o in itertools.product((-1, 0, 1), repeat=3)], axis=1)
+    elif boundary:
+        readers = np.concatenate([fwd, grid.backward_ids()], axis=1)
+    else:
+        readers = fwd
     for axis in range(readers.shape[1]):
         has = readers[:, axis] >= 0
         redo_nb[has] |= redo_seg[readers[has, axis]]

@@ -6,13 +6,14 @@ submits them with a bounded number in flight. The driver holds O(window) futures
 bookkeeping, whatever the size of the volume — a million-block run starts at once.
 
 Order: stage-1 blocks in C order; each stage-2 task as soon as its block and its forward neighbours
-are submitted; each octree group of stage 3 as soon as its inputs are; then, after a barrier, the
+are submitted (with blockwise agglomeration, its whole 3 x 3 x 3 neighbourhood); each octree group of stage 3 as soon as its inputs are; then, after a barrier, the
 top-down half of stage 3, its ``finish`` and, after another barrier, stage 4.
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -69,7 +70,14 @@ def streaming_tasks(ctx: RunContext, todo: dict[str, list[Any]]) -> Iterator[Tas
     bwd = grid.backward_ids()
     odd = grid.odd() if ctx.neighbour_prompts else np.zeros(n, bool)
     seg_pos = np.where(odd, _latest(ids, ids, fwd), ids)  # odd blocks wait for their forward neighbours
-    seam_pos = _latest(seg_pos, seg_pos, fwd)
+    blockwise = ctx.boundary and not ctx.global_agglomeration
+    if blockwise:  # a block scores its edges with its 3 x 3 x 3 neighbourhood: it waits for all of it
+        seam_pos = seg_pos.copy()
+        for offset in itertools.product((-1, 0, 1), repeat=3):
+            other = grid.offset_ids(offset)
+            seam_pos = np.maximum(seam_pos, np.where(other >= 0, seg_pos[np.maximum(other, 0)], -1))
+    else:
+        seam_pos = _latest(seg_pos, seg_pos, fwd)
     group_pos = _latest(seam_pos, seam_pos, bwd)  # a level-1 group also reads its backward neighbours' edges
     agglomerate = ctx.global_agglomeration and stage3.AGGLOMERATE in todo[stages.UNIONFIND]
     if agglomerate:  # one task after every seam task; every group after it
@@ -96,8 +104,11 @@ def streaming_tasks(ctx: RunContext, todo: dict[str, list[Any]]) -> Iterator[Tas
             yield Task(stages.SEGMENT, b, segment_block, (ctx, b), deps)
         elif what[0] == "seams":
             c = what[1]
-            readers = np.concatenate([fwd[c], bwd[c]]) if ctx.boundary else fwd[c]  # boundary: both sides
-            deps = [(stages.SEGMENT, c)] + [(stages.SEGMENT, int(j)) for j in readers if j >= 0]
+            if blockwise:
+                deps = [(stages.SEGMENT, b.id) for b in grid.neighbourhood(grid.block(c))]
+            else:
+                readers = np.concatenate([fwd[c], bwd[c]]) if ctx.boundary else fwd[c]  # boundary: both sides
+                deps = [(stages.SEGMENT, c)] + [(stages.SEGMENT, int(j)) for j in readers if j >= 0]
             yield Task(stages.SEAMS, c, seams_block, (ctx, c), deps)
         elif what[0] == "agglomerate":
             deps = [(stages.SEAMS, int(c)) for c in range(n)]
