@@ -186,7 +186,7 @@ def main() -> None:
     t0 = time.perf_counter()
     affs, threshold = predict()
     predict_s = time.perf_counter() - t0
-    mvox = np.prod([s.stop - s.start for s in CROP]) / 1e6
+    mvox = float(np.prod([s.stop - s.start for s in CROP])) / 1e6
     res: dict[str, Any] = {
         "command": "python benchmarks/bench_fragments_speed.py --repeat " + str(args.repeat),
         "crop": "FIB-25 z 170-250, y 16-144, x 16-144 (80 x 128 x 128)", "mvoxel": round(float(mvox), 3), "steps_cpu_s_per_mvoxel_note": "minimum over --repeat interleaved passes, per step",
