@@ -138,6 +138,21 @@ class RegionConfig(Strict):
     units: Literal["voxels", "nm"] = "voxels"
 
 
+class EnclosedConfig(Strict):
+    """``agglomeration.enclosed``: after agglomeration, merge segments that one neighbour encloses
+    (``emseg.pipeline.stitching.inclusions``; global scope only). Chosen on FIB-25's training part
+    (z < 150) with the bundled forest at its threshold 0.7; docs/agglomeration.md has the numbers."""
+
+    #: a group of segments whose every way to the region's faces (or to voxels without data) passes
+    #: through one segment merges into it (NeuroProof's inclusion removal)
+    inclusions: bool = True
+    #: a segment that shares more than this fraction of its surface (faces on the region's boundary
+    #: included) with one neighbour of larger surface merges into it; null = not at all
+    majority: float | None = Field(0.5, ge=0.5, lt=1.0)
+    #: neither rule merges across faces whose score (1 - mean affinity) exceeds this: a confident boundary
+    max_score: float = Field(0.85, ge=0.0, le=1.0)
+
+
 class AgglomerationConfig(Strict):
     """Boundary backends (``affinities``): where the global agglomeration stops.
 
@@ -157,12 +172,19 @@ class AgglomerationConfig(Strict):
     #: global up to global_max_voxels of region of interest, blockwise beyond
     scope: Literal["auto", "global", "blockwise"] = "auto"
     global_max_voxels: int = Field(1_000_000_000, ge=0)
+    #: global scope: merge segments that one neighbour encloses after the threshold (mitochondria
+    #: split off their neurite); null = off. Changing it reruns stages 3-4 only, like the threshold
+    enclosed: EnclosedConfig | None = EnclosedConfig()
 
 
 class EvaluateConfig(Strict):
     groundtruth: str | dict[str, Any]
     iou_threshold: float = Field(0.5, gt=0.0, le=1.0)
     min_size: int = Field(0, ge=0)
+    #: also score only the ground-truth objects (and segments) of at least this many voxels, printed
+    #: on a line of its own (DESIGN.md's convention on FIB-25, where many bodies are tiny fragments:
+    #: all bodies, and bodies of 1000 voxels or more); null = not
+    also_min_size: int | None = Field(1000, ge=1)
     ignore_gt_zero: bool = True
     #: score on the finer grid when the ground truth's voxel size is a whole multiple (or fraction) of
     #: the input's; without it, different voxel sizes are refused
@@ -174,7 +196,8 @@ class PhantomConfig(Strict):
 
     shape: Vec3 = (256, 256, 256)
     seed: int = 0
-    voxel_size_nm: tuple[float, float, float] = (8.0, 8.0, 8.0)
+    #: FIB-25's voxel size, on which the phantom's look is calibrated (docs/phantom.md)
+    voxel_size_nm: tuple[float, float, float] = (10.0, 10.0, 10.0)
     chunk_shape: Vec3 = (64, 64, 64)
     #: extra keys of emseg.pipeline.quality.phantom.PhantomParams
     options: dict[str, Any] = Field(default_factory=dict)

@@ -89,6 +89,13 @@ def _summary(cfg: Any, run: dict[str, Any], evaluation: dict[str, Any] | None) -
               f"{plural(evaluation.get('n_seg', 0), 'segment')}):")
         for line in readings(evaluation):
             print("  " + line)
+        large = evaluation.get("large_objects")
+        if large:
+            print(f"  the same for objects of {large['min_size']} voxels or more only "
+                  f"({plural(large['n_gt'], 'true object')}, {plural(large['n_seg'], 'segment')}; "
+                  "evaluate.also_min_size, the convention on FIB-25 where many bodies are tiny fragments):")
+            print(f"  {'adapted_rand_error':<20} {large['adapted_rand_error']:.4f}")
+            print(f"  {'f1':<20} {large['f1']:.4f}  precision {large['precision']:.4f}, recall {large['recall']:.4f}")
     state = run["neuroglancer"]
     print("neuroglancer state: " + json.dumps(state, separators=(",", ":")))
     if any(neuroglancer.is_local(layer.get("source")) for layer in state["layers"]):
@@ -111,7 +118,8 @@ def cmd_segment(args: argparse.Namespace, stages: Sequence[str] = registry.SEGME
         t0 = time.time()
         e = cfg.evaluate
         evaluation = evaluate(run["segmentation"], e.groundtruth, iou_threshold=e.iou_threshold,
-                              min_size=e.min_size, ignore_gt_zero=e.ignore_gt_zero, resample=e.resample)
+                              min_size=e.min_size, ignore_gt_zero=e.ignore_gt_zero, resample=e.resample,
+                              also_min_size=e.also_min_size)
         evaluation["seconds"] = round(time.time() - t0, 3)
         run["evaluation"] = evaluation
         report.write(cfg.output, run)
@@ -265,8 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="precomputed:// URL or path for the ground-truth labels (none written if absent)")
     p.add_argument("--shape", type=int, nargs=3, default=[256, 256, 256], metavar=("Z", "Y", "X"),
                    help="volume shape in voxels")
-    p.add_argument("--voxel-size", type=float, nargs=3, default=[8.0, 8.0, 8.0], metavar=("Z", "Y", "X"),
-                   help="voxel size in nanometres")
+    p.add_argument("--voxel-size", type=float, nargs=3, default=[10.0, 10.0, 10.0], metavar=("Z", "Y", "X"),
+                   help="voxel size in nanometres (10: FIB-25's, on which the phantom is calibrated)")
     p.add_argument("--seed", type=int, default=0, help="random seed (the same seed gives the same volume)")
     p.add_argument("--workers", type=int, help="local Dask worker processes (2 if absent)")
     _add_log_args(p)

@@ -116,6 +116,7 @@ def fragment_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
     cut = block_fragments(affs, core, mask, context=backend.params.fragment_context, **backend.fragment_options())
     frags, n = cut.labels, cut.n
     rag = region_graph(frags, core_affs)
+    out_id, out_n = _outside(ctx, block, frags, core, mask)
     store = runtime.scratch(ctx.output)
     for axis, direction, _ in grid.neighbours(block):
         plane = [slice(None)] * 3
@@ -125,12 +126,32 @@ def fragment_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
             arrays["affs"] = core_affs[(axis, *plane)]
         store.put_arrays(face_key(block_id, axis, direction), arrays)
     store.put_arrays(f"rag/{block_id}", {"u": rag.u.astype(np.uint32), "v": rag.v.astype(np.uint32),
-                                         "total": rag.total.astype(np.float32), "count": rag.count.astype(np.int32)})
+                                         "total": rag.total.astype(np.float32), "count": rag.count.astype(np.int32),
+                                         "out_id": out_id, "out_n": out_n})
     store.put_arrays(f"labels/{block_id}", {"core": frags, "n": np.array([n, n], np.int64)})
     info = {"n_core": n, "n_total": n, "model_seconds": t_model, "model_cpu_seconds": c_model,
             "seconds": time.perf_counter() - t0}
     store.mark_done(STAGE, block_id, info)
     return info
+
+
+def _outside(ctx: RunContext, block: Block, frags: np.ndarray, core: tuple[slice, ...],
+             mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The block's fragments that touch the region of interest's faces or voxels without data, with
+    their face counts (:func:`emseg.pipeline.stitching.inclusions.outside_faces`): what the
+    ``agglomeration.enclosed`` rules count as "outside"."""
+    from emseg.pipeline.stitching.inclusions import outside_faces
+
+    inner = {(axis, direction) for axis, direction, _ in ctx.grid.neighbours(block)}
+    open_faces = [(a, d) for a in range(3) for d in (-1, 1) if (a, d) not in inner]
+    beyond = {}
+    if mask is not None:  # the voxels just across an inner face lie in the read box (halo >= 1)
+        for axis, direction in inner:
+            plane = list(core)
+            at = core[axis].start - 1 if direction < 0 else core[axis].stop
+            plane[axis] = slice(at, at + 1)
+            beyond[(axis, direction)] = ~mask[tuple(plane)]
+    return outside_faces(frags, open_faces, beyond)
 
 
 def neighbour_prior(ctx: RunContext, block: Block) -> np.ndarray:

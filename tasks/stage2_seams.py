@@ -135,6 +135,10 @@ def fragment_seams_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
     arrays = {"a": mine.u, "b": mine.v, "total": mine.total, "count": mine.count, "seam": seam_flag,
               "join": mine.joins,
               "iou": (mine.total / np.maximum(mine.count, 1)).astype(np.float32), "pos": _positions(centres)}
+    outside = store.get_arrays(f"rag/{block_id}")
+    if "out_id" in outside:  # fragments on the region's faces or next to no data (agglomeration.enclosed)
+        arrays["outside_key"] = key(block_id, outside["out_id"])
+        arrays["outside_count"] = outside["out_n"].astype(np.int64)
     info: dict[str, Any] = {"edges": len(mine), "seam_edges": int(seam_flag.sum())}
     if not ctx.global_agglomeration:
         # The block's own edges first, then every other region graph of its 3 x 3 x 3 neighbourhood

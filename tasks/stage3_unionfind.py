@@ -78,13 +78,50 @@ def agglomerate_all(ctx: RunContext, *upstream: Any) -> dict[str, Any]:
         parts.append(Graph(e["a"], e["b"], e["total"].astype(np.float64), e["count"].astype(np.int64),
                            join=e.get("join")))
         sizes.append(len(e["a"]))
-    score = agglomerate(Graph.concat(parts))
+    graph = Graph.concat(parts)
+    score = agglomerate(graph)
     bounds = np.cumsum([0] + sizes)
+    absorb = _enclosed_merges(ctx, store, graph, score) if ctx.enclosed is not None else None
     for b in range(n):
-        store.put_arrays(f"scores/{b}", {"score": score[bounds[b]:bounds[b + 1]]})
+        arrays = {"score": score[bounds[b]:bounds[b + 1]]}
+        if absorb is not None:
+            arrays["absorb"] = absorb[bounds[b]:bounds[b + 1]]
+        store.put_arrays(f"scores/{b}", arrays)
     info = {"edges": int(bounds[-1]), "seconds": time.perf_counter() - t0}
+    if absorb is not None:
+        info["enclosed_merges"] = int(absorb.sum())
     store.mark_done(STAGE, AGGLOMERATE, info)
     return info
+
+
+def _enclosed_merges(ctx: RunContext, store: Any, graph: Any, score: np.ndarray) -> np.ndarray:
+    """``agglomeration.enclosed`` on the whole region graph at ``ctx.threshold``: the extra merges
+    (:func:`emseg.pipeline.stitching.inclusions.enclosed_merges`), one bool per edge of ``graph``."""
+    from emseg.pipeline.stitching.inclusions import enclosed_merges
+
+    keys, counts = [], []
+    for b in range(ctx.grid.num_blocks):
+        e = store.get_arrays(f"edges/{b}")
+        keys.append(e.get("outside_key", np.zeros(0, np.uint64)))
+        counts.append(e.get("outside_count", np.zeros(0, np.int64)))
+    opts = ctx.enclosed or {}
+    return enclosed_merges(graph.u, graph.v, graph.count, score <= ctx.threshold, np.concatenate(keys),
+                           np.concatenate(counts), inclusions=opts.get("inclusions", True),
+                           majority=opts.get("majority"), total=graph.total, max_score=opts.get("max_score", 1.0))
+
+
+def edge_merges(ctx: RunContext, store: Any, block_id: int, edges: dict[str, np.ndarray]) -> np.ndarray:
+    """Which of a block's ``edges/<block>`` union-find joins: the stitching rule's decision for
+    instance backends; for boundary backends the edges whose score passes the threshold, and with
+    ``agglomeration.enclosed`` (global scope) the extra merges of enclosed segments."""
+    if not ctx.boundary:
+        return edges["merge"]
+    keep = edge_scores(ctx, store, block_id, edges) <= ctx.threshold
+    if ctx.global_agglomeration and ctx.enclosed is not None:
+        stored = store.get_arrays(f"scores/{block_id}")
+        if "absorb" in stored:
+            keep = keep | stored["absorb"]
+    return keep
 
 
 def edge_scores(ctx: RunContext, store: Any, block_id: int, edges: dict[str, np.ndarray]) -> np.ndarray:
@@ -113,7 +150,7 @@ def up(ctx: RunContext, level: int, group: Vec, *upstream: Any) -> dict[str, Any
             edges = store.get_arrays(f"edges/{source}")
             # boundary backends: the edge's agglomeration score against the threshold (so that a new
             # threshold needs no new edges); instance backends: the stitching rule's decision
-            keep = edge_scores(ctx, store, source, edges) <= ctx.threshold if ctx.boundary else edges["merge"]
+            keep = edge_merges(ctx, store, source, edges)
             if source not in members:
                 keep = keep & np.isin(plain_block(edges["b"]).astype(np.int64), list(members))
             a_parts.append(edges["a"][keep])
@@ -194,6 +231,8 @@ def finish(ctx: RunContext, *upstream: Any) -> dict[str, Any]:
                                     "token": np.frombuffer(token.encode("ascii"), np.uint8)})
     info = {"token": token, "num_segments": num_segments, "merged_labels": int(nonroot.sum()),
             "threshold": ctx.threshold, "seconds": time.perf_counter() - t0}
+    if ctx.boundary:
+        info["enclosed"] = ctx.enclosed
     store.mark_done(STAGE, FINISH, info)
     return info
 

@@ -116,6 +116,7 @@ def evaluate(
     ignore_gt_zero: bool = True,
     slab: int = 64,
     resample: bool = False,
+    also_min_size: int | None = None,
 ) -> dict[str, Any]:
     """Score ``segmentation`` against ``groundtruth`` (VOI, adapted Rand, matches; :func:`emseg.pipeline.quality.metrics.scores`).
 
@@ -147,6 +148,10 @@ def evaluate(
         world = Box((z, *seg_world.start[1:]), (min(z + slab, z1), *seg_world.stop[1:]))
         table.add(_read_fine(seg, world, seg_k), _read_fine(gt, world, gt_k))
     result = scores(table, iou_threshold=iou_threshold, ignore_gt_zero=ignore_gt_zero, min_size=min_size)
+    if also_min_size is not None and also_min_size > min_size:
+        # the same table scored again with only the objects of at least also_min_size voxels
+        large = scores(table, iou_threshold=iou_threshold, ignore_gt_zero=ignore_gt_zero, min_size=also_min_size)
+        result["large_objects"] = {k: large[k] for k in _LARGE_KEYS}
     result.update(
         {
             "segmentation": _name(segmentation),
@@ -160,6 +165,11 @@ def evaluate(
     if not same:
         result["resampled_to_nm"] = list(fine_grid(seg.source, seg.voxel_size_nm, gt.source, gt.voxel_size_nm)[0])
     return result
+
+
+#: what ``evaluate(..., also_min_size=N)`` reports under ``large_objects``
+_LARGE_KEYS = ("min_size", "voi_split", "voi_merge", "adapted_rand_error", "precision", "recall", "f1",
+               "n_gt", "n_seg", "n_matched")
 
 
 def _name(source: Source) -> Any:

@@ -38,6 +38,9 @@ class RunContext:
     #: boundary backends: one agglomeration of the whole region graph (stage 3's first task) rather
     #: than one per block with its face neighbours as context (stage 2)
     global_agglomeration: bool = False
+    #: boundary backends, global scope: ``agglomeration.enclosed`` as a dict (None = off): segments
+    #: that one neighbour encloses merge after the threshold (stage 3's first task)
+    enclosed: dict[str, Any] | None = field(default=None, hash=False)
     #: input intensities mapped to 0..1 before the backend (config ``input_value_range``); None = as read
     value_range: tuple[float, float] | None = None
 

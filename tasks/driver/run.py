@@ -155,6 +155,7 @@ def validate(config: Config) -> ValidatedRun:
         boundary=boundary,
         threshold=threshold,
         global_agglomeration=boundary and _global_agglomeration(config, roi),
+        enclosed=_enclosed(config, boundary and _global_agglomeration(config, roi)),
         keep_scratch=config.keep_scratch,
         value_range=config.input_value_range,
     )
@@ -164,6 +165,12 @@ def validate(config: Config) -> ValidatedRun:
     if ctx.boundary:  # stage 2 scores edges itself only when blockwise
         fingerprint["global_agglomeration"] = ctx.global_agglomeration
     return ValidatedRun(config, ctx, vol, sharding, fingerprint)
+
+
+def _enclosed(config: Config, global_scope: bool) -> dict[str, Any] | None:
+    """``agglomeration.enclosed`` as the tasks receive it: None when off or the scope is blockwise."""
+    e = config.agglomeration.enclosed
+    return e.model_dump() if e is not None and global_scope else None
 
 
 def _check_boundary(config: Config, vol: Volume, grid: BlockGrid) -> float:
@@ -340,9 +347,13 @@ def _execute(p: ValidatedRun, *, restart: bool, stages: Sequence[str], progress:
                 raise ConfigError(
                     f"stage {stage} needs stage {earlier} to be complete first; run `emseg stage {earlier}` before it"
                 )
-    finished_threshold = (scratch.done_info(registry.UNIONFIND, resume.FINISH) or {}).get("threshold")
-    todo = resume.todo(done, grid, ctx.neighbour_prompts, ctx.threshold, finished_threshold, ctx.boundary,
+    finished = scratch.done_info(registry.UNIONFIND, resume.FINISH) or {}
+    todo = resume.todo(done, grid, ctx.neighbour_prompts, ctx.threshold, finished.get("threshold"), ctx.boundary,
                        ctx.global_agglomeration)
+    if ctx.boundary and finished and finished.get("enclosed") != ctx.enclosed and not todo[registry.UNIONFIND]:
+        # agglomeration.enclosed changed: like a new threshold, union-find and relabel only
+        todo[registry.UNIONFIND] = list(resume.unionfind_items(grid.grid_shape, ctx.global_agglomeration))
+        todo[registry.RELABEL] = list(range(grid.num_blocks))
     # Invalidate the markers of everything that is to be redone (now or by a later stage command)
     # before anything runs, so that a kill at any point leaves consistent markers.
     scratch.clear_done(registry.SEAMS, todo[registry.SEAMS])

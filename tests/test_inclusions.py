@@ -1,0 +1,145 @@
+"""``agglomeration.enclosed``: segments that one neighbour encloses merge into it after agglomeration.
+
+A constructed volume holds two cells side by side (a confident boundary between them) and two
+"mitochondria" in the left cell whose faces with it have affinity 0.2 (score 0.8: above the
+threshold 0.7, below the rules' ``max_score`` 0.85): one fully inside (an inclusion), one touching
+the volume's face (mostly enclosed: the majority rule). The rules must merge exactly those, and
+nothing across the confident boundary; the pipeline must apply them the same for any block shape.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from emseg.pipeline.stitching.agglomeration import affinities_from_labels
+from emseg.pipeline.stitching.inclusions import enclosed_merges, outside_faces, segment
+
+SHAPE = (24, 24, 24)
+A, B, INSIDE, AT_FACE = 1, 2, 3, 4
+
+
+def _cells() -> np.ndarray:
+    labels = np.full(SHAPE, A, np.uint32)
+    labels[:, :, 12:] = B
+    z, y, x = np.indices(SHAPE)
+    labels[(z - 12) ** 2 + (y - 12) ** 2 + (x - 5) ** 2 <= 9] = INSIDE  # a ball inside A
+    labels[0:4, 16:20, 3:7] = AT_FACE  # a box in A on the z = 0 face
+    return labels
+
+
+def _soft_affinities(labels: np.ndarray, organelle_face: float = 0.2) -> np.ndarray:
+    """1 inside an object, 0 between the two cells, ``organelle_face`` between an organelle and its cell."""
+    affs = affinities_from_labels(labels)
+    for axis in range(3):
+        hi = [slice(None)] * 3
+        lo = [slice(None)] * 3
+        hi[axis] = slice(1, None)
+        lo[axis] = slice(None, -1)
+        a, b = labels[tuple(hi)], labels[tuple(lo)]
+        organelle = ((a >= INSIDE) & (b == A)) | ((b >= INSIDE) & (a == A))
+        affs[(axis, *hi)][organelle] = organelle_face
+    return affs
+
+
+def _objects(seg: np.ndarray, labels: np.ndarray) -> set[frozenset[int]]:
+    """The partition of ``seg`` in terms of the constructed objects."""
+    groups: dict[int, set[int]] = {}
+    for s, g in zip(seg.ravel().tolist(), labels.ravel().tolist()):
+        groups.setdefault(s, set()).add(g)
+    return {frozenset(g) for g in groups.values()}
+
+
+def test_enclosed_organelles_merge_into_their_cell_and_nothing_else():
+    labels = _cells()
+    affs = _soft_affinities(labels)
+    opts = {"method": "zwatershed"}
+    assert _objects(segment(affs, 0.7, inclusions=False, majority=None, **opts), labels) == \
+        {frozenset({A}), frozenset({B}), frozenset({INSIDE}), frozenset({AT_FACE})}
+    # the inclusion rule takes the ball; the box touches the volume's face, so it is no inclusion
+    assert _objects(segment(affs, 0.7, inclusions=True, majority=None, **opts), labels) == \
+        {frozenset({A, INSIDE}), frozenset({B}), frozenset({AT_FACE})}
+    # the majority rule takes the box too (80 of its 96 faces touch A)
+    assert _objects(segment(affs, 0.7, **opts), labels) == {frozenset({A, INSIDE, AT_FACE}), frozenset({B})}
+    # faces that score above max_score are a confident boundary: nothing merges
+    assert _objects(segment(affs, 0.7, max_score=0.75, **opts), labels) == \
+        {frozenset({A}), frozenset({B}), frozenset({INSIDE}), frozenset({AT_FACE})}
+    # binary affinities (the labels oracle): an object inside another stays apart
+    assert _objects(segment(affinities_from_labels(labels), 0.7, **opts), labels) == \
+        {frozenset({A}), frozenset({B}), frozenset({INSIDE}), frozenset({AT_FACE})}
+
+
+def test_inclusions_follow_the_block_cut_tree():
+    # 1 touches outside; 2 lies in 1; 3 and 4 lie in 2 and touch each other; 5 touches 1 and outside
+    u = np.array([1, 2, 2, 3, 1])
+    v = np.array([2, 3, 4, 4, 5])
+    count = np.array([50, 10, 10, 2, 20])
+    total = count * 0.25  # score 0.75 everywhere
+    none = np.zeros(5, bool)
+    merged = enclosed_merges(u, v, count, none, np.array([1, 5]), np.array([30, 30]), majority=None, total=total)
+    assert merged.tolist() == [True, True, True, True, False]  # 2, 3, 4 all end in 1; 5 stays
+    # ids are arbitrary: relabelled nodes give the same merges (the rules never look at id order)
+    perm = {1: 900, 2: 7, 3: 55, 4: 3, 5: 12}
+    pu, pv = np.array([perm[x] for x in u]), np.array([perm[x] for x in v])
+    again = enclosed_merges(pu, pv, count, none, np.array([900, 12]), np.array([30, 30]), majority=None, total=total)
+    assert again.tolist() == merged.tolist()
+    # an edge that agglomeration merged already is not reported again
+    assert not enclosed_merges(u, v, count, np.array([True, False, False, False, False]), np.array([1, 5]),
+                               np.array([30, 30]), majority=None, total=total)[0]
+
+
+def test_majority_needs_more_than_the_fraction_and_a_larger_neighbour():
+    # 2 shares 60 faces with 1 and 40 with 3, and has no faces outside; 1 and 3 touch outside
+    u, v = np.array([1, 2, 1]), np.array([2, 3, 3])
+    total = np.array([60, 40, 30]) * 0.25
+    outside = (np.array([1, 3]), np.array([100, 300]))
+    hit = enclosed_merges(u, v, np.array([60, 40, 30]), np.zeros(3, bool), *outside, inclusions=False,
+                          majority=0.5, total=total)
+    assert hit.tolist() == [True, False, False]
+    assert not enclosed_merges(u, v, np.array([60, 40, 30]), np.zeros(3, bool), *outside, inclusions=False,
+                               majority=0.7, total=total).any()
+    # outside faces count in the surface: 60 of 60 + 40 + 40 is not more than half
+    assert not enclosed_merges(u, v, np.array([60, 40, 30]), np.zeros(3, bool), np.array([1, 3, 2]),
+                               np.array([100, 300, 40]), inclusions=False, majority=0.5, total=total).any()
+    with pytest.raises(ValueError, match="majority"):
+        enclosed_merges(u, v, np.array([60, 40, 30]), np.zeros(3, bool), *outside, majority=0.3)
+
+
+def test_outside_faces_counts_region_faces_and_voxels_without_data():
+    labels = np.zeros((2, 3, 3), np.uint32)
+    labels[:, :, :2] = 1
+    labels[:, :, 2] = 2
+    labels[0, 0, 0] = 0  # no data
+    ids, n = outside_faces(labels, [(2, 1)])  # the last x plane is on the region's face
+    assert ids.tolist() == [1, 2]
+    assert n.tolist() == [3, 6]  # 1: three faces next to the no-data voxel; 2: its six voxels on the face
+    ids, n = outside_faces(labels, [], beyond={(0, -1): np.ones((1, 3, 3), bool)})
+    assert dict(zip(ids.tolist(), n.tolist())) == {1: 5 + 3, 2: 3}
+
+
+@pytest.mark.parametrize("block", [(24, 24, 24), (8, 8, 8), (16, 8, 12)])
+def test_pipeline_merges_enclosed_segments_for_any_block_shape(tmp_path, dask_address, block):
+    """Through the real pipeline (zarr in, precomputed out, a Dask cluster): the constructed cells as
+    a label input (``model.kind: labels``: affinity 0 between objects, score 1), with ``max_score`` 1
+    so that the rules may cross them. Blocks of 8³ and 16 x 8 x 12 cut both organelles; the result is
+    the one-block result. Switching the rules off reruns only union-find and relabel."""
+    from emseg.tasks.driver.run import segment as run
+    from tests.conftest import read_output, run_config, same_partition, write_zarr
+
+    labels = _cells()
+    url = write_zarr(tmp_path / "cells.zarr", labels, chunks=(8, 8, 8))
+    out = tmp_path / "out"
+    base = dict(backend={"name": "affinities", "model": {"kind": "labels"}},
+                blocks={"shape": list(block), "halo": [1, 1, 1]}, write={"chunk_shape": [4, 4, 4]})
+    first = run(run_config(url, out, dask_address, agglomeration={"scope": "global", "enclosed": {"max_score": 1.0}},
+                           **base), progress=False)
+    merged = labels.copy()
+    merged[labels >= INSIDE] = A
+    assert first["segments"] == 2 and same_partition(read_output(out), merged)
+    off = run(run_config(url, out, dask_address, agglomeration={"scope": "global", "enclosed": None}, **base),
+              progress=False)
+    assert off["stages"]["1-segment"]["ran"] == 0 and off["stages"]["2-seams"]["ran"] == 0
+    assert off["segments"] == 4 and same_partition(read_output(out), labels)
+    # the default max_score (0.85) keeps affinity-0 faces: the labels come back (the oracle holds)
+    default = run(run_config(url, out, dask_address, agglomeration={"scope": "global"}, **base), progress=False)
+    assert default["segments"] == 4 and default["stages"]["1-segment"]["ran"] == 0
