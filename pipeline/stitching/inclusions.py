@@ -17,10 +17,16 @@ count as one more node, "outside", since what lies beyond them is unknown)::
                   articulation node)
     majority      a segment that shares more than ``fraction`` of its surface (its contacts with
                   other segments plus its faces on "outside") with one neighbour B, whose own surface
-                  is larger, is merged into B; repeated until nothing changes
+                  is larger, is merged into B; repeated until nothing changes (emseg's own rule: it
+                  takes the mitochondria that touch the volume's faces, which no inclusion can)
 
-Surfaces are counted in voxel faces (the region graph's ``count``). Libraries: networkx
-(biconnected components), scipy (connected components).
+Neither rule merges across faces whose score (1 - their mean affinity) exceeds ``max_score``: a
+confident boundary (so binary affinities, the labels oracle, keep every object). Surfaces are
+counted in voxel faces (the region graph's ``count``). The defaults of ``agglomeration.enclosed``
+(majority 0.5, max_score 0.85) were chosen on FIB-25's training part (docs/agglomeration.md,
+"Enclosed segments"). Sources: NeuroProof's ``Stack::remove_inclusions`` (janelia-flyem; Parag et
+al. 2015, "A context-aware delayed agglomeration framework for electron microscopy segmentation",
+PLoS ONE). Libraries: networkx (biconnected components), scipy (connected components).
 """
 
 from __future__ import annotations
@@ -170,12 +176,22 @@ def enclosed_merges(
         Apply the inclusion rule (module docstring).
     majority
         Apply the majority rule with this fraction (in [0.5, 1); None = not at all).
+    total
+        The sum of the affinities across each edge's faces (the region graph's ``total``); None: no
+        ``max_score`` guard.
+    max_score
+        Segments whose shared faces score above this (1 - total / count) do not merge.
 
     Returns
     -------
     numpy.ndarray
         bool, one per edge: True where the edge joins two segments that the rules put together, and
         ``merged`` is False. Merging ``merged | result`` gives the final segments.
+
+    Raises
+    ------
+    ValueError
+        Arrays of different lengths, ``majority`` outside [0.5, 1).
 
     >>> # fragment 2 lies inside 1; 1 and 3 touch the volume's faces
     >>> enclosed_merges(np.array([1, 1]), np.array([2, 3]), np.array([10, 5]), np.array([False, False]),
