@@ -74,10 +74,10 @@ def _summary(cfg: Any, run: dict[str, Any], evaluation: dict[str, Any] | None) -
         voxels *= e - s
     print(f"segmented {voxels / 1e6:.1f} Mvoxels in {plural(run['blocks']['total'], 'block')}: "
           f"{plural(run['segments'] or 0, 'segment')}, "
-          f"{run['wall_seconds']:.1f} s ({voxels / 1e6 / max(run['wall_seconds'], 1e-9):.1f} Mvoxel/s end to end)")
+          f"{run['wall_seconds']:.1f} s ({voxels / 1e6 / max(run['wall_seconds'], 1e-9):.3g} Mvoxel/s end to end)")
     for stage, s in run["stages"].items():
         print(f"  {stage:<12} ran {s['ran']:>5}  skipped {s['skipped_done']:>5}  failed {s['failed']:>3}  "
-              f"task-seconds {s['task_seconds']:.1f}")
+              f"task-seconds {s['task_seconds']:.1f}  cpu-seconds {s.get('task_cpu_seconds', 0.0):.1f}")
     print(f"segmentation: {run['segmentation']}")
     print(f"report:       {cfg.output.rstrip('/')}/run.json")
     if evaluation is not None:
