@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import tempfile
@@ -112,7 +113,8 @@ def main() -> None:
     halo, default_t = _halo(backend)
     gt = f"zarr://{DATA}/labels"
     work = Path(tempfile.mkdtemp(prefix="emseg-aff-"))
-    res: dict[str, Any] = {"model": args.model, "weights": args.weights, "halo": halo,
+    res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "load_average_start": list(os.getloadavg()),
+                           "model": args.model, "weights": args.weights, "halo": halo,
                            "default_threshold": default_t, "workers": args.workers,
                            "machine": f"{platform.processor() or platform.machine()}, {args.workers} worker processes"}
     try:
@@ -162,6 +164,7 @@ def main() -> None:
                                 "speed": _speed(run, out), "segments": run["segments"]}
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    res["load_average_end"] = list(os.getloadavg())
     _print(res)
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"affinities_{args.model}.json"
