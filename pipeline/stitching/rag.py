@@ -56,6 +56,22 @@ def _table(expected: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
             np.zeros(cap, np.int64))
 
 
+@compiled(DISK_CACHE, nogil=True, inline="always")
+def _add(ka, kb, tot, cnt, used, a, b, value):  # pragma: no cover - compiled
+    """Add ``value`` to pair ``(a, b)``'s total and 1 to its count; the table (grown when half
+    full) and its number of used slots come back."""
+    s = _slot(ka, kb, a, b)
+    if ka[s] == _EMPTY:
+        if 2 * (used + 1) > ka.size:
+            ka, kb, tot, cnt = _grow(ka, kb, tot, cnt)
+            s = _slot(ka, kb, a, b)
+        ka[s], kb[s] = a, b
+        used += 1
+    tot[s] += value
+    cnt[s] += 1
+    return ka, kb, tot, cnt, used
+
+
 @compiled(DISK_CACHE, nogil=True)
 def _add_pairs(a, b, aff, same_ids_differ, ka, kb, tot, cnt):  # pragma: no cover - compiled
     used = 0
@@ -63,15 +79,7 @@ def _add_pairs(a, b, aff, same_ids_differ, ka, kb, tot, cnt):  # pragma: no cove
         x, y = np.uint64(a[i]), np.uint64(b[i])
         if x == 0 or y == 0 or (x == y and not same_ids_differ):
             continue
-        s = _slot(ka, kb, x, y)
-        if ka[s] == _EMPTY:
-            if 2 * (used + 1) > ka.size:
-                ka, kb, tot, cnt = _grow(ka, kb, tot, cnt)
-                s = _slot(ka, kb, x, y)
-            ka[s], kb[s] = x, y
-            used += 1
-        tot[s] += np.float64(aff[i])
-        cnt[s] += 1
+        ka, kb, tot, cnt, used = _add(ka, kb, tot, cnt, used, x, y, np.float64(aff[i]))
     return ka, kb, tot, cnt
 
 
@@ -93,15 +101,7 @@ def _add_box(frags, affs, ka, kb, tot, cnt):  # pragma: no cover - compiled
                     if p == q or p == 0 or q == 0:
                         continue
                     lo, hi = (np.uint64(p), np.uint64(q)) if p < q else (np.uint64(q), np.uint64(p))
-                    s = _slot(ka, kb, lo, hi)
-                    if ka[s] == _EMPTY:
-                        if 2 * (used + 1) > ka.size:
-                            ka, kb, tot, cnt = _grow(ka, kb, tot, cnt)
-                            s = _slot(ka, kb, lo, hi)
-                        ka[s], kb[s] = lo, hi
-                        used += 1
-                    tot[s] += np.float64(affs[axis, z, y, x])
-                    cnt[s] += 1
+                    ka, kb, tot, cnt, used = _add(ka, kb, tot, cnt, used, lo, hi, np.float64(affs[axis, z, y, x]))
     return ka, kb, tot, cnt
 
 
