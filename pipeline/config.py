@@ -153,6 +153,20 @@ class EnclosedConfig(Strict):
     max_score: float = Field(0.85, ge=0.0, le=1.0)
 
 
+class SmallConfig(Strict):
+    """``agglomeration.small``: after agglomeration (and the enclosed-segment merges), merge segments of
+    fewer than ``min_size`` voxels along their best-scoring contact (size-dependent single linkage,
+    ``emseg.pipeline.stitching.inclusions.small_merges``; global scope only). Chosen on FIB-25's training
+    part (z < 150) with the bundled forest at its threshold 0.7; docs/agglomeration.md has the numbers."""
+
+    #: voxels: a segment smaller than this merges into a neighbour (sizes add as segments join);
+    #: 5000 voxels are 0.005 um^3 at FIB-25's 10 nm
+    min_size: int = Field(5000, ge=1)
+    #: never across contacts whose score (1 - mean affinity) exceeds this: a confident boundary keeps
+    #: even a tiny object (so binary affinities, the labels oracle, keep every object)
+    max_score: float = Field(0.8, ge=0.0, le=1.0)
+
+
 class AgglomerationConfig(Strict):
     """Boundary backends (``affinities``): where the global agglomeration stops.
 
@@ -175,6 +189,9 @@ class AgglomerationConfig(Strict):
     #: global scope: merge segments that one neighbour encloses after the threshold (mitochondria
     #: split off their neurite); null = off. Changing it reruns stages 3-4 only, like the threshold
     enclosed: EnclosedConfig | None = EnclosedConfig()
+    #: global scope: then merge segments smaller than small.min_size voxels along their best contact
+    #: (splinters of neurites along stretches of false boundary); null = off. Reruns stages 3-4 only
+    small: SmallConfig | None = SmallConfig()
 
 
 class EvaluateConfig(Strict):

@@ -96,7 +96,8 @@ def fragment_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
     read box) and cropped to the write box (:func:`emseg.pipeline.stitching.agglomeration.block_fragments`).
 
     Scratch: ``labels/<block>`` (fragments, ``n``), ``rag/<block>`` (touching fragments: local ``u``,
-    ``v``, affinity ``total`` and ``count`` across their faces), ``faces/<block>/<axis><sign>``
+    ``v``, affinity ``total`` and ``count`` across their faces; ``out_id``, ``out_n``: fragments on the
+    region's faces or next to no data; ``size``: voxels of fragment 1..n), ``faces/<block>/<axis><sign>``
     (``labels`` plane, ``continues``: where the plane's fragment goes on across the face; ``affs``
     too on the ``-`` side).
     """
@@ -127,7 +128,8 @@ def fragment_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
         store.put_arrays(face_key(block_id, axis, direction), arrays)
     store.put_arrays(f"rag/{block_id}", {"u": rag.u.astype(np.uint32), "v": rag.v.astype(np.uint32),
                                          "total": rag.total.astype(np.float32), "count": rag.count.astype(np.int32),
-                                         "out_id": out_id, "out_n": out_n})
+                                         "out_id": out_id, "out_n": out_n,
+                                         "size": np.bincount(frags.ravel(), minlength=n + 1)[1:].astype(np.int64)})
     store.put_arrays(f"labels/{block_id}", {"core": frags, "n": np.array([n, n], np.int64)})
     info = {"n_core": n, "n_total": n, "model_seconds": t_model, "model_cpu_seconds": c_model,
             "seconds": time.perf_counter() - t0}

@@ -81,43 +81,64 @@ def agglomerate_all(ctx: RunContext, *upstream: Any) -> dict[str, Any]:
     graph = Graph.concat(parts)
     score = agglomerate(graph)
     bounds = np.cumsum([0] + sizes)
-    absorb = _enclosed_merges(ctx, store, graph, score) if ctx.enclosed is not None else None
+    absorb, counts = _after_threshold(ctx, store, graph, score)
     for b in range(n):
         arrays = {"score": score[bounds[b]:bounds[b + 1]]}
         if absorb is not None:
             arrays["absorb"] = absorb[bounds[b]:bounds[b + 1]]
         store.put_arrays(f"scores/{b}", arrays)
-    info = {"edges": int(bounds[-1]), "seconds": time.perf_counter() - t0}
-    if absorb is not None:
-        info["enclosed_merges"] = int(absorb.sum())
+    info = {"edges": int(bounds[-1]), "seconds": time.perf_counter() - t0, **counts}
     store.mark_done(STAGE, AGGLOMERATE, info)
     return info
 
 
-def _enclosed_merges(ctx: RunContext, store: Any, graph: Any, score: np.ndarray) -> np.ndarray:
-    """``agglomeration.enclosed`` on the whole region graph at ``ctx.threshold``: the extra merges
-    (:func:`emseg.pipeline.stitching.inclusions.enclosed_merges`), one bool per edge of ``graph``."""
-    from emseg.pipeline.stitching.inclusions import enclosed_merges
+def _after_threshold(ctx: RunContext, store: Any, graph: Any, score: np.ndarray
+                     ) -> tuple[np.ndarray | None, dict[str, int]]:
+    """``agglomeration.enclosed``, then ``agglomeration.small``, on the whole region graph at
+    ``ctx.threshold`` (:mod:`emseg.pipeline.stitching.inclusions`): the extra merges, one bool per edge
+    of ``graph`` (None when both are off), and how many edges each rule added."""
+    from emseg.pipeline.stitching.inclusions import enclosed_merges, small_merges
 
-    keys, counts = [], []
-    for b in range(ctx.grid.num_blocks):
+    if ctx.enclosed is None and ctx.small is None:
+        return None, {}
+    merged = score <= ctx.threshold
+    absorb = np.zeros(len(score), bool)
+    counts: dict[str, int] = {}
+    keys, faces, frag_keys, frag_sizes = [], [], [], []
+    for b in range(ctx.grid.num_blocks):  # read again, field by field: the graph holds the rest already
         e = store.get_arrays(f"edges/{b}")
         keys.append(e.get("outside_key", np.zeros(0, np.uint64)))
-        counts.append(e.get("outside_count", np.zeros(0, np.int64)))
-    opts = ctx.enclosed or {}
-    return enclosed_merges(graph.u, graph.v, graph.count, score <= ctx.threshold, np.concatenate(keys),
-                           np.concatenate(counts), inclusions=opts.get("inclusions", True),
-                           majority=opts.get("majority"), total=graph.total, max_score=opts.get("max_score", 1.0))
+        faces.append(e.get("outside_count", np.zeros(0, np.int64)))
+        if ctx.small is not None and "fragment_key" not in e:
+            raise RuntimeError("agglomeration.small needs the fragments' sizes, which this output's scratch "
+                               "(written by an older emseg) lacks; rerun with --restart, or set "
+                               "agglomeration.small: null")
+        frag_keys.append(e.get("fragment_key", np.zeros(0, np.uint64)))
+        frag_sizes.append(e.get("fragment_size", np.zeros(0, np.int64)))
+    if ctx.enclosed is not None:
+        opts = ctx.enclosed
+        extra = enclosed_merges(graph.u, graph.v, graph.count, merged, np.concatenate(keys), np.concatenate(faces),
+                                inclusions=opts.get("inclusions", True), majority=opts.get("majority"),
+                                total=graph.total, max_score=opts.get("max_score", 1.0))
+        counts["enclosed_merges"] = int(extra.sum())
+        absorb |= extra
+    if ctx.small is not None:
+        extra = small_merges(graph.u, graph.v, graph.total, graph.count, merged | absorb,
+                             np.concatenate(frag_keys), np.concatenate(frag_sizes),
+                             min_size=ctx.small["min_size"], max_score=ctx.small["max_score"])
+        counts["small_merges"] = int(extra.sum())
+        absorb |= extra
+    return absorb, counts
 
 
 def edge_merges(ctx: RunContext, store: Any, block_id: int, edges: dict[str, np.ndarray]) -> np.ndarray:
     """Which of a block's ``edges/<block>`` union-find joins: the stitching rule's decision for
     instance backends; for boundary backends the edges whose score passes the threshold, and with
-    ``agglomeration.enclosed`` (global scope) the extra merges of enclosed segments."""
+    ``agglomeration.enclosed`` and ``agglomeration.small`` (global scope) the extra merges they make."""
     if not ctx.boundary:
         return edges["merge"]
     keep = edge_scores(ctx, store, block_id, edges) <= ctx.threshold
-    if ctx.global_agglomeration and ctx.enclosed is not None:
+    if ctx.global_agglomeration and (ctx.enclosed is not None or ctx.small is not None):
         stored = store.get_arrays(f"scores/{block_id}")
         if "absorb" in stored:
             keep = keep | stored["absorb"]
@@ -233,6 +254,7 @@ def finish(ctx: RunContext, *upstream: Any) -> dict[str, Any]:
             "threshold": ctx.threshold, "seconds": time.perf_counter() - t0}
     if ctx.boundary:
         info["enclosed"] = ctx.enclosed
+        info["small"] = ctx.small
     store.mark_done(STAGE, FINISH, info)
     return info
 

@@ -17,13 +17,14 @@ pytestmark = pytest.mark.skipif(not FIB25.exists(), reason="needs ../shared/data
 ROI = {"start": [170, 0, 0], "stop": [234, 128, 128]}
 
 
-def _run(tmp_path, address, name: str, block: list[int], scope: str = "auto", enclosed: bool = True
+def _run(tmp_path, address, name: str, block: list[int], scope: str = "auto", rules: bool = True
          ) -> tuple[str, dict]:
     from emseg.pipeline.config import from_dict
     from emseg.tasks.driver.run import segment
 
     out = tmp_path / name
-    agglomeration = {"scope": scope} if enclosed else {"scope": scope, "enclosed": None}
+    # rules: agglomeration.enclosed and .small at their defaults (global scope only), or both off
+    agglomeration = {"scope": scope} if rules else {"scope": scope, "enclosed": None, "small": None}
     run = segment(from_dict({
         "input": f"zarr://{FIB25}/raw",
         "output": str(out),
@@ -42,7 +43,7 @@ def test_forest_blocks_against_one_block_and_blockwise_scope(tmp_path, dask_addr
     from emseg.tasks.commands.evaluate import evaluate
 
     chunked, run = _run(tmp_path, dask_address, "chunked", [64, 64, 64])
-    with_enclosed = run["segments"]
+    with_rules = run["segments"]
     whole, _ = _run(tmp_path, dask_address, "whole", [64, 128, 128])
     dep = evaluate(chunked, whole, ignore_gt_zero=False)
     assert dep["voi_split"] + dep["voi_merge"] < BOUNDS["dependence_voi"], dep
@@ -53,14 +54,14 @@ def test_forest_blocks_against_one_block_and_blockwise_scope(tmp_path, dask_addr
         assert s["adapted_rand_error"] < BOUNDS["are"], (name, s)
     # the accuracy does not depend on the blocks even where the two partitions differ
     assert abs(scores["chunked"]["adapted_rand_error"] - scores["whole"]["adapted_rand_error"]) < BOUNDS["are_gap"]
-    # The same blocks without the enclosed-segment merges (agglomeration.enclosed: null): only stages
-    # 3-4 rerun, and the merges had joined segments (mitochondria and other pieces that one
-    # neighbour encloses) on this real slab.
-    plain, run = _run(tmp_path, dask_address, "chunked", [64, 64, 64], enclosed=False)
-    assert run["stages"]["1-segment"]["ran"] == 0 and run["segments"] > with_enclosed
+    # The same blocks without the enclosed- and small-segment merges (agglomeration.enclosed and
+    # .small: null): only stages 3-4 rerun, and the merges had joined segments (mitochondria, pieces
+    # that one neighbour encloses, splinters) on this real slab.
+    plain, run = _run(tmp_path, dask_address, "chunked", [64, 64, 64], rules=False)
+    assert run["stages"]["1-segment"]["ran"] == 0 and run["segments"] > with_rules
     # Blockwise agglomeration: every block here (1 x 2 x 2 grid) has the whole grid in its 3 x 3 x 3
     # neighbourhood, so it scores its edges on the whole region graph, as the global scope does
-    # (without the enclosed merges, which only the global scope makes).
+    # (without the enclosed and small merges, which only the global scope makes).
     # With the face neighbours alone as context (before), it over-merged (measured: VOI 0 split / 0.37 merge).
     blockwise, _ = _run(tmp_path, dask_address, "blockwise", [64, 64, 64], scope="blockwise")
     dep = evaluate(blockwise, plain, ignore_gt_zero=False)

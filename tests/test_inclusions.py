@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from emseg.pipeline.stitching.agglomeration import affinities_from_labels
-from emseg.pipeline.stitching.inclusions import enclosed_merges, outside_faces, segment
+from emseg.pipeline.stitching.inclusions import enclosed_merges, outside_faces, segment, small_merges
 
 SHAPE = (24, 24, 24)
 A, B, INSIDE, AT_FACE = 1, 2, 3, 4
@@ -117,6 +117,59 @@ def test_outside_faces_counts_region_faces_and_voxels_without_data():
     assert dict(zip(ids.tolist(), n.tolist())) == {1: 5 + 3, 2: 3}
 
 
+def test_small_segments_merge_along_their_best_contact_unless_it_is_confident():
+    """agglomeration.small: a splinter of a cell behind a soft false boundary (score 0.75, above the
+    threshold 0.7) joins its cell; a tiny object behind a confident boundary (score 1) stays, and so
+    does a large piece behind the same soft boundary as the splinter (both sides over min_size)."""
+    A, B, SPLINTER, TINY, PIECE = 1, 2, 5, 6, 7
+    labels = np.full(SHAPE, A, np.uint32)
+    labels[:, :, 12:] = B
+    labels[:12, :, 12:] = PIECE  # 12 x 24 x 12 = 3456 voxels of B behind a soft boundary
+    labels[0:8, 0:8, 0:2] = SPLINTER  # 128 voxels of A on the volume's faces
+    labels[16:19, 10:13, 16:19] = TINY  # 27 voxels inside B, a true object
+    affs = affinities_from_labels(labels)
+    soft = {frozenset({A, SPLINTER}), frozenset({B, PIECE})}
+    for axis in range(3):
+        hi = [slice(None)] * 3
+        lo = [slice(None)] * 3
+        hi[axis] = slice(1, None)
+        lo[axis] = slice(None, -1)
+        a, b = labels[tuple(hi)], labels[tuple(lo)]
+        for pair in soft:
+            x, y = sorted(pair)
+            affs[(axis, *hi)][((a == x) & (b == y)) | ((a == y) & (b == x))] = 0.25
+    opts = {"method": "zwatershed", "inclusions": False, "majority": None}
+    assert _objects(segment(affs, 0.7, **opts), labels) == {frozenset({k}) for k in (A, B, SPLINTER, TINY, PIECE)}
+    assert _objects(segment(affs, 0.7, min_size=1000, small_max_score=0.8, **opts), labels) == \
+        {frozenset({A, SPLINTER}), frozenset({B}), frozenset({TINY}), frozenset({PIECE})}
+    # a larger min_size takes the 3456-voxel piece too; the confident boundary still keeps the tiny object
+    assert _objects(segment(affs, 0.7, min_size=5000, small_max_score=0.8, **opts), labels) == \
+        {frozenset({A, SPLINTER}), frozenset({B, PIECE}), frozenset({TINY})}
+
+
+def test_small_merges_grow_groups_and_check_their_input():
+    # a chain of small fragments 1-2-3 (300 voxels each) beside a large 4: best contacts first;
+    # 1+2 (600) is still small and takes 3 (900), still small, so it takes 4 as well
+    u, v = np.array([1, 2, 3]), np.array([2, 3, 4])
+    count = np.array([10, 10, 10])
+    total = np.array([9.0, 8.0, 5.0])  # scores 0.1, 0.2, 0.5
+    keys, sizes = np.array([1, 2, 3, 4]), np.array([300, 300, 300, 5000])
+    none = np.zeros(3, bool)
+    assert small_merges(u, v, total, count, none, keys, sizes, min_size=1000, max_score=0.8).tolist() == [True] * 3
+    # with min_size 600, 1+2 (600) is no longer small, but 3 (300) is: it joins them along its best
+    # contact (score 0.2 before 0.5), and the group (900) then leaves 4 alone
+    assert small_merges(u, v, total, count, none, keys, sizes, min_size=600, max_score=0.8).tolist() == \
+        [True, True, False]
+    # edges merged already are not returned; max_score stops the contact with 4
+    assert small_merges(u, v, total, count, np.array([True, False, False]), keys, sizes, min_size=1000,
+                        max_score=0.4).tolist() == [False, True, False]
+    assert not small_merges(u, v, total, count, none, keys, sizes, min_size=0, max_score=1.0).any()
+    with pytest.raises(ValueError, match="min_size"):
+        small_merges(u, v, total, count, none, keys, sizes, min_size=-1, max_score=1.0)
+    with pytest.raises(ValueError, match="one value per edge"):
+        small_merges(u, v[:2], total, count, none, keys, sizes, min_size=1, max_score=1.0)
+
+
 @pytest.mark.parametrize("block", [(24, 24, 24), (8, 8, 8), (16, 8, 12)])
 def test_pipeline_merges_enclosed_segments_for_any_block_shape(tmp_path, dask_address, block):
     """Through the real pipeline (zarr in, precomputed out, a Dask cluster): the constructed cells as
@@ -143,3 +196,9 @@ def test_pipeline_merges_enclosed_segments_for_any_block_shape(tmp_path, dask_ad
     # the default max_score (0.85) keeps affinity-0 faces: the labels come back (the oracle holds)
     default = run(run_config(url, out, dask_address, agglomeration={"scope": "global"}, **base), progress=False)
     assert default["segments"] == 4 and default["stages"]["1-segment"]["ran"] == 0
+    # agglomeration.small alone (max_score 1 to cross the label faces) takes both organelles as well:
+    # each is under 200 voxels and touches only the left cell; the cells are larger and stay apart
+    small = run(run_config(url, out, dask_address, agglomeration={
+        "scope": "global", "enclosed": None, "small": {"min_size": 200, "max_score": 1.0}}, **base), progress=False)
+    assert small["stages"]["1-segment"]["ran"] == 0 and small["stages"]["2-seams"]["ran"] == 0
+    assert small["segments"] == 2 and same_partition(read_output(out), merged)

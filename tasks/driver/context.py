@@ -41,6 +41,9 @@ class RunContext:
     #: boundary backends, global scope: ``agglomeration.enclosed`` as a dict (None = off): segments
     #: that one neighbour encloses merge after the threshold (stage 3's first task)
     enclosed: dict[str, Any] | None = field(default=None, hash=False)
+    #: boundary backends, global scope: ``agglomeration.small`` as a dict (None = off): segments under
+    #: ``min_size`` voxels merge along their best contact, after the enclosed ones (stage 3's first task)
+    small: dict[str, Any] | None = field(default=None, hash=False)
     #: input intensities mapped to 0..1 before the backend (config ``input_value_range``); None = as read
     value_range: tuple[float, float] | None = None
 

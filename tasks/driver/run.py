@@ -156,6 +156,7 @@ def validate(config: Config) -> ValidatedRun:
         threshold=threshold,
         global_agglomeration=boundary and _global_agglomeration(config, roi),
         enclosed=_enclosed(config, boundary and _global_agglomeration(config, roi)),
+        small=_small(config, boundary and _global_agglomeration(config, roi)),
         keep_scratch=config.keep_scratch,
         value_range=config.input_value_range,
     )
@@ -171,6 +172,12 @@ def _enclosed(config: Config, global_scope: bool) -> dict[str, Any] | None:
     """``agglomeration.enclosed`` as the tasks receive it: None when off or the scope is blockwise."""
     e = config.agglomeration.enclosed
     return e.model_dump() if e is not None and global_scope else None
+
+
+def _small(config: Config, global_scope: bool) -> dict[str, Any] | None:
+    """``agglomeration.small`` as the tasks receive it: None when off or the scope is blockwise."""
+    s = config.agglomeration.small
+    return s.model_dump() if s is not None and global_scope else None
 
 
 def _check_boundary(config: Config, vol: Volume, grid: BlockGrid) -> float:
@@ -350,8 +357,9 @@ def _execute(p: ValidatedRun, *, restart: bool, stages: Sequence[str], progress:
     finished = scratch.done_info(registry.UNIONFIND, resume.FINISH) or {}
     todo = resume.todo(done, grid, ctx.neighbour_prompts, ctx.threshold, finished.get("threshold"), ctx.boundary,
                        ctx.global_agglomeration)
-    if ctx.boundary and finished and finished.get("enclosed") != ctx.enclosed and not todo[registry.UNIONFIND]:
-        # agglomeration.enclosed changed: like a new threshold, union-find and relabel only
+    rules = (finished.get("enclosed"), finished.get("small")) != (ctx.enclosed, ctx.small)
+    if ctx.boundary and finished and rules and not todo[registry.UNIONFIND]:
+        # agglomeration.enclosed or .small changed: like a new threshold, union-find and relabel only
         todo[registry.UNIONFIND] = list(resume.unionfind_items(grid.grid_shape, ctx.global_agglomeration))
         todo[registry.RELABEL] = list(range(grid.num_blocks))
     # Invalidate the markers of everything that is to be redone (now or by a later stage command)
