@@ -125,8 +125,8 @@ def main() -> None:
         # Warm-up: the first process to use the numba kernels compiles them into numba's disk cache
         # (a few CPU-s per worker, docs/agglomeration.md); without this the first measured run pays it.
         warm = work / "warm_up"
-        segment(_config(backend, warm, [32] * 3, halo, args.workers,
-                        roi={"start": [170, 0, 0], "stop": [202, 64, 64]}), restart=True, progress=False)
+        segment(_config(backend, warm, [64] * 3, halo, args.workers,
+                        roi={"start": [170, 0, 0], "stop": [234, 64, 64]}), restart=True, progress=False)
         shutil.rmtree(warm, ignore_errors=True)
         for name, block, scope in (("64", [64] * 3, "global"), ("128", [128] * 3, "global"),
                                    ("one block", [128, 256, 256], "global"), ("64 blockwise", [64] * 3, "blockwise")):
