@@ -140,7 +140,8 @@ class RegionConfig(Strict):
 
 class EnclosedConfig(Strict):
     """``agglomeration.enclosed``: after agglomeration, merge segments that one neighbour encloses
-    (``emseg.pipeline.stitching.inclusions``; global scope only). Chosen on FIB-25's training part
+    (``emseg.pipeline.stitching.inclusions``; in blockwise scope from each block's 3 x 3 x 3
+    neighbourhood). Chosen on FIB-25's training part
     (z < 150) with the bundled forest at its threshold 0.7; docs/agglomeration.md has the numbers."""
 
     #: a group of segments whose every way to the region's faces (or to voxels without data) passes
@@ -156,7 +157,8 @@ class EnclosedConfig(Strict):
 class SmallConfig(Strict):
     """``agglomeration.small``: after agglomeration (and the enclosed-segment merges), merge segments of
     fewer than ``min_size`` voxels along their best-scoring contact (size-dependent single linkage,
-    ``emseg.pipeline.stitching.inclusions.small_merges``; global scope only). Chosen on FIB-25's training
+    ``emseg.pipeline.stitching.inclusions.small_merges``; in blockwise scope from each block's 3 x 3 x 3
+    neighbourhood). Chosen on FIB-25's training
     part (z < 150) with the bundled forest at its threshold 0.7; docs/agglomeration.md has the numbers."""
 
     #: voxels: a segment smaller than this merges into a neighbour (sizes add as segments join);
@@ -186,11 +188,11 @@ class AgglomerationConfig(Strict):
     #: global up to global_max_voxels of region of interest, blockwise beyond
     scope: Literal["auto", "global", "blockwise"] = "auto"
     global_max_voxels: int = Field(1_000_000_000, ge=0)
-    #: global scope: merge segments that one neighbour encloses after the threshold (mitochondria
-    #: split off their neurite); null = off. Changing it reruns stages 3-4 only, like the threshold
+    #: merge segments that one neighbour encloses after the threshold (mitochondria split off their
+    #: neurite); null = off. Changing it reruns stages 3-4 only, like the threshold
     enclosed: EnclosedConfig | None = EnclosedConfig()
-    #: global scope: then merge segments smaller than small.min_size voxels along their best contact
-    #: (splinters of neurites along stretches of false boundary); null = off. Reruns stages 3-4 only
+    #: then merge segments smaller than small.min_size voxels along their best contact (splinters of
+    #: neurites along stretches of false boundary); null = off. Reruns stages 3-4 only
     small: SmallConfig | None = SmallConfig()
 
 

@@ -97,7 +97,8 @@ def fragment_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
 
     Scratch: ``labels/<block>`` (fragments, ``n``), ``rag/<block>`` (touching fragments: local ``u``,
     ``v``, affinity ``total`` and ``count`` across their faces; ``out_id``, ``out_n``: fragments on the
-    region's faces or next to no data; ``size``: voxels of fragment 1..n), ``faces/<block>/<axis><sign>``
+    region's faces or next to no data; ``size``: voxels of fragment 1..n; ``face_id``, ``face_n``,
+    ``face_side``: the fragments on each face of the write box), ``faces/<block>/<axis><sign>``
     (``labels`` plane, ``continues``: where the plane's fragment goes on across the face; ``affs``
     too on the ``-`` side).
     """
@@ -129,7 +130,8 @@ def fragment_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
     store.put_arrays(f"rag/{block_id}", {"u": rag.u.astype(np.uint32), "v": rag.v.astype(np.uint32),
                                          "total": rag.total.astype(np.float32), "count": rag.count.astype(np.int32),
                                          "out_id": out_id, "out_n": out_n,
-                                         "size": np.bincount(frags.ravel(), minlength=n + 1)[1:].astype(np.int64)})
+                                         "size": np.bincount(frags.ravel(), minlength=n + 1)[1:].astype(np.int64),
+                                         **_face_fragments(frags)})
     store.put_arrays(f"labels/{block_id}", {"core": frags, "n": np.array([n, n], np.int64)})
     info = {"n_core": n, "n_total": n, "model_seconds": t_model, "model_cpu_seconds": c_model,
             "seconds": time.perf_counter() - t0}
@@ -154,6 +156,23 @@ def _outside(ctx: RunContext, block: Block, frags: np.ndarray, core: tuple[slice
             plane[axis] = slice(at, at + 1)
             beyond[(axis, direction)] = ~mask[tuple(plane)]
     return outside_faces(frags, open_faces, beyond)
+
+
+def _face_fragments(frags: np.ndarray) -> dict[str, np.ndarray]:
+    """The fragments on each of the write box's six faces, with their face voxels: ``face_id``,
+    ``face_n`` and ``face_side`` (``2 * axis`` for the first plane along ``axis``, ``2 * axis + 1`` for
+    the last). Blockwise agglomeration's enclosed and small rules treat those on a face that looks out
+    of a block's 3 x 3 x 3 neighbourhood as reaching beyond what the block can see."""
+    ids, counts, sides = [], [], []
+    for axis in range(3):
+        for side, index in ((2 * axis, 0), (2 * axis + 1, frags.shape[axis] - 1)):
+            plane = np.take(frags, index, axis=axis)
+            i, c = np.unique(plane[plane > 0], return_counts=True)
+            ids.append(i)
+            counts.append(c)
+            sides.append(np.full(len(i), side, np.int8))
+    return {"face_id": np.concatenate(ids).astype(np.uint32), "face_n": np.concatenate(counts).astype(np.int64),
+            "face_side": np.concatenate(sides)}
 
 
 def neighbour_prior(ctx: RunContext, block: Block) -> np.ndarray:

@@ -96,8 +96,9 @@ def fragment_seams_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
     pieces of one fragment that the face cut: agglomeration merges them first), ``iou`` (their mean affinity, which the seam
     audit shows), ``pos`` (a seam edge's contact centroid on the seam plane; NaN for the others),
     ``outside_key`` / ``outside_count`` (fragments on the region's faces or next to no data) and
-    ``fragment_key`` / ``fragment_size`` (every fragment of the block and its voxels), which stage 3's
-    ``agglomeration.enclosed`` and ``.small`` rules read.
+    ``fragment_key`` / ``fragment_size`` (every fragment of the block and its voxels) and
+    ``face_key`` / ``face_count`` / ``face_side`` (the fragments on each face of the block), which
+    stage 3's ``agglomeration.enclosed`` and ``.small`` rules read.
 
     Blockwise agglomeration (``ctx.global_agglomeration`` False) also writes ``score``: the block's
     edges agglomerated together with the region graphs of the other blocks of its 3 x 3 x 3
@@ -145,6 +146,10 @@ def fragment_seams_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
     if "size" in outside:  # voxels per fragment 1..n (agglomeration.small)
         arrays["fragment_key"] = key(block_id, np.arange(1, len(outside["size"]) + 1, dtype=np.uint32))
         arrays["fragment_size"] = outside["size"].astype(np.int64)
+    if "face_id" in outside:  # fragments on each face of the write box (blockwise enclosed / small rules)
+        arrays["face_key"] = key(block_id, outside["face_id"])
+        arrays["face_count"] = outside["face_n"].astype(np.int64)
+        arrays["face_side"] = outside["face_side"]
     info: dict[str, Any] = {"edges": len(mine), "seam_edges": int(seam_flag.sum())}
     if not ctx.global_agglomeration:
         # The block's own edges first, then every other region graph of its 3 x 3 x 3 neighbourhood

@@ -94,55 +94,123 @@ def agglomerate_all(ctx: RunContext, *upstream: Any) -> dict[str, Any]:
 
 def _after_threshold(ctx: RunContext, store: Any, graph: Any, score: np.ndarray
                      ) -> tuple[np.ndarray | None, dict[str, int]]:
-    """``agglomeration.enclosed``, then ``agglomeration.small``, on the whole region graph at
-    ``ctx.threshold`` (:mod:`emseg.pipeline.stitching.inclusions`): the extra merges, one bool per edge
-    of ``graph`` (None when both are off), and how many edges each rule added."""
-    from emseg.pipeline.stitching.inclusions import enclosed_merges, small_merges
-
+    """Global scope: ``agglomeration.enclosed``, then ``agglomeration.small``, on the whole region graph
+    at ``ctx.threshold`` (:func:`_rules`): the extra merges, one bool per edge of ``graph`` (None when
+    both are off), and how many edges each rule added."""
     if ctx.enclosed is None and ctx.small is None:
         return None, {}
-    merged = score <= ctx.threshold
-    absorb = np.zeros(len(score), bool)
-    counts: dict[str, int] = {}
     keys, faces, frag_keys, frag_sizes = [], [], [], []
     for b in range(ctx.grid.num_blocks):  # read again, field by field: the graph holds the rest already
-        e = store.get_arrays(f"edges/{b}")
-        keys.append(e.get("outside_key", np.zeros(0, np.uint64)))
-        faces.append(e.get("outside_count", np.zeros(0, np.int64)))
-        if ctx.small is not None and "fragment_key" not in e:
-            raise RuntimeError("agglomeration.small needs the fragments' sizes, which this output's scratch "
-                               "(written by an older emseg) lacks; rerun with --restart, or set "
-                               "agglomeration.small: null")
-        frag_keys.append(e.get("fragment_key", np.zeros(0, np.uint64)))
-        frag_sizes.append(e.get("fragment_size", np.zeros(0, np.int64)))
+        e = _rule_inputs(ctx, store, b)
+        keys.append(e["outside_key"])
+        faces.append(e["outside_count"])
+        frag_keys.append(e["fragment_key"])
+        frag_sizes.append(e["fragment_size"])
+    return _rules(ctx, graph.u, graph.v, graph.total, graph.count, score <= ctx.threshold, np.concatenate(keys),
+                  np.concatenate(faces), np.concatenate(frag_keys), np.concatenate(frag_sizes))
+
+
+def _rule_inputs(ctx: RunContext, store: Any, block_id: int) -> dict[str, np.ndarray]:
+    """``edges/<block>`` with the arrays the rules read present (empty where a rule is off)."""
+    e = store.get_arrays(f"edges/{block_id}")
+    if ctx.small is not None and "fragment_key" not in e:
+        raise RuntimeError("agglomeration.small needs the fragments' sizes, which this output's scratch "
+                           "(written by an older emseg) lacks; rerun with --restart, or set "
+                           "agglomeration.small: null")
+    none_u, none_i = np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    for name, empty in (("outside_key", none_u), ("outside_count", none_i), ("fragment_key", none_u),
+                        ("fragment_size", none_i), ("face_key", none_u), ("face_count", none_i),
+                        ("face_side", np.zeros(0, np.int8))):
+        e.setdefault(name, empty)
+    return e
+
+
+def _rules(ctx: RunContext, u: np.ndarray, v: np.ndarray, total: np.ndarray, count: np.ndarray,
+           merged: np.ndarray, outside_keys: np.ndarray, outside_count: np.ndarray, frag_keys: np.ndarray,
+           frag_sizes: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
+    """The enclosed, then the small-segment merges (:mod:`emseg.pipeline.stitching.inclusions`) on a
+    region graph whose ``merged`` edges passed the threshold: one bool per edge, and the counts."""
+    from emseg.pipeline.stitching.inclusions import enclosed_merges, small_merges
+
+    absorb = np.zeros(len(u), bool)
+    counts: dict[str, int] = {}
     if ctx.enclosed is not None:
         opts = ctx.enclosed
-        extra = enclosed_merges(graph.u, graph.v, graph.count, merged, np.concatenate(keys), np.concatenate(faces),
+        extra = enclosed_merges(u, v, count, merged, outside_keys, outside_count,
                                 inclusions=opts.get("inclusions", True), majority=opts.get("majority"),
-                                total=graph.total, max_score=opts.get("max_score", 1.0))
+                                total=total, max_score=opts.get("max_score", 1.0))
         counts["enclosed_merges"] = int(extra.sum())
         absorb |= extra
     if ctx.small is not None:
-        extra = small_merges(graph.u, graph.v, graph.total, graph.count, merged | absorb,
-                             np.concatenate(frag_keys), np.concatenate(frag_sizes),
+        extra = small_merges(u, v, total, count, merged | absorb, frag_keys, frag_sizes,
                              min_size=ctx.small["min_size"], max_score=ctx.small["max_score"])
         counts["small_merges"] = int(extra.sum())
         absorb |= extra
     return absorb, counts
 
 
+def hood_merges(ctx: RunContext, store: Any, block_id: int) -> np.ndarray:
+    """Blockwise scope: ``agglomeration.enclosed`` and ``.small`` on the block's 3 x 3 x 3
+    neighbourhood, one bool per edge of ``edges/<block>`` (True = merge it too).
+
+    The neighbourhood's region graph is every ``edges/<b>`` of its blocks (each block's own edges and
+    forward seams, scored by stage 2); edges that leave it are dropped. Fragments on a face that looks
+    out of the neighbourhood onto another block reach beyond what it shows, so they count as touching
+    "outside" (by their face voxels) and as large as ``small.min_size``: no rule treats a segment it
+    cannot see whole as enclosed or small. Faces of the region of interest are "outside" as in the
+    global scope. Where the neighbourhood is the whole grid, the result is the global scope's.
+    """
+    from emseg.pipeline.stitching.labels import block_of
+
+    grid = ctx.grid
+    block = grid.block(block_id)
+    hood = [block] + [b for b in grid.neighbourhood(block) if b.id != block_id]  # own edges first
+    inside = np.array(sorted(b.id for b in hood), np.int64)
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("u", "v", "total", "count", "score", "out", "out_n",
+                                                          "frag", "size", "beyond", "beyond_n")}
+    for hb in hood:
+        e = _rule_inputs(ctx, store, hb.id)
+        for name, field in (("u", "a"), ("v", "b"), ("total", "total"), ("count", "count"), ("score", "score"),
+                            ("out", "outside_key"), ("out_n", "outside_count"), ("frag", "fragment_key"),
+                            ("size", "fragment_size")):
+            parts[name].append(e[field])
+        for axis, direction, nb in grid.neighbours(hb):
+            if nb.id not in inside:  # this face looks out of the neighbourhood
+                side = e["face_side"] == 2 * axis + (direction > 0)
+                parts["beyond"].append(e["face_key"][side])
+                parts["beyond_n"].append(e["face_count"][side])
+    cat = {k: np.concatenate(p) if p else np.zeros(0) for k, p in parts.items()}
+    n_own = len(parts["u"][0])
+    keep = np.isin(block_of(cat["v"]).astype(np.int64), inside)  # seams out of the neighbourhood
+    keep[:n_own] = True  # (the block's own seams all lead into it)
+    u, v = cat["u"][keep], cat["v"][keep]
+    total, count = cat["total"][keep].astype(np.float64), cat["count"][keep].astype(np.int64)
+    beyond = cat["beyond"].astype(np.uint64)
+    big = np.full(len(beyond), ctx.small["min_size"] if ctx.small is not None else 0, np.int64)
+    absorb, _ = _rules(ctx, u, v, total, count, cat["score"][keep] <= ctx.threshold,
+                       np.concatenate([cat["out"].astype(np.uint64), beyond]),
+                       np.concatenate([cat["out_n"].astype(np.int64), cat["beyond_n"].astype(np.int64)]),
+                       np.concatenate([cat["frag"].astype(np.uint64), beyond]),
+                       np.concatenate([cat["size"].astype(np.int64), big]))
+    return absorb[:n_own]
+
+
 def edge_merges(ctx: RunContext, store: Any, block_id: int, edges: dict[str, np.ndarray]) -> np.ndarray:
     """Which of a block's ``edges/<block>`` union-find joins: the stitching rule's decision for
     instance backends; for boundary backends the edges whose score passes the threshold, and with
-    ``agglomeration.enclosed`` and ``agglomeration.small`` (global scope) the extra merges they make."""
+    ``agglomeration.enclosed`` and ``agglomeration.small`` the extra merges they make (global scope:
+    stage 3's first task made them; blockwise: :func:`hood_merges`)."""
     if not ctx.boundary:
         return edges["merge"]
     keep = edge_scores(ctx, store, block_id, edges) <= ctx.threshold
-    if ctx.global_agglomeration and (ctx.enclosed is not None or ctx.small is not None):
+    if ctx.enclosed is None and ctx.small is None:
+        return keep
+    if ctx.global_agglomeration:
         stored = store.get_arrays(f"scores/{block_id}")
         if "absorb" in stored:
             keep = keep | stored["absorb"]
-    return keep
+        return keep
+    return keep | hood_merges(ctx, store, block_id)
 
 
 def edge_scores(ctx: RunContext, store: Any, block_id: int, edges: dict[str, np.ndarray]) -> np.ndarray:

@@ -202,3 +202,8 @@ def test_pipeline_merges_enclosed_segments_for_any_block_shape(tmp_path, dask_ad
         "scope": "global", "enclosed": None, "small": {"min_size": 200, "max_score": 1.0}}, **base), progress=False)
     assert small["stages"]["1-segment"]["ran"] == 0 and small["stages"]["2-seams"]["ran"] == 0
     assert small["segments"] == 2 and same_partition(read_output(out), merged)
+    # blockwise scope: each block makes the rules' merges from its 3 x 3 x 3 neighbourhood; in 8³ blocks
+    # (3 x 3 x 3) the corner blocks see 16³ of the 24³ volume, and both organelles still merge
+    blockwise = run(run_config(url, tmp_path / "blockwise", dask_address,
+                               agglomeration={"scope": "blockwise", "enclosed": {"max_score": 1.0}}, **base), progress=False)
+    assert blockwise["segments"] == 2 and same_partition(read_output(tmp_path / "blockwise"), merged)

@@ -38,11 +38,12 @@ class RunContext:
     #: boundary backends: one agglomeration of the whole region graph (stage 3's first task) rather
     #: than one per block with its face neighbours as context (stage 2)
     global_agglomeration: bool = False
-    #: boundary backends, global scope: ``agglomeration.enclosed`` as a dict (None = off): segments
-    #: that one neighbour encloses merge after the threshold (stage 3's first task)
+    #: boundary backends: ``agglomeration.enclosed`` as a dict (None = off): segments that one
+    #: neighbour encloses merge after the threshold (global scope: stage 3's first task; blockwise:
+    #: each block's own edges, from its 3 x 3 x 3 neighbourhood, in stage 3's first level)
     enclosed: dict[str, Any] | None = field(default=None, hash=False)
-    #: boundary backends, global scope: ``agglomeration.small`` as a dict (None = off): segments under
-    #: ``min_size`` voxels merge along their best contact, after the enclosed ones (stage 3's first task)
+    #: boundary backends: ``agglomeration.small`` as a dict (None = off): segments under ``min_size``
+    #: voxels merge along their best contact, after the enclosed ones (where the enclosed ones are made)
     small: dict[str, Any] | None = field(default=None, hash=False)
     #: input intensities mapped to 0..1 before the backend (config ``input_value_range``); None = as read
     value_range: tuple[float, float] | None = None

@@ -50,6 +50,15 @@ def _group_stream(level: int, level_pos: np.ndarray, shape: tuple[int, int, int]
         yield int(level_pos[f]), 1 + level, ("up", level, group)
 
 
+def _hood_latest(grid: BlockGrid, pos: np.ndarray) -> np.ndarray:
+    """Per block, the latest ``pos`` over its 3 x 3 x 3 neighbourhood."""
+    out = pos.copy()
+    for offset in itertools.product((-1, 0, 1), repeat=3):
+        other = grid.offset_ids(offset)
+        out = np.maximum(out, np.where(other >= 0, pos[np.maximum(other, 0)], -1))
+    return out
+
+
 def _latest(pos: np.ndarray, own: np.ndarray, others: np.ndarray) -> np.ndarray:
     """``max(own, pos[others])`` per row, ignoring the -1 entries of ``others``."""
     return np.maximum(own, np.where(others >= 0, pos[np.maximum(others, 0)], -1).max(axis=1))
@@ -72,13 +81,14 @@ def streaming_tasks(ctx: RunContext, todo: dict[str, list[Any]]) -> Iterator[Tas
     seg_pos = np.where(odd, _latest(ids, ids, fwd), ids)  # odd blocks wait for their forward neighbours
     blockwise = ctx.boundary and not ctx.global_agglomeration
     if blockwise:  # a block scores its edges with its 3 x 3 x 3 neighbourhood: it waits for all of it
-        seam_pos = seg_pos.copy()
-        for offset in itertools.product((-1, 0, 1), repeat=3):
-            other = grid.offset_ids(offset)
-            seam_pos = np.maximum(seam_pos, np.where(other >= 0, seg_pos[np.maximum(other, 0)], -1))
+        seam_pos = _hood_latest(grid, seg_pos)
     else:
         seam_pos = _latest(seg_pos, seg_pos, fwd)
-    group_pos = _latest(seam_pos, seam_pos, bwd)  # a level-1 group also reads its backward neighbours' edges
+    # a level-1 group also reads its backward neighbours' edges; with blockwise enclosed / small rules,
+    # the edges of every block in those blocks' 3 x 3 x 3 neighbourhoods (stage3.hood_merges)
+    hood_rules = blockwise and (ctx.enclosed is not None or ctx.small is not None)
+    read_pos = _hood_latest(grid, seam_pos) if hood_rules else seam_pos
+    group_pos = _latest(read_pos, read_pos, bwd)
     agglomerate = ctx.global_agglomeration and stage3.AGGLOMERATE in todo[stages.UNIONFIND]
     if agglomerate:  # one task after every seam task; every group after it
         group_pos = np.full(n, n)
@@ -120,8 +130,10 @@ def streaming_tasks(ctx: RunContext, todo: dict[str, list[Any]]) -> Iterator[Tas
                 deps = [(stages.UNIONFIND, stage3.AGGLOMERATE)]
             elif level == 1:
                 members = {(k[0] * gy + k[1]) * gx + k[2] for k in kids}
-                backward = {int(j) for m in members for j in bwd[m] if j >= 0}
-                deps = [(stages.SEAMS, i) for i in sorted(members | backward)]
+                sources = members | {int(j) for m in members for j in bwd[m] if j >= 0}
+                if hood_rules:
+                    sources = {b.id for s in sources for b in grid.neighbourhood(grid.block(s))}
+                deps = [(stages.SEAMS, i) for i in sorted(sources)]
             else:
                 deps = [(stages.UNIONFIND, stage3.up_item(level - 1, k)) for k in kids]
             yield Task(stages.UNIONFIND, stage3.up_item(level, group), stage3.up, (ctx, level, group), deps)

@@ -155,8 +155,8 @@ def validate(config: Config) -> ValidatedRun:
         boundary=boundary,
         threshold=threshold,
         global_agglomeration=boundary and _global_agglomeration(config, roi),
-        enclosed=_enclosed(config, boundary and _global_agglomeration(config, roi)),
-        small=_small(config, boundary and _global_agglomeration(config, roi)),
+        enclosed=_rule(config.agglomeration.enclosed, boundary),
+        small=_rule(config.agglomeration.small, boundary),
         keep_scratch=config.keep_scratch,
         value_range=config.input_value_range,
     )
@@ -168,16 +168,9 @@ def validate(config: Config) -> ValidatedRun:
     return ValidatedRun(config, ctx, vol, sharding, fingerprint)
 
 
-def _enclosed(config: Config, global_scope: bool) -> dict[str, Any] | None:
-    """``agglomeration.enclosed`` as the tasks receive it: None when off or the scope is blockwise."""
-    e = config.agglomeration.enclosed
-    return e.model_dump() if e is not None and global_scope else None
-
-
-def _small(config: Config, global_scope: bool) -> dict[str, Any] | None:
-    """``agglomeration.small`` as the tasks receive it: None when off or the scope is blockwise."""
-    s = config.agglomeration.small
-    return s.model_dump() if s is not None and global_scope else None
+def _rule(rule: Any, boundary: bool) -> dict[str, Any] | None:
+    """``agglomeration.enclosed`` or ``.small`` as the tasks receive it: None when off (or no boundary backend)."""
+    return rule.model_dump() if rule is not None and boundary else None
 
 
 def _check_boundary(config: Config, vol: Volume, grid: BlockGrid) -> float:
