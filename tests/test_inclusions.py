@@ -207,3 +207,38 @@ def test_pipeline_merges_enclosed_segments_for_any_block_shape(tmp_path, dask_ad
     blockwise = run(run_config(url, tmp_path / "blockwise", dask_address,
                                agglomeration={"scope": "blockwise", "enclosed": {"max_score": 1.0}}, **base), progress=False)
     assert blockwise["segments"] == 2 and same_partition(read_output(tmp_path / "blockwise"), merged)
+
+
+def test_blockwise_rules_wait_for_every_neighbourhood_they_read(tmp_path):
+    """Blockwise scope with the rules on: a level-1 union-find group reads the edges of every block in
+    its blocks' (and their backward neighbours') 3 x 3 x 3 neighbourhoods, so it must come after all
+    of those blocks' seam tasks in the streamed graph; without the rules, only its own and backward."""
+    import dataclasses
+
+    from emseg.pipeline.stitching.resume import all_items
+    from emseg.pipeline.stitching.unionfind import children
+    from emseg.tasks.driver import graph
+    from emseg.tasks.driver.run import validate
+    from tests.conftest import blobs, run_config, write_zarr
+
+    write_zarr(tmp_path / "in.zarr", blobs((24, 32, 40), sigma=2.0, seed=4), chunks=(8, 8, 8))
+    p = validate(run_config(f"zarr://{tmp_path}/in.zarr", tmp_path / "out", None,
+                            blocks={"shape": [8, 8, 8], "halo": [2, 2, 2]}))
+    for rules in (True, False):
+        ctx = dataclasses.replace(p.ctx, boundary=True, global_agglomeration=False, threshold=0.5,
+                                  enclosed={"inclusions": True, "majority": 0.5, "max_score": 0.85} if rules else None,
+                                  small={"min_size": 10, "max_score": 0.8} if rules else None)
+        grid = ctx.grid  # 3 x 4 x 5 blocks
+        seen: set = set()
+        for task in graph.streaming_tasks(ctx, all_items(grid)):
+            missing = [d for d in task.deps if d not in seen]
+            assert not missing, f"{task.stage} {task.item} yielded before {missing}"
+            seen.add((task.stage, task.item))
+            if task.stage != "3-unionfind" or not str(task.item).startswith("up-1-"):
+                continue
+            group = tuple(int(g) for g in str(task.item)[len("up-1-"):].split("_"))
+            members = {grid.block_id(k) for k in children(group, 1, grid.grid_shape)}
+            sources = members | {nb.id for m in members for _, d, nb in grid.neighbours(grid.block(m)) if d < 0}
+            if rules:
+                sources = {b.id for s in sources for b in grid.neighbourhood(grid.block(s))}
+            assert {item for stage, item in task.deps} == sources
