@@ -157,7 +157,7 @@ class EnclosedConfig(Strict):
 class SmallConfig(Strict):
     """``agglomeration.small``: after agglomeration (and the enclosed-segment merges), merge segments of
     fewer than ``min_size`` voxels along their best-scoring contact (size-dependent single linkage,
-    ``emseg.pipeline.stitching.inclusions.small_merges``; in blockwise scope from each block's 3 x 3 x 3
+    ``emseg.pipeline.stitching.small.small_merges``; in blockwise scope from each block's 3 x 3 x 3
     neighbourhood). Chosen on FIB-25's training
     part (z < 150) with the bundled forest at its threshold 0.7; docs/agglomeration.md has the numbers."""
 

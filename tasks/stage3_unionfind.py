@@ -130,7 +130,8 @@ def _rules(ctx: RunContext, u: np.ndarray, v: np.ndarray, total: np.ndarray, cou
            frag_sizes: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
     """The enclosed, then the small-segment merges (:mod:`emseg.pipeline.stitching.inclusions`) on a
     region graph whose ``merged`` edges passed the threshold: one bool per edge, and the counts."""
-    from emseg.pipeline.stitching.inclusions import enclosed_merges, small_merges
+    from emseg.pipeline.stitching.inclusions import enclosed_merges
+    from emseg.pipeline.stitching.small import small_merges
 
     absorb = np.zeros(len(u), bool)
     counts: dict[str, int] = {}

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from emseg.pipeline.stitching.agglomeration import affinities_from_labels
-from emseg.pipeline.stitching.inclusions import enclosed_merges, outside_faces, segment, small_merges
+from emseg.pipeline.stitching.inclusions import enclosed_merges, outside_faces, segment
+from emseg.pipeline.stitching.small import small_merges
 
 SHAPE = (24, 24, 24)
 A, B, INSIDE, AT_FACE = 1, 2, 3, 4
