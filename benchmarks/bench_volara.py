@@ -334,7 +334,7 @@ def print_table(out: dict[str, Any]) -> None:
     rows = []
     if "emseg" in out:
         e = out["emseg"]
-        rows += [("emseg (waterz + union-find)", f"t={e['default']['threshold']} default", e["default"]),
+        rows += [("emseg (fragments + agglomeration)", f"t={e['default']['threshold']} default", e["default"]),
                  ("", f"t={e['best']['threshold']} best", e["best"])]
     if "emseg_whole_volume_reference" in out:
         e = out["emseg_whole_volume_reference"]
