@@ -243,3 +243,32 @@ def test_blockwise_rules_wait_for_every_neighbourhood_they_read(tmp_path):
             if rules:
                 sources = {b.id for s in sources for b in grid.neighbourhood(grid.block(s))}
             assert {item for stage, item in task.deps} == sources
+
+
+def test_scratch_without_fragment_sizes_is_refused_before_any_work(tmp_path, dask_address):
+    """Edges written by an emseg from before agglomeration.small (no fragment sizes) are refused with
+    one clear error before anything runs, and the finished output is left as it was."""
+    from emseg.pipeline.errors import ConfigError
+    from emseg.pipeline.io.scratch import Scratch
+    from emseg.tasks.driver.run import segment as run
+    from tests.conftest import read_output, run_config, same_partition, write_zarr
+
+    labels = _cells()
+    url = write_zarr(tmp_path / "cells.zarr", labels, chunks=(8, 8, 8))
+    out = tmp_path / "out"
+    base = dict(backend={"name": "affinities", "model": {"kind": "labels"}},
+                blocks={"shape": [8, 8, 8], "halo": [1, 1, 1]}, write={"chunk_shape": [4, 4, 4]})
+    first = run(run_config(url, out, dask_address, agglomeration={"scope": "global"}, **base), progress=False)
+    assert first["segments"] == 4
+    scratch = Scratch(str(out))
+    edges = scratch.get_arrays("edges/0")
+    scratch.put_arrays("edges/0", {k: v for k, v in edges.items() if k not in ("fragment_key", "fragment_size")})
+    with pytest.raises(ConfigError, match="older emseg and lacks fragment_key.*--restart"):
+        run(run_config(url, out, dask_address, agglomeration={"scope": "global", "small": {"min_size": 200,
+                                                                                            "max_score": 1.0}}, **base),
+            progress=False)
+    assert same_partition(read_output(out), labels)
+    # without the small rule the same scratch serves a new threshold
+    again = run(run_config(url, out, dask_address, agglomeration={"scope": "global", "small": None, "threshold": 0.4},
+                           **base), progress=False)
+    assert again["segments"] == 4 and again["stages"]["1-segment"]["ran"] == 0

@@ -173,6 +173,27 @@ def _rule(rule: Any, boundary: bool) -> dict[str, Any] | None:
     return rule.model_dump() if rule is not None and boundary else None
 
 
+def _check_rule_inputs(ctx: RunContext, scratch: Any, redo: list[Any], seams_done: set[str]) -> None:
+    """Refuse, before any work, to reuse stage-2 edges that lack what ``agglomeration.small`` (fragment
+    sizes) or the blockwise rules (each block face's fragments) read: scratch written by an emseg
+    from before those rules, which would otherwise fail in stage 3 or, blockwise, treat segments it
+    cannot see whole as enclosed or small."""
+    if not ctx.boundary or (ctx.small is None and (ctx.enclosed is None or ctx.global_agglomeration)):
+        return
+    kept = sorted(int(b) for b in seams_done if b.isdigit() and int(b) not in set(redo))
+    if not kept:
+        return
+    edges = scratch.get_arrays(f"edges/{kept[0]}")
+    need = (["fragment_key"] if ctx.small is not None else []) + ([] if ctx.global_agglomeration else ["face_key"])
+    missing = [k for k in need if k not in edges]
+    if missing:
+        raise ConfigError(
+            f"the scratch data in {ctx.output} was written by an older emseg and lacks {', '.join(missing)}, which "
+            "agglomeration.small and the blockwise enclosed rules need; rerun with --restart, or set "
+            "agglomeration.small: null (and agglomeration.enclosed: null with blockwise scope)"
+        )
+
+
 def _check_boundary(config: Config, vol: Volume, grid: BlockGrid) -> float:
     """A boundary backend's checks before any work; returns the agglomeration threshold.
 
@@ -350,6 +371,7 @@ def _execute(p: ValidatedRun, *, restart: bool, stages: Sequence[str], progress:
     finished = scratch.done_info(registry.UNIONFIND, resume.FINISH) or {}
     todo = resume.todo(done, grid, ctx.neighbour_prompts, ctx.threshold, finished.get("threshold"), ctx.boundary,
                        ctx.global_agglomeration)
+    _check_rule_inputs(ctx, scratch, todo[registry.SEAMS], done[registry.SEAMS])
     rules = (finished.get("enclosed"), finished.get("small")) != (ctx.enclosed, ctx.small)
     if ctx.boundary and finished and rules and not todo[registry.UNIONFIND]:
         # agglomeration.enclosed or .small changed: like a new threshold, union-find and relabel only
