@@ -195,6 +195,19 @@ class AgglomerationConfig(Strict):
     #: neurites along stretches of false boundary); null = off. Reruns stages 3-4 only
     small: SmallConfig | None = SmallConfig()
 
+    @field_validator("enclosed", "small", mode="before")
+    @classmethod
+    def _switch(cls, value: Any) -> Any:
+        """``false`` (or YAML's ``off`` / ``no``) turns a rule off like ``null``; ``true`` gives its defaults."""
+        if value is False:
+            return None
+        if value is True:
+            return {}
+        if not isinstance(value, (Mapping, BaseModel)) and value is not None:
+            raise ValueError(f"give a mapping of the rule's keys, null (or false) to turn it off, or true for its "
+                             f"defaults; got {value!r}")
+        return value
+
 
 class EvaluateConfig(Strict):
     groundtruth: str | dict[str, Any]

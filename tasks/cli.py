@@ -46,7 +46,9 @@ def _setup_logging(quiet: bool, verbose: bool = False) -> None:
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML run configuration (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set blocks.shape=[64,64,64] (repeatable)")
+                   help="override a config key with a YAML value, e.g. --set blocks.shape=[64,64,64] or "
+                        "--set agglomeration.small=null (null turns an optional part off; repeatable; every key "
+                        "and its default: the README's config table)")
     p.add_argument("--restart", action="store_true", help="discard the output's previous results and start over")
     p.add_argument("--workers", type=int, help="worker processes of the local Dask cluster (the config's cluster.workers if absent)")
     p.add_argument("--cluster", metavar="ADDRESS",

@@ -272,3 +272,25 @@ def test_scratch_without_fragment_sizes_is_refused_before_any_work(tmp_path, das
     again = run(run_config(url, out, dask_address, agglomeration={"scope": "global", "small": None, "threshold": 0.4},
                            **base), progress=False)
     assert again["segments"] == 4 and again["stages"]["1-segment"]["ran"] == 0
+    # another scope is another run: refused, naming the key the user changed
+    from emseg.pipeline.errors import OutputExistsError
+
+    with pytest.raises(OutputExistsError, match=r"changed: agglomeration\.scope"):
+        run(run_config(url, out, dask_address, agglomeration={"scope": "blockwise"}, **base), progress=False)
+
+
+@pytest.mark.parametrize("value, expected", [(False, None), (None, None), (True, {"min_size": 5000, "max_score": 0.8}),
+                                             ({"min_size": 10}, {"min_size": 10, "max_score": 0.8})])
+def test_rules_switch_off_with_null_or_false(value, expected):
+    from emseg.pipeline.config import AgglomerationConfig
+
+    small = AgglomerationConfig(small=value).small
+    assert (None if small is None else small.model_dump()) == expected
+
+
+def test_a_rule_given_a_plain_value_says_how_to_switch_it(tmp_path):
+    from emseg.pipeline.config import from_dict
+    from emseg.pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"agglomeration\.small.*null \(or false\) to turn it off"):
+        from_dict({"input": "zarr://x", "output": str(tmp_path), "agglomeration": {"small": 5000}})

@@ -323,7 +323,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``emseg plan``."""
     parser.add_argument("config", help="YAML run configuration (see configs/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set blocks.shape=[64,64,64] (repeatable)")
+                        help="override a config key with a YAML value, e.g. --set blocks.shape=[64,64,64] or "
+                             "--set agglomeration.small=null (null turns an optional part off; repeatable; every "
+                             "key and its default: the README's config table)")
     parser.add_argument("--calibrate", type=int, default=3, metavar="N",
                         help="segment N blocks spread over the region of interest to measure (default 3)")
     parser.add_argument("--workers", type=int, metavar="W", help="wall time for W workers (default cluster.workers)")

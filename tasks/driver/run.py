@@ -213,7 +213,12 @@ def _check_boundary(config: Config, vol: Volume, grid: BlockGrid) -> float:
             f"different affinities depending on where they were cut; set blocks.halo to {fix} or more"
         )
     t = config.agglomeration.threshold
-    return float(backend.default_threshold if t is None else t)
+    t = float(backend.default_threshold if t is None else t)
+    small = config.agglomeration.small
+    if small is not None and small.max_score <= t:
+        log.warning("agglomeration.small.max_score (%g) is not above the threshold (%g): the contacts it could take "
+                    "have merged at the threshold already, so the small-segment rule merges next to nothing", small.max_score, t)
+    return t
 
 
 def check_output_location(output: str) -> None:
@@ -308,6 +313,11 @@ def _delete_prefix(store: str) -> None:
     kvstore.delete_prefix(urls.open_kvstore(store))
 
 
+#: fingerprint entries that are not config keys themselves, by the config keys that decide them
+_FINGERPRINT_KEYS = {"global_agglomeration": "agglomeration.scope (or agglomeration.global_max_voxels)",
+                     "stitch": "stitch (or the backend's stitching rule)"}
+
+
 def prepare_output(p: ValidatedRun, *, restart: bool) -> Scratch:
     """Create (or reopen for resume) the output; refuse to mix two different runs."""
     ctx = p.ctx
@@ -320,7 +330,8 @@ def prepare_output(p: ValidatedRun, *, restart: bool) -> Scratch:
         report_mod.remove(ctx.output)
     previous = scratch.fingerprint()
     if previous is not None and previous != p.fingerprint:
-        changed = sorted(k for k in set(previous) | set(p.fingerprint) if previous.get(k) != p.fingerprint.get(k))
+        changed = sorted(_FINGERPRINT_KEYS.get(k, k) for k in set(previous) | set(p.fingerprint)
+                         if previous.get(k) != p.fingerprint.get(k))
         raise OutputExistsError(
             f"the output {ctx.output} holds a run with a different config (changed: {', '.join(changed)}); "
             "rerun with --restart to overwrite it, or choose another output"
