@@ -111,11 +111,15 @@ def fragment_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
     if ctx.value_range is not None:  # NaN stays NaN: the backend masks it out as no data
         image = intensity.map_range(image, ctx.value_range)
     backend = runtime.backend(ctx.backend_key)
-    affs, mask = backend.affinities(image, block.read_box.start)
-    t_model, c_model = time.perf_counter() - t0, time.process_time() - c0
     core = block.write_box.slices(block.read_box.start)
+    # the affinities are needed on the write box and the fragment context around it, not on the
+    # whole halo (which is there for the model's own context): the model may skip the rest
+    grow = backend.params.fragment_context
+    need = tuple(slice(max(0, c.start - grow), min(n, c.stop + grow)) for c, n in zip(core, image.shape))
+    affs, mask = backend.affinities(image, block.read_box.start, region=need)
+    t_model, c_model = time.perf_counter() - t0, time.process_time() - c0
     core_affs = affs[(slice(None), *core)]
-    cut = block_fragments(affs, core, mask, context=backend.params.fragment_context, **backend.fragment_options())
+    cut = block_fragments(affs, core, mask, context=grow, **backend.fragment_options())
     frags, n = cut.labels, cut.n
     rag = region_graph(frags, core_affs)
     out_id, out_n = _outside(ctx, block, frags, core, mask)

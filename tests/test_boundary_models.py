@@ -92,6 +92,23 @@ def test_forest_affinity_conventions(small_forest) -> None:
     assert 0 <= affs.min() and affs.max() <= 1
 
 
+def test_a_region_gives_the_whole_images_affinities_inside_it(phantom, small_forest) -> None:
+    """Stage 1 asks only for the write box and the fragment context: inside that region the forest
+    and the U-Net must give exactly what the whole image gives (the forest classifies the region
+    and one plane before it; the U-Net skips tiles that miss it), and 0 outside."""
+    image = phantom[0]
+    region = (slice(5, 30), slice(11, 40), slice(3, 50))
+    inside = (slice(None),) + region
+    for model in (small_forest, _unet()):
+        whole = model.predict(image, (0, 0, 0))
+        part = model.predict(image, (0, 0, 0), region=region)
+        np.testing.assert_array_equal(part[inside], whole[inside])
+        outside = np.ones(part.shape, bool)
+        outside[inside] = False
+        if model is small_forest:  # (the U-Net fills whole tiles, which may reach past the region)
+            assert not part[outside].any() and whole[outside].any()
+
+
 def test_forest_file_round_trip_and_refusals(tmp_path, small_forest) -> None:
     path = tmp_path / "f.skops"
     small_forest.save(path)

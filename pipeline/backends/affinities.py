@@ -172,17 +172,20 @@ class Backend:
         return x, None
 
     def affinities(
-        self, image: np.ndarray, origin_zyx: tuple[int, int, int] = (0, 0, 0)
+        self, image: np.ndarray, origin_zyx: tuple[int, int, int] = (0, 0, 0),
+        region: tuple[slice, slice, slice] | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """``image`` (z, y, x) in; affinities ``(3, z, y, x)`` float32 and the data mask (or None) out.
 
         ``origin_zyx`` is the input voxel of ``image[0, 0, 0]``: the U-Net aligns its pooling grid to
-        the volume with it, so that a block predicts what the whole volume would.
+        the volume with it, so that a block predicts what the whole volume would. ``region`` (slices of
+        ``image``, None = all): where the affinities are needed; the model may leave them 0 elsewhere
+        (:class:`emseg.pipeline.backends.boundary.AffinityModel`).
         """
         if self.params.model.kind == "labels":
             return affinities_from_labels(image), image != 0
         x, mask = self.normalise(image)
-        affs = np.asarray(self.model.predict(x, tuple(int(o) for o in origin_zyx)), np.float32)
+        affs = np.asarray(self.model.predict(x, tuple(int(o) for o in origin_zyx), region=region), np.float32)
         if affs.shape != (3, *image.shape):
             raise RuntimeError(f"the {self.params.model.kind} model returned affinities of shape {affs.shape} "
                                f"for an image of {image.shape}; expected {(3, *image.shape)}")

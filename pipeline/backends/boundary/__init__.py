@@ -41,7 +41,8 @@ class AffinityModel(Protocol):
 
     context_zyx: tuple[int, int, int]
 
-    def predict(self, image: np.ndarray, origin_zyx: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+    def predict(self, image: np.ndarray, origin_zyx: tuple[int, int, int] = (0, 0, 0),
+                region: tuple[slice, slice, slice] | None = None) -> np.ndarray:
         """Affinities of an image.
 
         Parameters
@@ -52,6 +53,10 @@ class AffinityModel(Protocol):
         origin_zyx
             Global voxel position of ``image[0, 0, 0]``. A U-Net anchors its pooling grid there, so
             that its output does not depend on where a block starts; pass the read box's start.
+        region
+            Slices of ``image`` where the affinities are needed (None: everywhere). Inside it they
+            must be what the whole image gives; outside it a model may return 0 and skip the work
+            (the engine needs a block's write box and its fragment context, not its whole halo).
 
         Returns
         -------

@@ -121,33 +121,51 @@ class ForestModel:
     threads: int | None = 1
     context_zyx: tuple[int, int, int] = (CONTEXT, CONTEXT, CONTEXT)
 
-    def boundary(self, image: np.ndarray) -> np.ndarray:
-        """(z, y, x) float32 boundary probability of a (z, y, x) image in [0, 1] (NaN = no data)."""
+    def boundary(self, image: np.ndarray, region: tuple[slice, slice, slice] | None = None) -> np.ndarray:
+        """(z, y, x) float32 boundary probability of a (z, y, x) image in [0, 1] (NaN = no data).
+
+        ``region`` (slices of ``image``, or None for all of it): classify only those voxels and
+        return 1 elsewhere. The features are computed on the whole image as always, so the
+        probabilities inside ``region`` are the ones the whole image gives; the classifier, most of
+        the forest's cost, runs on the region alone.
+        """
         image = np.asarray(image, dtype=np.float32)
         if image.ndim != 3:
             raise ValueError(f"the forest predicts (z, y, x) images, got shape {image.shape}")
         from threadpoolctl import threadpool_limits
 
-        out = np.empty(image.shape, dtype=np.float32)
+        zr, yr, xr = (slice(0, n) for n in image.shape) if region is None else \
+            (slice(*s.indices(n)[:2]) for s, n in zip(region, image.shape))
+        out = np.ones(image.shape, dtype=np.float32)
         c = feats.CONTEXT
         depth = image.shape[0]
-        for z0 in range(0, depth, self.tile_z):
-            z1 = min(depth, z0 + self.tile_z)
+        for z0 in range(zr.start, zr.stop, self.tile_z):
+            z1 = min(zr.stop, z0 + self.tile_z)
             lo, hi = max(0, z0 - c), min(depth, z1 + c)
-            f = feats.compute(image[lo:hi])[z0 - lo : z1 - lo]
+            f = feats.compute(image[lo:hi])[z0 - lo : z1 - lo, yr, xr]
             with threadpool_limits(self.threads):
                 p = self.classifier.predict_proba(f.reshape(-1, f.shape[-1]))[:, 1]
-            out[z0:z1] = p.reshape(f.shape[:3])
+            out[z0:z1, yr, xr] = p.reshape(f.shape[:3])
         return out
 
-    def predict(self, image: np.ndarray, origin_zyx: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+    def predict(self, image: np.ndarray, origin_zyx: tuple[int, int, int] = (0, 0, 0),
+                region: tuple[slice, slice, slice] | None = None) -> np.ndarray:
         """(3, z, y, x) float32 affinities in [0, 1]; see :class:`emseg.pipeline.backends.boundary.AffinityModel`.
 
         ``origin_zyx`` (the block's global position) is accepted for the protocol and not needed:
-        the features are translation-invariant.
+        the features are translation-invariant. With ``region``, the affinities inside it are the
+        whole image's and those outside it 0: the boundary is classified on the region and one
+        plane before it along each axis (an affinity looks back one voxel).
         """
         image = np.asarray(image, dtype=np.float32)
-        return affinities_from_boundary(self.boundary(image), valid=~np.isnan(image))
+        if region is None:
+            return affinities_from_boundary(self.boundary(image), valid=~np.isnan(image))
+        inner = tuple(slice(*s.indices(n)[:2]) for s, n in zip(region, image.shape))
+        grown = tuple(slice(max(0, s.start - 1), s.stop) for s in inner)
+        affs = affinities_from_boundary(self.boundary(image, grown), valid=~np.isnan(image))
+        out = np.zeros_like(affs)
+        out[(slice(None), *inner)] = affs[(slice(None), *inner)]
+        return out
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the model with ``skops.io`` (compressed), atomically."""

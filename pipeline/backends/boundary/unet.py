@@ -186,12 +186,14 @@ class UNetModel:
             y = self.net(x)
         return y[0].float().cpu().numpy()
 
-    def predict(self, image: np.ndarray, origin_zyx: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+    def predict(self, image: np.ndarray, origin_zyx: tuple[int, int, int] = (0, 0, 0),
+                region: tuple[slice, slice, slice] | None = None) -> np.ndarray:
         """(3, z, y, x) float32 affinities of a (z, y, x) image in [0, 1] (NaN = no data).
 
         ``origin_zyx`` is the global position of ``image[0, 0, 0]``: the pooling grid is anchored
         there so that a voxel's prediction does not depend on where its block starts. Large images
-        are predicted in overlapping tiles, each cropped to its core.
+        are predicted in overlapping tiles, each cropped to its core; with ``region`` (slices of
+        ``image``), tiles whose core misses it are skipped and their affinities left 0.
         """
         image = np.asarray(image, dtype=np.float32)
         if image.ndim != 3:
@@ -209,11 +211,16 @@ class UNetModel:
         # tiles: cores on the grid, each read with a margin of >= radius rounded up to the grid
         margin = [math.ceil(r / g) * g for r, g in zip(radius, grid)]
         core = [max(g, (t - 2 * m) // g * g) for t, m, g in zip(self.tile, margin, grid)]
+        # the region in padded coordinates (whole array when None)
+        want = [(0, p) for p in padded_shape] if region is None else \
+            [(f + r.indices(n)[0], f + r.indices(n)[1]) for f, r, n in zip(front, region, image.shape)]
         for z0 in range(0, padded_shape[0], core[0]):
             for y0 in range(0, padded_shape[1], core[1]):
                 for x0 in range(0, padded_shape[2], core[2]):
                     starts = (z0, y0, x0)
                     stops = [min(p, s + c) for p, s, c in zip(padded_shape, starts, core)]
+                    if any(e <= w0 or s >= w1 for s, e, (w0, w1) in zip(starts, stops, want)):
+                        continue  # this tile's core lies outside the region
                     lo = [max(0, s - m) for s, m in zip(starts, margin)]
                     hi = [min(p, e + m) for p, e, m in zip(padded_shape, stops, margin)]
                     tile = norm[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
