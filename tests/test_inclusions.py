@@ -29,18 +29,22 @@ def _cells() -> np.ndarray:
     return labels
 
 
-def _soft_affinities(labels: np.ndarray, organelle_face: float = 0.2) -> np.ndarray:
-    """1 inside an object, 0 between the two cells, ``organelle_face`` between an organelle and its cell."""
+def _faces_set(labels: np.ndarray, between, value: float) -> np.ndarray:
+    """The labels' binary affinities, with ``value`` on the faces where ``between(a, b)`` (the labels
+    of a voxel and of its predecessor along an axis) is True."""
     affs = affinities_from_labels(labels)
     for axis in range(3):
         hi = [slice(None)] * 3
         lo = [slice(None)] * 3
         hi[axis] = slice(1, None)
         lo[axis] = slice(None, -1)
-        a, b = labels[tuple(hi)], labels[tuple(lo)]
-        organelle = ((a >= INSIDE) & (b == A)) | ((b >= INSIDE) & (a == A))
-        affs[(axis, *hi)][organelle] = organelle_face
+        affs[(axis, *hi)][between(labels[tuple(hi)], labels[tuple(lo)])] = value
     return affs
+
+
+def _soft_affinities(labels: np.ndarray, organelle_face: float = 0.2) -> np.ndarray:
+    """1 inside an object, 0 between the two cells, ``organelle_face`` between an organelle and its cell."""
+    return _faces_set(labels, lambda a, b: ((a >= INSIDE) & (b == A)) | ((b >= INSIDE) & (a == A)), organelle_face)
 
 
 def _objects(seg: np.ndarray, labels: np.ndarray) -> set[frozenset[int]]:
@@ -128,17 +132,9 @@ def test_small_segments_merge_along_their_best_contact_unless_it_is_confident():
     labels[:12, :, 12:] = PIECE  # 12 x 24 x 12 = 3456 voxels of B behind a soft boundary
     labels[0:8, 0:8, 0:2] = SPLINTER  # 128 voxels of A on the volume's faces
     labels[16:19, 10:13, 16:19] = TINY  # 27 voxels inside B, a true object
-    affs = affinities_from_labels(labels)
-    soft = {frozenset({A, SPLINTER}), frozenset({B, PIECE})}
-    for axis in range(3):
-        hi = [slice(None)] * 3
-        lo = [slice(None)] * 3
-        hi[axis] = slice(1, None)
-        lo[axis] = slice(None, -1)
-        a, b = labels[tuple(hi)], labels[tuple(lo)]
-        for pair in soft:
-            x, y = sorted(pair)
-            affs[(axis, *hi)][((a == x) & (b == y)) | ((a == y) & (b == x))] = 0.25
+    soft = [(A, SPLINTER), (B, PIECE)]
+    affs = _faces_set(labels, lambda a, b: np.any([((a == x) & (b == y)) | ((a == y) & (b == x)) for x, y in soft],
+                                                  axis=0), 0.25)
     opts = {"method": "zwatershed", "inclusions": False, "majority": None}
     assert _objects(segment(affs, 0.7, **opts), labels) == {frozenset({k}) for k in (A, B, SPLINTER, TINY, PIECE)}
     assert _objects(segment(affs, 0.7, min_size=1000, small_max_score=0.8, **opts), labels) == \
