@@ -117,6 +117,9 @@ def _rule_inputs(ctx: RunContext, store: Any, block_id: int) -> dict[str, np.nda
         raise RuntimeError("agglomeration.small needs the fragments' sizes, which this output's scratch "
                            "(written by an older emseg) lacks; rerun with --restart, or set "
                            "agglomeration.small: null")
+    if not ctx.global_agglomeration and "face_key" not in e:  # blockwise rules: see _check_rule_inputs
+        raise RuntimeError("the blockwise enclosed and small rules need each block face's fragments, which this "
+                           "output's scratch (written by an older emseg) lacks; rerun with --restart")
     none_u, none_i = np.zeros(0, np.uint64), np.zeros(0, np.int64)
     for name, empty in (("outside_key", none_u), ("outside_count", none_i), ("fragment_key", none_u),
                         ("fragment_size", none_i), ("face_key", none_u), ("face_count", none_i),
@@ -128,8 +131,9 @@ def _rule_inputs(ctx: RunContext, store: Any, block_id: int) -> dict[str, np.nda
 def _rules(ctx: RunContext, u: np.ndarray, v: np.ndarray, total: np.ndarray, count: np.ndarray,
            merged: np.ndarray, outside_keys: np.ndarray, outside_count: np.ndarray, frag_keys: np.ndarray,
            frag_sizes: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
-    """The enclosed, then the small-segment merges (:mod:`emseg.pipeline.stitching.inclusions`) on a
-    region graph whose ``merged`` edges passed the threshold: one bool per edge, and the counts."""
+    """The enclosed merges (:mod:`emseg.pipeline.stitching.inclusions`), then the small-segment ones
+    (:mod:`emseg.pipeline.stitching.small`), on a region graph whose ``merged`` edges passed the
+    threshold: one bool per edge, and how many each rule added."""
     from emseg.pipeline.stitching.inclusions import enclosed_merges
     from emseg.pipeline.stitching.small import small_merges
 
