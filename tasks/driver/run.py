@@ -180,10 +180,11 @@ def _check_rule_inputs(ctx: RunContext, scratch: Any, redo: list[Any], seams_don
     cannot see whole as enclosed or small."""
     if not ctx.boundary or (ctx.small is None and (ctx.enclosed is None or ctx.global_agglomeration)):
         return
-    kept = sorted(int(b) for b in seams_done if b.isdigit() and int(b) not in set(redo))
-    if not kept:
+    redone = {int(b) for b in redo}
+    kept = min((int(b) for b in seams_done if b.isdigit() and int(b) not in redone), default=None)  # one is enough
+    if kept is None:
         return
-    edges = scratch.get_arrays(f"edges/{kept[0]}")
+    edges = scratch.get_arrays(f"edges/{kept}")
     need = (["fragment_key"] if ctx.small is not None else []) + ([] if ctx.global_agglomeration else ["face_key"])
     missing = [k for k in need if k not in edges]
     if missing:
