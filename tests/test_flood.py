@@ -36,3 +36,19 @@ def test_flood_equals_scikit_image_watershed(seed):
 def test_flood_refuses_mismatched_shapes():
     with pytest.raises(ValueError, match="one shape"):
         seeded_watershed(np.zeros((2, 2, 2)), np.zeros((2, 2, 3), np.int64))
+
+
+def test_flood_keeps_labels_beyond_uint32_and_negative_ones():
+    # the flood holds uint32 labels internally; other labels are mapped there and back
+    cost = _distinct_costs((3, 4, 5), 7)
+    seeds = np.zeros(cost.shape, np.int64)
+    seeds[0, 0, 0], seeds[2, 3, 4], seeds[1, 2, 2] = 2**40 + 5, -3, 0xFFFFFFFF
+    out = seeded_watershed(cost, seeds)
+    expected = watershed(cost, seeds)
+    assert np.array_equal(out, expected.astype(np.uint64))
+    assert set(np.unique(out).tolist()) == {2**40 + 5, 0xFFFFFFFF, np.uint64(-3 % 2**64)}
+
+
+def test_flood_refuses_float_seeds():
+    with pytest.raises(ValueError, match="integer labels"):
+        seeded_watershed(np.zeros((2, 2, 2)), np.zeros((2, 2, 2)))

@@ -53,83 +53,62 @@ def compiled(cache: bool, **options: Any) -> Callable[[Callable[..., Any]], Any]
 
     return wrap
 _GROUP = 8  # log2 of the levels per group: the queue skips groups with nothing queued
+#: the label of the padding around the box and of voxels outside the mask: never flooded
+_WALL = np.uint32(0xFFFFFFFF)
 
 
 @compiled(DISK_CACHE, nogil=True)
-def _flood(level: np.ndarray, labels: np.ndarray, allowed: np.ndarray, ny: int, nx: int) -> None:  # pragma: no cover - compiled
+def _flood(level: np.ndarray, labels: np.ndarray, row: int, plane: int) -> None:  # pragma: no cover - compiled
+    # ``level`` and ``labels`` are the box padded by one voxel on every side, raveled; the padding
+    # and the voxels outside the mask are labelled _WALL, so a neighbour needs no bounds check.
+    # The queue: each voxel is queued at most once, at its own level, so a counting sort of the
+    # levels gives every level a segment of ``queue`` of the right size; a level is a FIFO inside
+    # its segment (``rd`` pops, ``wr`` appends). Same order as a linked list per level, but pushes
+    # and pops touch few cache lines (0.09-0.11 against 0.17 CPU-s per Mvoxel on FIB-25 forest
+    # affinities, 96 x 160 x 160).
     n = level.size
-    head = np.full(LEVELS, -1, np.int32)
-    tail = np.full(LEVELS, -1, np.int32)
-    nxt = np.full(n, -1, np.int32)
+    wall = np.uint32(0xFFFFFFFF)
+    count = np.zeros(LEVELS + 1, np.int64)
+    for i in range(n):
+        if labels[i] != wall:
+            count[level[i] + 1] += 1
+    start = np.cumsum(count)
+    rd = start[:LEVELS].copy()
+    wr = start[:LEVELS].copy()
+    queue = np.empty(max(1, start[LEVELS]), np.int32)
     queued = np.zeros((LEVELS >> _GROUP) + 1, np.int64)
     for i in range(n):
-        if labels[i] != 0:
+        lab = labels[i]
+        if lab != 0 and lab != wall:
             lv = level[i]
             queued[lv >> _GROUP] += 1
-            if tail[lv] == -1:
-                head[lv] = i
-            else:
-                nxt[tail[lv]] = i
-            tail[lv] = i
-    plane = ny * nx
-    nz = n // plane
+            queue[wr[lv]] = i
+            wr[lv] += 1
+    step = np.array([-plane, -row, -1, 1, row, plane], np.int64)
     cur = 0
     while cur < LEVELS:
         if queued[cur >> _GROUP] == 0:
             cur = ((cur >> _GROUP) + 1) << _GROUP
             continue
-        i = head[cur]
-        if i == -1:
+        r = rd[cur]
+        if r == wr[cur]:
             cur += 1
             continue
+        i = queue[r]
+        rd[cur] = r + 1
         queued[cur >> _GROUP] -= 1
-        head[cur] = nxt[i]
-        if head[cur] == -1:
-            tail[cur] = -1
-        z = i // plane
-        r = i - z * plane
-        y = r // nx
-        x = r - y * nx
         lab = labels[i]
         for k in range(6):
-            if k == 0:
-                if z == 0:
-                    continue
-                j = i - plane
-            elif k == 1:
-                if y == 0:
-                    continue
-                j = i - nx
-            elif k == 2:
-                if x == 0:
-                    continue
-                j = i - 1
-            elif k == 3:
-                if x == nx - 1:
-                    continue
-                j = i + 1
-            elif k == 4:
-                if y == ny - 1:
-                    continue
-                j = i + nx
-            else:
-                if z == nz - 1:
-                    continue
-                j = i + plane
-            if labels[j] != 0 or not allowed[j]:
+            j = i + step[k]
+            if labels[j] != 0:
                 continue
             labels[j] = lab
             lv = level[j]
             if lv < cur:
                 cur = lv  # as a heap would: a lower cost pops next
-            # the same bucket append as in the seeding loop above, written out: an inlined helper
-            # gave the same labels but took 13 % longer (0.25 against 0.22 CPU-s per Mvoxel)
             queued[lv >> _GROUP] += 1
-            if tail[lv] == -1:
-                head[lv] = j
-            else:
-                nxt[tail[lv]] = j
-            tail[lv] = j
+            queue[wr[lv]] = j
+            wr[lv] += 1
 
 
 def seeded_watershed(cost: np.ndarray, seeds: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -144,7 +123,8 @@ def seeded_watershed(cost: np.ndarray, seeds: np.ndarray, mask: np.ndarray | Non
     Raises
     ------
     ValueError
-        Arrays not 3D or of different shapes; more than 2**31 - 1 voxels.
+        Arrays not 3D or of different shapes; seeds not integers; a box of 2**31 voxels or more
+        with one voxel of padding on every side.
 
     >>> cost = np.array([[[0.0, 0.1, 0.9, 0.2, 0.0]]])
     >>> seeded_watershed(cost, np.array([[[1, 0, 0, 0, 2]]])).tolist()
@@ -155,15 +135,35 @@ def seeded_watershed(cost: np.ndarray, seeds: np.ndarray, mask: np.ndarray | Non
     if cost.ndim != 3 or cost.shape != seeds.shape or (mask is not None and np.shape(mask) != cost.shape):
         raise ValueError(f"cost {cost.shape}, seeds {seeds.shape} and mask {None if mask is None else np.shape(mask)} "
                          "must be 3D arrays of one shape")
-    if cost.size >= 2**31:
-        raise ValueError(f"{cost.size} voxels: the flood indexes at most 2**31 - 1")
-    level = np.rint(np.clip(cost, 0.0, 1.0) * np.float32(LEVELS - 1)).astype(np.uint16).ravel()
-    labels = seeds.astype(np.uint64).ravel()  # a copy: the flood writes into it
-    if mask is None:
-        allowed = np.ones(labels.size, np.bool_)
-    else:
-        allowed = np.ascontiguousarray(mask, dtype=np.bool_).ravel()
-        labels[~allowed] = 0
-    if cost.size:
-        _flood(level, labels, allowed, cost.shape[1], cost.shape[2])
-    return labels.reshape(cost.shape)
+    padded = int(np.prod([n + 2 for n in cost.shape]))
+    if padded >= 2**31:
+        raise ValueError(f"{cost.shape} is {padded} voxels with the flood's one-voxel padding: it indexes at "
+                         "most 2**31 - 1; cut the volume into smaller blocks")
+    if not cost.size:
+        return np.zeros(cost.shape, np.uint64)
+    seeds, ids = _seed_labels(seeds)
+    z, y, x = cost.shape
+    level = np.zeros((z + 2, y + 2, x + 2), np.uint16)
+    level[1:-1, 1:-1, 1:-1] = np.rint(np.clip(cost, 0.0, 1.0) * np.float32(LEVELS - 1))
+    labels = np.full(level.shape, _WALL, np.uint32)
+    inner = labels[1:-1, 1:-1, 1:-1]
+    inner[...] = seeds
+    if mask is not None:
+        inner[~np.asarray(mask, bool)] = _WALL
+    _flood(level.ravel(), labels.ravel(), x + 2, (y + 2) * (x + 2))
+    inner[inner == _WALL] = 0
+    return inner.astype(np.uint64) if ids is None else ids[inner]
+
+
+def _seed_labels(seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Seed labels the flood can hold (uint32 below :data:`_WALL`), and the table back to the
+    caller's labels (None when they already fit)."""
+    if seeds.dtype.kind not in "iu":
+        raise ValueError(f"seeds must be integer labels, not {seeds.dtype}")
+    if not seeds.size or (seeds.min() >= 0 and seeds.max() < _WALL):
+        return seeds, None
+    labelled = seeds != 0
+    ids = np.unique(seeds[labelled])
+    out = np.zeros(seeds.shape, np.uint32)
+    out[labelled] = np.searchsorted(ids, seeds[labelled]) + 1
+    return out, np.r_[np.uint64(0), ids.astype(np.uint64)]
