@@ -438,7 +438,7 @@ def agglomerate(graph: Graph) -> np.ndarray:
     >>> [round(float(s), 2) for s in agglomerate(g)]  # 1-2 at 0.1; then {1,2}-3 has mean (0.6+0)/2
     [0.1, 0.7, 0.7]
     """
-    import heapq
+    from emseg.pipeline.stitching.merge_tree import merge_levels
 
     m = len(graph)
     out = np.ones(m, np.float32)
@@ -451,53 +451,11 @@ def agglomerate(graph: Graph) -> np.ndarray:
     lo, hi = np.minimum(iu, iv).astype(np.int64), np.maximum(iu, iv).astype(np.int64)
     uniq, einv = np.unique(lo * n + hi, return_inverse=True)
     einv = einv.ravel()
-    total = np.bincount(einv, graph.total.astype(np.float64)).tolist()
-    count = np.bincount(einv, graph.count.astype(np.float64)).tolist()
-    order = np.argsort(einv, kind="stable")
-    bounds = np.searchsorted(einv[order], np.arange(len(uniq) + 1))
-    members = [order[bounds[e]:bounds[e + 1]].tolist() for e in range(len(uniq))]
-    ends = [[int(a), int(b)] for a, b in zip((uniq // n).tolist(), (uniq % n).tolist())]
-    adj: list[dict[int, int]] = [{} for _ in range(n)]
-    for e, (a, b) in enumerate(ends):
-        adj[a][b] = e
-        adj[b][a] = e
-    joined = (np.bincount(einv, graph.joins.astype(np.float64), minlength=len(uniq)) > 0).tolist()
-    # join edges first: -1 sorts below every score in [0, 1], and leaves the running level at 0
-    current = [-1.0 if j else 1.0 - t / c for t, c, j in zip(total, count, joined)]
-    heap = [(s, e) for e, s in enumerate(current)]
-    heapq.heapify(heap)
-    alive = [True] * len(uniq)
-    level = 0.0
-    score = out  # filled in place
-    while heap:
-        s, e = heapq.heappop(heap)
-        if not alive[e] or s != current[e]:
-            continue
-        alive[e] = False
-        x, y = ends[e]
-        if len(adj[x]) < len(adj[y]):
-            x, y = y, x  # merge the region with fewer neighbours into the other
-        level = max(level, s)
-        score[members[e]] = level
-        del adj[x][y], adj[y][x]
-        for z, e2 in adj[y].items():
-            del adj[z][y]
-            e1 = adj[x].get(z)
-            if e1 is None:
-                adj[x][z] = adj[z][x] = e2
-                ends[e2] = [x, z]
-                continue
-            total[e1] += total[e2]
-            count[e1] += count[e2]
-            if len(members[e1]) < len(members[e2]):
-                members[e1], members[e2] = members[e2], members[e1]
-            members[e1].extend(members[e2])
-            alive[e2] = False
-            joined[e1] = joined[e1] or joined[e2]
-            current[e1] = -1.0 if joined[e1] else 1.0 - total[e1] / count[e1]
-            heapq.heappush(heap, (current[e1], e1))
-        adj[y] = {}
-    return np.minimum(score, np.float32(1.0))
+    total = np.bincount(einv, graph.total.astype(np.float64))
+    count = np.bincount(einv, graph.count.astype(np.float64))
+    joined = np.bincount(einv, graph.joins.astype(np.float64), minlength=len(uniq)) > 0
+    levels = merge_levels(n, np.stack([uniq // n, uniq % n], axis=1), total, count, joined)
+    return np.minimum(levels[einv].astype(np.float32), np.float32(1.0))
 
 
 def segment(
