@@ -11,8 +11,10 @@ the real pipeline (local Dask cluster, zarr in, precomputed out), and reports:
   Google FFN numbers;
 - a threshold sweep (VOI split against merge) that reruns only union-find and relabel;
 - speed: model voxels/s, the CPU work outside the model (fragments, merge tree, seam edges,
-  union-find, relabel) in Mvoxel/s per core (from task seconds), and end-to-end Mvoxel/s of the
-  whole 250³ volume in 128³ blocks.
+  union-find, relabel) in Mvoxel/s per core (from task CPU seconds), measured on one local cluster
+  that a small warm-up run has readied (each worker has loaded numba's kernels and the model once;
+  that one-time cost is reported as ``warm_up``), and end-to-end Mvoxel/s of the whole 250³ volume
+  in 128³ blocks on a cluster of its own, its start included.
 
     python benchmarks/bench_affinities.py [--model forest] [--weights bundled] [--workers 2]
 
@@ -23,6 +25,7 @@ Prints tables, writes ``benchmarks/results/affinities_<model>.json`` and the swe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -42,15 +45,17 @@ KEYS = ("voi_split", "voi_merge", "adapted_rand_error", "f1")
 GOOGLE = {"voi_split": 0.92, "voi_merge": 0.91, "adapted_rand_error": 0.158, "note": "published, whole sample"}
 
 
-def _config(backend: dict[str, Any], out: Path, block: list[int], halo: list[int], workers: int,
+def _config(backend: dict[str, Any], out: Path, block: list[int], halo: list[int], workers: int | str,
             roi: dict | None = VALIDATION, threshold: float | None = None, scope: str = "auto") -> Any:
+    """A run's config; ``workers``: the local cluster's worker count, or the address of a running
+    scheduler (str)."""
     return from_dict({
         "input": f"zarr://{DATA}/raw",
         "output": str(out),
         "backend": backend,
         "blocks": {"shape": block, "halo": halo},
         "write": {"chunk_shape": [64, 64, 64]},
-        "cluster": {"workers": workers},
+        "cluster": {"address": workers} if isinstance(workers, str) else {"workers": workers},
         "roi": roi,
         "agglomeration": {"threshold": threshold, "scope": scope},
         "postprocess": None,
@@ -117,26 +122,39 @@ def main() -> None:
                            "model": args.model, "weights": args.weights, "halo": halo,
                            "default_threshold": default_t, "workers": args.workers,
                            "machine": f"{platform.processor() or platform.machine()}, {args.workers} worker processes"}
+    stack = contextlib.ExitStack()
     try:
         runs: dict[str, dict[str, Any]] = {}
         from emseg.pipeline import stages
         from emseg.tasks.driver.run import segment
 
-        # Warm-up: the first process to use the numba kernels compiles them into numba's disk cache
-        # (a few CPU-s per worker, docs/agglomeration.md); without this the first measured run pays it.
+        # The measured runs share one local cluster, as a lab's long-running cluster would: each
+        # worker process loads numba's cached kernels (about 0.5 CPU-s, most of it numba importing
+        # cffi's C parser) and the model once, in the warm-up run, instead of in every measured
+        # run's first tasks. The first process to use the kernels also compiles them into numba's
+        # disk cache (a few CPU-s, docs/agglomeration.md). The end-to-end run below starts a cluster
+        # of its own and so includes all of it.
+        from distributed import LocalCluster
+
+        cluster = stack.enter_context(LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                                                   dashboard_address=None))
+        address = cluster.scheduler_address
         warm = work / "warm_up"
-        segment(_config(backend, warm, [64] * 3, halo, args.workers,
-                        roi={"start": [170, 0, 0], "stop": [234, 64, 64]}), restart=True, progress=False)
+        t = time.perf_counter()
+        run = segment(_config(backend, warm, [64] * 3, halo, address,
+                              roi={"start": [170, 0, 0], "stop": [234, 64, 64]}), restart=True, progress=False)
+        res["warm_up"] = {"voxels": 64**3, "seconds": round(time.perf_counter() - t, 1),
+                          "task_cpu_seconds": round(sum(v["task_cpu_seconds"] for v in run["stages"].values()), 2)}
         shutil.rmtree(warm, ignore_errors=True)
         for name, block, scope in (("64", [64] * 3, "global"), ("128", [128] * 3, "global"),
                                    ("one block", [128, 256, 256], "global"), ("64 blockwise", [64] * 3, "blockwise")):
             out = work / name.replace(" ", "_")
             t = time.perf_counter()
-            run = segment(_config(backend, out, block, halo, args.workers, scope=scope), restart=True, progress=False)
+            run = segment(_config(backend, out, block, halo, address, scope=scope), restart=True, progress=False)
             runs[name] = {"segments": run["segments"], "blocks": run["blocks"]["total"],
                           "seconds": round(time.perf_counter() - t, 1), "speed": _speed(run, out),
                           "vs_groundtruth": _scores(f"precomputed://{out}/segmentation", gt)}
-            print(f"{name:>10} blocks: {runs[name]}", flush=True)
+            print(f"{_label(name)}: {runs[name]}", flush=True)
         seg = {k: f"precomputed://{work / k.replace(' ', '_')}/segmentation" for k in runs}
         res["runs"] = runs
         res["block_invariance"] = {}
@@ -146,7 +164,7 @@ def main() -> None:
         # threshold sweep on the 128³ output: union-find and relabel only
         sweep = []
         for t in [float(v) for v in args.thresholds.split(",")]:
-            run = segment(_config(backend, work / "128", [128] * 3, halo, args.workers, threshold=t, scope="global"),
+            run = segment(_config(backend, work / "128", [128] * 3, halo, address, threshold=t, scope="global"),
                           progress=False)
             assert run["stages"][stages.SEGMENT]["ran"] == 0, "a threshold change must not rerun inference"
             s = _scores(seg["128"], gt)
@@ -155,13 +173,14 @@ def main() -> None:
         res["sweep"] = sweep
         if not args.skip_watershed:
             out = work / "watershed"
-            run = segment(_config({"name": "watershed"}, out, [128] * 3, [16] * 3, args.workers), restart=True,
+            run = segment(_config({"name": "watershed"}, out, [128] * 3, [16] * 3, address), restart=True,
                           progress=False)
             res["watershed"] = {"segments": run["segments"], "wall_seconds": round(run["wall_seconds"], 1),
                                 **_scores(f"precomputed://{out}/segmentation", gt)}
         ffn = json.loads((RESULTS / "ffn_validation.json").read_text())["backends"]["ffn"]["all_bodies"]
         res["ffn_recorded"] = {k: ffn[k] for k in ("voi_split", "voi_merge", "adapted_rand_error")}
         res["google_ffn_published"] = GOOGLE
+        stack.close()  # the shared cluster: the end-to-end run starts its own
         if not args.skip_whole:
             out = work / "whole"
             t = time.perf_counter()
@@ -169,6 +188,7 @@ def main() -> None:
             res["whole_250"] = {"seconds_with_cluster_start": round(time.perf_counter() - t, 1),
                                 "speed": _speed(run, out), "segments": run["segments"]}
     finally:
+        stack.close()
         shutil.rmtree(work, ignore_errors=True)
     res["load_average_end"] = list(os.getloadavg())
     _print(res)
@@ -179,23 +199,29 @@ def main() -> None:
     _plot(res, REPO / "docs" / "images" / f"threshold_sweep_{args.model}.png")
 
 
+def _label(run: str) -> str:
+    """``"64"`` -> ``"64³ blocks"``, ``"64 blockwise"`` -> ``"64³ blocks, blockwise"``, ``"one block"`` as it is."""
+    size, _, rest = run.partition(" ")
+    return f"{size}³ blocks" + (f", {rest}" if rest else "") if size.isdigit() else run
+
+
 def _print(res: dict[str, Any]) -> None:
     print(f"\nFIB-25 validation part (z >= 170), affinities backend, model {res['model']} ({res['weights']}), "
           f"halo {res['halo']}, default threshold {res['default_threshold']}")
-    print(f"{'':<34} {'VOI split':>9} {'VOI merge':>9} {'VOI sum':>8} {'ARand':>7}")
-    rows = [(f"{res['model']} + agglomeration, {k} blocks", r["vs_groundtruth"]) for k, r in res["runs"].items()]
+    print(f"{'':<46} {'VOI split':>9} {'VOI merge':>9} {'VOI sum':>8} {'ARand':>7}")
+    rows = [(f"{res['model']} + agglomeration, {_label(k)}", r["vs_groundtruth"]) for k, r in res["runs"].items()]
     if "watershed" in res:
         rows.append(("watershed, 128³ blocks", res["watershed"]))
     rows += [("bundled ffn (recorded)", res["ffn_recorded"]), ("Google FFN (published, whole)", res["google_ffn_published"])]
     for name, s in rows:
-        print(f"{name:<34} {s['voi_split']:9.3f} {s['voi_merge']:9.3f} {s['voi_split'] + s['voi_merge']:8.3f} "
+        print(f"{name:<46} {s['voi_split']:9.3f} {s['voi_merge']:9.3f} {s['voi_split'] + s['voi_merge']:8.3f} "
               f"{s['adapted_rand_error']:7.3f}")
     print("\nblock invariance (VOI between results):")
     for k, d in res["block_invariance"].items():
         print(f"  {k:<20} VOI {d['voi']:.4f} (split {d['voi_split']:.4f}, merge {d['voi_merge']:.4f})")
     print("\nspeed:")
     for k, r in res["runs"].items():
-        print(f"  {k:>10} blocks: {r['speed']}")
+        print(f"  {_label(k)}: {r['speed']}")
     if "whole_250" in res:
         w = res["whole_250"]
         print(f"  whole 250³ in 128³ blocks: {w['speed']['voxels'] / 1e6 / w['seconds_with_cluster_start']:.2f} "

@@ -84,11 +84,13 @@ def _quiet_stdout() -> Iterator[None]:
         os.close(saved)
 
 
-def _check_affs(affs: np.ndarray) -> np.ndarray:
+def _check_affs(affs: np.ndarray, contiguous: bool = True) -> np.ndarray:
+    """``affs`` as float32 ``(3, z, y, x)``: C-contiguous (a copy if need be) unless ``contiguous`` is
+    False, which keeps a view of a larger box as it is."""
     affs = np.asarray(affs)
     if affs.ndim != 4 or affs.shape[0] != 3:
         raise ValueError(f"affinities must have shape (3, z, y, x), not {affs.shape}")
-    return np.ascontiguousarray(affs, dtype=np.float32)
+    return np.ascontiguousarray(affs, dtype=np.float32) if contiguous else affs.astype(np.float32, copy=False)
 
 
 def fragments_watershed(
@@ -123,7 +125,7 @@ def fragments_watershed(
 
     from emseg.pipeline.stitching.flood import seeded_watershed
 
-    affs = _check_affs(affs)
+    affs = _check_affs(affs, contiguous=False)  # a block's context box is a view: no copy for the mean
     mean = affs.mean(axis=0)
     if mask is not None:
         mean[~mask] = 0.0

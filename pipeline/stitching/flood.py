@@ -144,7 +144,9 @@ def seeded_watershed(cost: np.ndarray, seeds: np.ndarray, mask: np.ndarray | Non
     seeds, ids = _seed_labels(seeds)
     z, y, x = cost.shape
     level = np.zeros((z + 2, y + 2, x + 2), np.uint16)
-    level[1:-1, 1:-1, 1:-1] = np.rint(np.clip(cost, 0.0, 1.0) * np.float32(LEVELS - 1))
+    quantised = np.clip(cost, 0.0, 1.0)
+    quantised *= np.float32(LEVELS - 1)
+    level[1:-1, 1:-1, 1:-1] = np.rint(quantised, out=quantised)
     labels = np.full(level.shape, _WALL, np.uint32)
     inner = labels[1:-1, 1:-1, 1:-1]
     inner[...] = seeds
