@@ -5,20 +5,26 @@ way scikit-image's ``skimage.segmentation.watershed`` does with its default 6-co
 flooding: Beucher & Meyer 1993): the voxel popped next is the one of lowest cost among those
 reached, ties first come first served, and a voxel takes the label of the voxel that reached it.
 The queue is a bucket queue over the cost quantised to 65,536 levels (uint16), so a flood costs a
-fixed amount per voxel instead of a heap's log n.
+fixed amount per voxel instead of a heap's log n. Each voxel enters the queue at most once and at
+its own level, so a counting sort of the levels sizes every bucket in advance: a bucket is a FIFO in
+one segment of a single array, and pushes and pops walk it in order (a linked list through the
+voxels, which it replaced, wrote and read a random voxel's entry for every push and pop: 1.5-2 times
+slower with the same labels; docs/agglomeration.md, "Known limits").
 
 Why not a library: on forest affinities of FIB-25 (80 x 128 x 128 voxels, ``time.process_time``)
 scikit-image's watershed took 0.46-0.85 CPU-s per Mvoxel, mahotas' ``cwatershed`` the same, higra's
 seeded watershed 1.2 and mwatershed's seeded mutex watershed grew faster than linearly with the
 seed count; scipy's ``watershed_ift`` gives wrong labels on plateaus. This flood took 0.18-0.2
-(2.8-3.5 times less than scikit-image's on the same boxes at a load average of 1) and gave
+(2.8-3.5 times less than scikit-image's on the same boxes at a load average of 1; with the sized
+buckets, 0.07-0.11 on a 96 x 160 x 160 box) and gave
 the same segmentation as scikit-image's after agglomeration (VOI and adapted Rand equal to three
 decimals on FIB-25 z >= 170 and z < 150; docs/agglomeration.md). Fewer levels (256, or a flood
 that never goes back to a lower level) changed the fragments enough to change the agglomeration.
 
 The kernel is compiled on first use (about 1.4 CPU-s) and cached on disk by numba (``cache=True``,
 in ``__pycache__`` beside this file or numba's user cache directory), so later processes, Dask
-workers included, load it in milliseconds. The cache is used only when this module is imported as
+workers included, load it instead of compiling it: about 0.5 CPU-s for a process's first numba
+kernel (most of it numba importing cffi's C parser), milliseconds for the others. The cache is used only when this module is imported as
 ``emseg.pipeline.stitching.flood`` (:data:`DISK_CACHE`): numba names a cache after the source file
 but records the module's name in it, and a cache written while the file ran as another module
 (``python -m doctest flood.py``) made every later load fail.
@@ -61,11 +67,8 @@ _WALL = np.uint32(0xFFFFFFFF)
 def _flood(level: np.ndarray, labels: np.ndarray, row: int, plane: int) -> None:  # pragma: no cover - compiled
     # ``level`` and ``labels`` are the box padded by one voxel on every side, raveled; the padding
     # and the voxels outside the mask are labelled _WALL, so a neighbour needs no bounds check.
-    # The queue: each voxel is queued at most once, at its own level, so a counting sort of the
-    # levels gives every level a segment of ``queue`` of the right size; a level is a FIFO inside
-    # its segment (``rd`` pops, ``wr`` appends). Same order as a linked list per level, but pushes
-    # and pops touch few cache lines (0.09-0.11 against 0.17 CPU-s per Mvoxel on FIB-25 forest
-    # affinities, 96 x 160 x 160).
+    # The queue (the module's docstring): a counting sort of the levels gives every level a segment
+    # of ``queue`` of the right size, a FIFO inside it (``rd`` pops, ``wr`` appends).
     n = level.size
     wall = np.uint32(0xFFFFFFFF)
     count = np.zeros(LEVELS + 1, np.int64)
