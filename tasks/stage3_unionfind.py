@@ -12,6 +12,7 @@ Every task holds one group's edges at most; the driver holds nothing but futures
     uf/down/<L>/<z>_<y>_<x>    the parent's final map restricted to the group's keys
     uf/table/<block>           the block's labels that take part in merges, with final representatives
     uf/offsets                 offsets per block, number of segments, run token
+    uf/hood/<block>            blockwise scope: the enclosed and small merges of the block's edges
 """
 
 from __future__ import annotations
@@ -39,11 +40,14 @@ from emseg.tasks.driver import runtime
 from emseg.tasks.driver.context import RunContext
 from emseg.tasks.stage1_segment import STAGE as SEGMENT
 from emseg.pipeline import stages
+from emseg.pipeline.io.scratch import decode_arrays
 from emseg.pipeline.stitching.resume import AGGLOMERATE, FINISH, down_item, group_name, up_item
 from emseg.pipeline.stitching.unionfind import group_index
 
 STAGE = stages.UNIONFIND
 Vec = tuple[int, int, int]
+#: scratch prefix of :func:`stored_hood_merges` (deleted by the driver before stage 3 runs again)
+HOOD = "uf/hood/"
 
 
 def _n_core(ctx: RunContext, block_ids: np.ndarray) -> np.ndarray:
@@ -130,10 +134,11 @@ def _rule_inputs(ctx: RunContext, store: Any, block_id: int) -> dict[str, np.nda
 
 def _rules(ctx: RunContext, u: np.ndarray, v: np.ndarray, total: np.ndarray, count: np.ndarray,
            merged: np.ndarray, outside_keys: np.ndarray, outside_count: np.ndarray, frag_keys: np.ndarray,
-           frag_sizes: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
+           frag_sizes: np.ndarray, own: int | None = None) -> tuple[np.ndarray, dict[str, int]]:
     """The enclosed merges (:mod:`emseg.pipeline.stitching.inclusions`), then the small-segment ones
     (:mod:`emseg.pipeline.stitching.small`), on a region graph whose ``merged`` edges passed the
-    threshold: one bool per edge, and how many each rule added."""
+    threshold: one bool per edge, and how many each rule added (among the first ``own`` edges; None:
+    all)."""
     from emseg.pipeline.stitching.inclusions import enclosed_merges
     from emseg.pipeline.stitching.small import small_merges
 
@@ -144,19 +149,20 @@ def _rules(ctx: RunContext, u: np.ndarray, v: np.ndarray, total: np.ndarray, cou
         extra = enclosed_merges(u, v, count, merged, outside_keys, outside_count,
                                 inclusions=opts.get("inclusions", True), majority=opts.get("majority"),
                                 total=total, max_score=opts.get("max_score", 1.0))
-        counts["enclosed_merges"] = int(extra.sum())
+        counts["enclosed_merges"] = int(extra[:own].sum())
         absorb |= extra
     if ctx.small is not None:
         extra = small_merges(u, v, total, count, merged | absorb, frag_keys, frag_sizes,
                              min_size=ctx.small["min_size"], max_score=ctx.small["max_score"])
-        counts["small_merges"] = int(extra.sum())
+        counts["small_merges"] = int(extra[:own].sum())
         absorb |= extra
     return absorb, counts
 
 
-def hood_merges(ctx: RunContext, store: Any, block_id: int) -> np.ndarray:
+def hood_merges(ctx: RunContext, store: Any, block_id: int) -> tuple[np.ndarray, dict[str, int]]:
     """Blockwise scope: ``agglomeration.enclosed`` and ``.small`` on the block's 3 x 3 x 3
-    neighbourhood, one bool per edge of ``edges/<block>`` (True = merge it too).
+    neighbourhood, one bool per edge of ``edges/<block>`` (True = merge it too), and how many of the
+    block's edges each rule merged.
 
     The neighbourhood's region graph is every ``edges/<b>`` of its blocks (each block's own edges and
     forward seams, scored by stage 2); edges that leave it are dropped. Fragments on a face that looks
@@ -192,30 +198,50 @@ def hood_merges(ctx: RunContext, store: Any, block_id: int) -> np.ndarray:
     total, count = cat["total"][keep].astype(np.float64), cat["count"][keep].astype(np.int64)
     beyond = cat["beyond"].astype(np.uint64)
     big = np.full(len(beyond), ctx.small["min_size"] if ctx.small is not None else 0, np.int64)
-    absorb, _ = _rules(ctx, u, v, total, count, cat["score"][keep] <= ctx.threshold,
-                       np.concatenate([cat["out"].astype(np.uint64), beyond]),
-                       np.concatenate([cat["out_n"].astype(np.int64), cat["beyond_n"].astype(np.int64)]),
-                       np.concatenate([cat["frag"].astype(np.uint64), beyond]),
-                       np.concatenate([cat["size"].astype(np.int64), big]))
-    return absorb[:n_own]
+    absorb, counts = _rules(ctx, u, v, total, count, cat["score"][keep] <= ctx.threshold,
+                            np.concatenate([cat["out"].astype(np.uint64), beyond]),
+                            np.concatenate([cat["out_n"].astype(np.int64), cat["beyond_n"].astype(np.int64)]),
+                            np.concatenate([cat["frag"].astype(np.uint64), beyond]),
+                            np.concatenate([cat["size"].astype(np.int64), big]), own=n_own)
+    return absorb[:n_own], counts
 
 
-def edge_merges(ctx: RunContext, store: Any, block_id: int, edges: dict[str, np.ndarray]) -> np.ndarray:
+def stored_hood_merges(ctx: RunContext, store: Any, block_id: int) -> tuple[np.ndarray, dict[str, int]]:
+    """:func:`hood_merges` once per block and run of stage 3: up to four level-1 groups read a block's
+    edges (its own and those of its forward neighbours' groups), and each needs the same decisions.
+    The first computes them and stores them at ``uf/hood/<block>``; the others read them. The driver
+    deletes ``uf/hood/`` before stage 3 runs again (a new threshold or rule, redone seams), so what is
+    stored always comes from the edges and settings of this run; two groups that compute it at once
+    write the same bytes."""
+    key = f"{HOOD}{block_id}"
+    blob = store.read(key)
+    if blob is not None:
+        arrays = decode_arrays(blob)
+        return arrays["absorb"], {k: int(arrays[k][0]) for k in arrays if k != "absorb"}
+    absorb, counts = hood_merges(ctx, store, block_id)
+    store.put_arrays(key, {"absorb": absorb, **{k: np.array([c], np.int64) for k, c in counts.items()}})
+    return absorb, counts
+
+
+def edge_merges(ctx: RunContext, store: Any, block_id: int, edges: dict[str, np.ndarray]
+                ) -> tuple[np.ndarray, dict[str, int]]:
     """Which of a block's ``edges/<block>`` union-find joins: the stitching rule's decision for
     instance backends; for boundary backends the edges whose score passes the threshold, and with
     ``agglomeration.enclosed`` and ``agglomeration.small`` the extra merges they make (global scope:
-    stage 3's first task made them; blockwise: :func:`hood_merges`)."""
+    stage 3's first task made them; blockwise: :func:`stored_hood_merges`, which also says how many of
+    the block's edges each rule merged; ``{}`` otherwise)."""
     if not ctx.boundary:
-        return edges["merge"]
+        return edges["merge"], {}
     keep = edge_scores(ctx, store, block_id, edges) <= ctx.threshold
     if ctx.enclosed is None and ctx.small is None:
-        return keep
+        return keep, {}
     if ctx.global_agglomeration:
         stored = store.get_arrays(f"scores/{block_id}")
         if "absorb" in stored:
             keep = keep | stored["absorb"]
-        return keep
-    return keep | hood_merges(ctx, store, block_id)
+        return keep, {}
+    absorb, counts = stored_hood_merges(ctx, store, block_id)
+    return keep | absorb, counts
 
 
 def edge_scores(ctx: RunContext, store: Any, block_id: int, edges: dict[str, np.ndarray]) -> np.ndarray:
@@ -231,6 +257,7 @@ def up(ctx: RunContext, level: int, group: Vec, *upstream: Any) -> dict[str, Any
     store = runtime.scratch(ctx.output)
     grid = ctx.grid
     a_parts, b_parts = [], []
+    rule_merges: dict[str, int] = {}
     if level == 1:
         # The group's own edges, and the edges that its backward neighbours hold into it: both
         # groups of a crossing edge must see it (see emseg.pipeline.stitching.unionfind.reduce_edges).
@@ -244,7 +271,10 @@ def up(ctx: RunContext, level: int, group: Vec, *upstream: Any) -> dict[str, Any
             edges = store.get_arrays(f"edges/{source}")
             # boundary backends: the edge's agglomeration score against the threshold (so that a new
             # threshold needs no new edges); instance backends: the stitching rule's decision
-            keep = edge_merges(ctx, store, source, edges)
+            keep, counts = edge_merges(ctx, store, source, edges)
+            if source in members:  # each block is a member of one level-1 group: counted once
+                for name, c in counts.items():
+                    rule_merges[name] = rule_merges.get(name, 0) + c
             if source not in members:
                 keep = keep & np.isin(plain_block(edges["b"]).astype(np.int64), list(members))
             a_parts.append(edges["a"][keep])
@@ -265,7 +295,7 @@ def up(ctx: RunContext, level: int, group: Vec, *upstream: Any) -> dict[str, Any
     renaming, pa, pb = reduce_edges(a, b, inside_a, inside_b)
     store.put_arrays(f"uf/up/{level}/{group_name(group)}", {"keys": renaming.keys, "reps": renaming.reps, "pa": pa, "pb": pb})
     info = {"edges": int(len(a)), "renamed": int(len(renaming.keys)), "passed_up": int(len(pa)),
-            "seconds": time.perf_counter() - t0}
+            "seconds": time.perf_counter() - t0, **rule_merges}
     store.mark_done(STAGE, up_item(level, group), info)
     return info
 
@@ -328,7 +358,24 @@ def finish(ctx: RunContext, *upstream: Any) -> dict[str, Any]:
     if ctx.boundary:
         info["enclosed"] = ctx.enclosed
         info["small"] = ctx.small
+        info["rule_merges"] = _rule_merges(ctx, store)
     store.mark_done(STAGE, FINISH, info)
     return info
 
 
+
+
+def _rule_merges(ctx: RunContext, store: Any) -> dict[str, int]:
+    """How many edges ``agglomeration.enclosed`` and ``.small`` merged beyond the threshold: from the
+    global agglomeration's task, or summed over the level-1 groups with blockwise scope (each
+    counts its member blocks' edges). ``{}`` when both rules are off."""
+    if ctx.global_agglomeration:
+        infos = [store.done_info(STAGE, AGGLOMERATE) or {}]
+    else:
+        infos = [store.done_info(STAGE, up_item(1, g)) or {} for g in groups(ctx.grid.grid_shape, 1)]
+    out: dict[str, int] = {}
+    for info in infos:
+        for name in ("enclosed_merges", "small_merges"):
+            if name in info:
+                out[name] = out.get(name, 0) + int(info[name])
+    return out

@@ -201,9 +201,23 @@ def test_pipeline_merges_enclosed_segments_for_any_block_shape(tmp_path, dask_ad
     assert small["segments"] == 2 and same_partition(read_output(out), merged)
     # blockwise scope: each block makes the rules' merges from its 3 x 3 x 3 neighbourhood; in 8³ blocks
     # (3 x 3 x 3) the corner blocks see 16³ of the 24³ volume, and both organelles still merge
-    blockwise = run(run_config(url, tmp_path / "blockwise", dask_address,
+    bw = tmp_path / "blockwise"
+    blockwise = run(run_config(url, bw, dask_address, keep_scratch=True,
                                agglomeration={"scope": "blockwise", "enclosed": {"max_score": 1.0}}, **base), progress=False)
-    assert blockwise["segments"] == 2 and same_partition(read_output(tmp_path / "blockwise"), merged)
+    assert blockwise["segments"] == 2 and same_partition(read_output(bw), merged)
+    # run.json counts the rules' merges, blockwise (summed over the level-1 groups) as globally
+    assert first["rule_merges"]["enclosed_merges"] > 0 and first["rule_merges"]["small_merges"] == 0
+    assert blockwise["rule_merges"] == first["rule_merges"]
+    # each block's neighbourhood decisions were stored once (uf/hood/, kept here by keep_scratch)...
+    from emseg.pipeline.io.scratch import Scratch
+
+    assert len(Scratch(str(bw)).list_keys("uf/hood/")) == blockwise["blocks"]["total"]
+    # ...and a rerun of stage 3 with the rules off does not reuse them
+    plain = run(run_config(url, bw, dask_address, keep_scratch=True,
+                           agglomeration={"scope": "blockwise", "enclosed": None}, **base), progress=False)
+    assert plain["stages"]["2-seams"]["ran"] == 0 and plain["stages"]["3-unionfind"]["ran"] > 0
+    assert plain["segments"] == 4 and same_partition(read_output(bw), labels)
+    assert plain["rule_merges"] == {"small_merges": 0}
 
 
 def test_blockwise_rules_wait_for_every_neighbourhood_they_read(tmp_path):

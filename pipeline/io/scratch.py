@@ -45,7 +45,7 @@ from numcodecs import Blosc
 from emseg.pipeline.io import kvstore, urls
 
 #: what :meth:`Scratch.prune` removes after a complete run
-TRANSIENT = ("faces/", "rag/", "uf/up/", "uf/down/", "post/")
+TRANSIENT = ("faces/", "rag/", "uf/up/", "uf/down/", "uf/hood/", "post/")
 _CODEC = Blosc(cname="lz4", clevel=3, shuffle=Blosc.SHUFFLE)
 _MAGIC = b"EMSG"
 #: label volumes at least this large go through crackle; small ones are not worth its header

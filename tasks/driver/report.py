@@ -101,6 +101,8 @@ def build(
         "stages": per_stage,
         "segments": uf.get("num_segments"),
         "merged_labels": uf.get("merged_labels"),
+        # boundary backends: edges the enclosed and small rules merged beyond the threshold
+        **({"rule_merges": uf["rule_merges"]} if "rule_merges" in uf else {}),
         "failures": failures,
         "segmentation": "precomputed://" + p.ctx.segmentation,
     }

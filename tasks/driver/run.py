@@ -395,6 +395,7 @@ def _execute(p: ValidatedRun, *, restart: bool, stages: Sequence[str], progress:
     if todo[registry.UNIONFIND]:
         scratch.clear_done(registry.UNIONFIND)
         scratch.clear_done(registry.RELABEL)
+        scratch.delete_prefix(stage3.HOOD)  # made from the edges and settings of the union-find it redoes
     totals = {stage: len(items) for stage, items in resume.all_items(grid, ctx.global_agglomeration).items()}
     for stage in registry.SEGMENTATION:
         if stage not in stages:
