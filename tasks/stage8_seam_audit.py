@@ -8,7 +8,9 @@ and maps both labels to final segment ids through the union-find result. A tree 
 the ``seam_audit_limit`` points nearest the threshold, and its root writes the
 points as a precomputed annotation collection ``<output>/seam_audit`` with properties ``iou``,
 ``overlap`` (voxels) and ``merged``, related to the two segments (``segments``), so the viewer lists
-the audit points of a selected segment.
+the audit points of a selected segment. For boundary backends the points are the seam edges, ``iou``
+is the mean affinity at which agglomeration merges them (``1 - score``) and ``merged`` says whether
+the run merged them: at the threshold, or by ``agglomeration.enclosed`` or ``.small``.
 """
 
 from __future__ import annotations
@@ -56,10 +58,11 @@ def audit_block_task(plan: AuditPlan, block_id: int, *upstream: Any) -> dict[str
     store = runtime.scratch(ctx.output)
     edges = store.get_arrays(f"edges/{block_id}")
     if ctx.boundary:  # the seam edges, by the mean affinity at which agglomeration merges them
-        from emseg.tasks.stage3_unionfind import edge_scores
+        from emseg.tasks.stage3_unionfind import edge_merges, edge_scores
 
         score = edge_scores(ctx, store, block_id, edges)
-        edges = {**edges, "iou": (1.0 - score).astype(np.float32), "merge": score <= ctx.threshold}
+        merged, _ = edge_merges(ctx, store, block_id, edges)  # the threshold's and the rules' merges
+        edges = {**edges, "iou": (1.0 - score).astype(np.float32), "merge": merged}
         pick = near(edges["iou"], plan.threshold, plan.margin) & edges["seam"]
     else:
         pick = near(edges["iou"], plan.threshold, plan.margin)
@@ -137,7 +140,8 @@ def reduce_task(plan: AuditPlan, level: int, count: int, *upstream: Any) -> dict
             Property("iou", "float32", "mean affinity across the seam contact (boundary backends: the score "
                      "agglomeration merges by)" if plan.run.boundary else "IoU of the two labels inside the overlap"),
             Property("overlap", "uint32", "voxels the two labels share in the overlap"),
-            Property("merged", "uint8", "whether the stitching rule merged the pair", {0: "kept apart", 1: "merged"}),
+            Property("merged", "uint8", "whether the stitching rule (boundary backends: the agglomeration, its "
+                     "enclosed and small rules included) merged the pair", {0: "kept apart", 1: "merged"}),
         ],
         values={"iou": cat.get("iou", np.zeros(0)), "overlap": np.minimum(cat.get("count", np.zeros(0)), 2**32 - 1),
                 "merged": cat.get("merge", np.zeros(0)).astype(np.uint8)},

@@ -220,6 +220,29 @@ def test_pipeline_merges_enclosed_segments_for_any_block_shape(tmp_path, dask_ad
     assert plain["rule_merges"] == {"small_merges": 0}
 
 
+@pytest.mark.parametrize("scope", ["global", "blockwise"])
+def test_seam_audit_counts_the_rules_merges_as_merged(tmp_path, dask_address, scope):
+    """The seam audit's ``merged`` flag is what the run did: the organelles' contacts with the cell
+    across block seams score 1 (label faces), so only the enclosed rule merges them."""
+    from emseg.tasks.driver.run import segment as run
+    from tests.conftest import run_config, write_zarr
+
+    url = write_zarr(tmp_path / "cells.zarr", _cells(), chunks=(8, 8, 8))
+    merged = {}
+    for enclosed in ({"max_score": 1.0}, None):
+        out = tmp_path / f"out_{enclosed is None}"
+        done = run(run_config(url, out, dask_address, backend={"name": "affinities", "model": {"kind": "labels"}},
+                              blocks={"shape": [8, 8, 8], "halo": [1, 1, 1]}, write={"chunk_shape": [4, 4, 4]},
+                              agglomeration={"scope": scope, "enclosed": enclosed},
+                              postprocess={"pyramid_levels": 0, "meshes": False, "segment_properties": False,
+                                           "seam_audit_margin": 1.0, "seam_audit_limit": 100000}),
+                   progress=False)
+        audit = done["postprocess"]["seam_audit"]
+        assert audit["points"] == audit["candidates"] > 0
+        merged[enclosed is None] = audit["merged"]
+    assert merged[False] > merged[True]
+
+
 def test_blockwise_rules_wait_for_every_neighbourhood_they_read(tmp_path):
     """Blockwise scope with the rules on: a level-1 union-find group reads the edges of every block in
     its blocks' (and their backward neighbours') 3 x 3 x 3 neighbourhoods, so it must come after all
