@@ -37,6 +37,12 @@ def _less(hs: np.ndarray, he: np.ndarray, i: int, j: int) -> bool:  # pragma: no
     return hs[i] < hs[j] or (hs[i] == hs[j] and he[i] < he[j])
 
 
+@compiled(DISK_CACHE, nogil=True, inline="always")
+def _swap(hs: np.ndarray, he: np.ndarray, i: int, j: int) -> None:  # pragma: no cover - compiled
+    hs[i], hs[j] = hs[j], hs[i]
+    he[i], he[j] = he[j], he[i]
+
+
 @compiled(DISK_CACHE, nogil=True)
 def _push(hs: np.ndarray, he: np.ndarray, size: int, s: float, e: int) -> int:  # pragma: no cover - compiled
     i = size
@@ -44,12 +50,10 @@ def _push(hs: np.ndarray, he: np.ndarray, size: int, s: float, e: int) -> int:  
     he[i] = e
     while i > 0:
         p = (i - 1) >> 1
-        if _less(hs, he, i, p):
-            hs[i], hs[p] = hs[p], hs[i]
-            he[i], he[p] = he[p], he[i]
-            i = p
-        else:
+        if not _less(hs, he, i, p):
             break
+        _swap(hs, he, i, p)
+        i = p
     return size + 1
 
 
@@ -66,13 +70,23 @@ def _pop(hs: np.ndarray, he: np.ndarray, size: int) -> int:  # pragma: no cover 
         c = left
         if left + 1 < size and _less(hs, he, left + 1, left):
             c = left + 1
-        if _less(hs, he, c, i):
-            hs[i], hs[c] = hs[c], hs[i]
-            he[i], he[c] = he[c], he[i]
-            i = c
-        else:
+        if not _less(hs, he, c, i):
             break
+        _swap(hs, he, i, c)
+        i = c
     return size
+
+
+@compiled(DISK_CACHE, nogil=True, inline="always")
+def _link(ent_nbr, ent_edge, ent_next, head, degree, used, a, b, e):  # pragma: no cover - compiled
+    """Enter edge ``e`` between regions ``a`` and ``b`` in both regions' lists; the next free slot."""
+    ent_nbr[used], ent_edge[used], ent_next[used] = b, e, head[a]
+    head[a] = used
+    ent_nbr[used + 1], ent_edge[used + 1], ent_next[used + 1] = a, e, head[b]
+    head[b] = used + 1
+    degree[a] += 1
+    degree[b] += 1
+    return used + 2
 
 
 @compiled(DISK_CACHE, nogil=True)
@@ -102,13 +116,7 @@ def _merge_levels(n, ea, eb, total, count, joined):  # pragma: no cover - compil
     for e in range(m):
         a, b = ea[e], eb[e]
         edge_of[min(a, b) * n + max(a, b)] = e
-        ent_nbr[used], ent_edge[used], ent_next[used] = b, e, head[a]
-        head[a] = used
-        ent_nbr[used + 1], ent_edge[used + 1], ent_next[used + 1] = a, e, head[b]
-        head[b] = used + 1
-        used += 2
-        degree[a] += 1
-        degree[b] += 1
+        used = _link(ent_nbr, ent_edge, ent_next, head, degree, used, a, b, e)
     level = 0.0
     while size > 0:
         s, e = hs[0], he[0]
@@ -140,13 +148,7 @@ def _merge_levels(n, ea, eb, total, count, joined):  # pragma: no cover - compil
                     ent_nbr = np.concatenate((ent_nbr, np.empty(cap - ent_nbr.size, np.int64)))
                     ent_edge = np.concatenate((ent_edge, np.empty(cap - ent_edge.size, np.int64)))
                     ent_next = np.concatenate((ent_next, np.empty(cap - ent_next.size, np.int64)))
-                ent_nbr[used], ent_edge[used], ent_next[used] = z, e2, head[x]
-                head[x] = used
-                ent_nbr[used + 1], ent_edge[used + 1], ent_next[used + 1] = x, e2, head[z]
-                head[z] = used + 1
-                used += 2
-                degree[x] += 1
-                degree[z] += 1
+                used = _link(ent_nbr, ent_edge, ent_next, head, degree, used, x, z, e2)
                 continue
             e1 = edge_of[key]  # x has an edge to z already: both become one
             total[e1] += total[e2]
