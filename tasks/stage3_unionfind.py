@@ -17,6 +17,7 @@ Every task holds one group's edges at most; the driver holds nothing but futures
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any
@@ -212,14 +213,18 @@ def stored_hood_merges(ctx: RunContext, store: Any, block_id: int) -> tuple[np.n
     The first computes them and stores them at ``uf/hood/<block>``; the others read them. The driver
     deletes ``uf/hood/`` before stage 3 runs again (a new threshold or rule, redone seams), so what is
     stored always comes from the edges and settings of this run; two groups that compute it at once
-    write the same bytes."""
+    write the same bytes. The threshold and the rules' settings are stored with it too, and a
+    reader with others (the seam audit run on its own after a changed config) computes them again."""
     key = f"{HOOD}{block_id}"
+    stamp = np.frombuffer(json.dumps([ctx.threshold, ctx.enclosed, ctx.small], sort_keys=True).encode(), np.uint8)
     blob = store.read(key)
     if blob is not None:
         arrays = decode_arrays(blob)
-        return arrays["absorb"], {k: int(arrays[k][0]) for k in arrays if k != "absorb"}
+        if np.array_equal(arrays.get("stamp"), stamp):
+            return arrays["absorb"], {k: int(arrays[k][0]) for k in arrays if k not in ("absorb", "stamp")}
     absorb, counts = hood_merges(ctx, store, block_id)
-    store.put_arrays(key, {"absorb": absorb, **{k: np.array([c], np.int64) for k, c in counts.items()}})
+    store.put_arrays(key, {"absorb": absorb, "stamp": stamp,
+                           **{k: np.array([c], np.int64) for k, c in counts.items()}})
     return absorb, counts
 
 
