@@ -17,7 +17,10 @@ list of ``(neighbour, edge)`` entries, stale ones skipped when read (an entry is
 is alive and still joins those two regions); and the live degree of each region, which decides
 which of two merging regions keeps its id (the one with more neighbours, as in waterz).
 
-Compiled on first use and cached on disk like :mod:`emseg.pipeline.stitching.flood`'s kernel.
+Compiled on first use (about 3.8 CPU-s, once per install; an open-addressing table of our own in
+place of numba's typed dict compiled in 3.5 and ran no faster, so the typed dict stays) and cached
+on disk like
+:mod:`emseg.pipeline.stitching.flood`'s kernel.
 """
 
 from __future__ import annotations
