@@ -118,13 +118,14 @@ def fragment_seams_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
         r = store.get_arrays(f"rag/{b}")
         return Graph(key(b, r["u"]), key(b, r["v"]), r["total"].astype(np.float64), r["count"].astype(np.int64))
 
-    def seam(lower: Block, axis: int, upper: Block) -> tuple[Graph, np.ndarray]:
+    def seam(lower: Block, axis: int, upper: Block, centroids: bool = True) -> tuple[Graph, np.ndarray | None]:
         lo = store.get_arrays(face_key(lower.id, axis, +1))
         mine = lo["labels"]
         theirs = store.get_arrays(face_key(upper.id, axis, -1))
         joined = lo["continues"] & theirs["continues"] if "continues" in lo and "continues" in theirs else None
         g = face_graph(mine, theirs["labels"], theirs["affs"], joined)
-        pos = pair_centroids(mine, theirs["labels"], g.u, g.v) + face_origin(ctx, lower, axis, upper)
+        pos = pair_centroids(mine, theirs["labels"], g.u, g.v) + face_origin(ctx, lower, axis, upper) \
+            if centroids else None  # the seam audit's points: only for the block's own seams
         return Graph(key(lower.id, g.u), key(upper.id, g.v), g.total, g.count, join=g.join), pos
 
     own = [rag(block_id)]
@@ -164,7 +165,7 @@ def fragment_seams_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
             context.append(rag(other.id))
             for axis, upper in grid.forward_neighbours(other):
                 if upper.id in inside:
-                    context.append(seam(other, axis, upper)[0])
+                    context.append(seam(other, axis, upper, centroids=False)[0])
         score = agglomerate(Graph.concat(context))[: len(mine)]
         arrays["score"] = score
         arrays["merge"] = score <= ctx.threshold
