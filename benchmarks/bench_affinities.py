@@ -133,12 +133,13 @@ def main() -> None:
         # cffi's C parser) and the model once, in the warm-up run, instead of in every measured
         # run's first tasks. The first process to use the kernels also compiles them into numba's
         # disk cache (a few CPU-s, docs/agglomeration.md). The end-to-end run below starts a cluster
-        # of its own and so includes all of it.
-        from distributed import LocalCluster
+        # of its own and so includes all of it. The cluster is the one a run starts (emseg's worker
+        # settings: a LocalCluster of Dask's defaults sets MALLOC_TRIM_THRESHOLD_, which made the
+        # forest 30 % slower here; tasks/driver/cluster.py).
+        from emseg.pipeline.config import ClusterConfig
+        from emseg.tasks.driver.cluster import connect
 
-        cluster = stack.enter_context(LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                                                   dashboard_address=None))
-        address = cluster.scheduler_address
+        address = stack.enter_context(connect(ClusterConfig(workers=args.workers))).scheduler.address
         warm = work / "warm_up"
         t = time.perf_counter()
         run = segment(_config(backend, warm, [64] * 3, halo, address,

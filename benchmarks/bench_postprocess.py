@@ -133,12 +133,14 @@ def run_emseg(store: Path, block: int, workers: int, error_voxels: float, parts:
     from emseg.pipeline.outputs.shardfile import plan_groups
     from emseg.tasks import stage6_meshes
     from emseg.tasks.driver import engine
+    from emseg.tasks.driver.cluster import configure_workers
     from emseg.tasks.driver.postprocess import mesh_tasks, pyramid_tasks
 
     url = urls.store_url(str(store))
     vol = open_volume(f"precomputed://{store}")
     max_id = int(np.max(vol.read(vol.box)))
     out: dict[str, Any] = {}
+    configure_workers()  # emseg's worker settings (tasks/driver/cluster.py), as a run's own cluster has them
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                       silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         def run(tasks: Any, run_id: str) -> engine.Streamer:

@@ -274,12 +274,13 @@ def main() -> None:
 
         # 3. emseg, same model, same block, same workers
         if a.affinities == "forest":
-            from distributed import LocalCluster
+            from emseg.pipeline.config import ClusterConfig
+            from emseg.tasks.driver.cluster import connect
 
             halo = max(context) + 1
-            with LocalCluster(n_workers=a.workers, threads_per_worker=1, processes=True,
-                              dashboard_address=None) as cluster:
-                e = run_emseg(tmp, a.block, halo, cluster.scheduler_address, a.weights)
+            # the cluster a run starts, with emseg's worker settings (tasks/driver/cluster.py)
+            with connect(ClusterConfig(workers=a.workers)) as client:
+                e = run_emseg(tmp, a.block, halo, client.scheduler.address, a.weights)
             segs = e.pop("segmentations")
             em_scores = {k: score(s, gt) for k, s in segs.items()}
             sweep = {k: em_scores[k] for k in em_scores if k != "default"}
