@@ -98,14 +98,16 @@ def machine() -> dict[str, Any]:
 
 
 def make_volume(work: Path, shape: int, workers: int) -> Path:
-    """The phantom's ground-truth labels as a single-scale precomputed segmentation (made once)."""
+    """The phantom's ground-truth labels as a single-scale precomputed segmentation (made once per
+    shape: the shape is in the path, so a run with another ``--shape`` never reuses it)."""
     from emseg.pipeline.config import ClusterConfig, PhantomConfig
     from emseg.tasks.commands.phantom import write_phantom
 
-    labels = work / "phantom" / "labels"
+    root = work / f"phantom_{shape}"
+    labels = root / "labels"
     if not (labels / "info").exists():
         cfg = PhantomConfig(shape=(shape, shape, shape), seed=0, voxel_size_nm=(8.0, 8.0, 8.0))
-        write_phantom(cfg, f"precomputed://{work / 'phantom' / 'image'}", f"precomputed://{labels}",
+        write_phantom(cfg, f"precomputed://{root / 'image'}", f"precomputed://{labels}",
                       cluster=ClusterConfig(workers=workers))
     return labels
 
@@ -284,6 +286,8 @@ def main() -> None:
                     help="comma-separated: pyramid (always), meshes, skeletons")
     ap.add_argument("--repeat", type=int, default=5, help="pyramid runs per tool (median reported; the machine is shared)")
     args = ap.parse_args()
+    if args.shape <= 64:  # the phantom's chunks are 64³: a volume of one chunk has no coarser scale
+        ap.error(f"--shape {args.shape}: must be over 64 (the phantom's 64³ chunk), so that there is a pyramid to build")
     parts = args.parts.split(",")
     os.environ.setdefault("TQDM_DISABLE", "1")
     args.work.mkdir(parents=True, exist_ok=True)
