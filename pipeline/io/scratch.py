@@ -13,6 +13,8 @@ Layout under ``<output>/scratch/`` (any kvstore: local, gs://, s3://)::
                               the block owns, with affinity sums)                                  kept
     scores/<block>            stage 3, boundary backends with global agglomeration: edge scores   kept
     uf/up/, uf/down/          stage 3: the octree's partial results
+    uf/hood/<block>           stage 3, blockwise scope with agglomeration.enclosed / .small: the
+                              rules' decisions for the block's edges (deleted before stage 3 reruns)
     uf/table/<block>, uf/offsets  stage 3: the union-find result (per-block tables, id offsets)   kept
     post/                     stages 6-8: per-block partial results of post-processing
     done/<stage>/<item>       done-markers (JSON with small per-task facts), written last        kept
