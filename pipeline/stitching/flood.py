@@ -24,8 +24,8 @@ that never goes back to a lower level) changed the fragments enough to change th
 The kernel is compiled on first use (about 1.4 CPU-s) and cached on disk by numba (``cache=True``,
 in ``__pycache__`` beside this file or numba's user cache directory), so later processes, Dask
 workers included, load it instead of compiling it: about 0.5 CPU-s for a process's first numba
-kernel (most of it numba importing cffi's C parser), milliseconds for the others. The cache is used only when this module is imported as
-``emseg.pipeline.stitching.flood`` (:data:`DISK_CACHE`): numba names a cache after the source file
+kernel (most of it numba importing cffi's C parser), milliseconds for the others. The cache is used
+only when this module is imported as ``emseg.pipeline.stitching.flood`` (:data:`DISK_CACHE`): numba names a cache after the source file
 but records the module's name in it, and a cache written while the file ran as another module
 (``python -m doctest flood.py``) made every later load fail.
 """
@@ -70,10 +70,9 @@ def _flood(level: np.ndarray, labels: np.ndarray, row: int, plane: int) -> None:
     # The queue (the module's docstring): a counting sort of the levels gives every level a segment
     # of ``queue`` of the right size, a FIFO inside it (``rd`` pops, ``wr`` appends).
     n = level.size
-    wall = np.uint32(0xFFFFFFFF)
     count = np.zeros(LEVELS + 1, np.int64)
     for i in range(n):
-        if labels[i] != wall:
+        if labels[i] != _WALL:
             count[level[i] + 1] += 1
     start = np.cumsum(count)
     rd = start[:LEVELS].copy()
@@ -82,7 +81,7 @@ def _flood(level: np.ndarray, labels: np.ndarray, row: int, plane: int) -> None:
     queued = np.zeros((LEVELS >> _GROUP) + 1, np.int64)
     for i in range(n):
         lab = labels[i]
-        if lab != 0 and lab != wall:
+        if lab != 0 and lab != _WALL:
             lv = level[i]
             queued[lv >> _GROUP] += 1
             queue[wr[lv]] = i
