@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from skimage.segmentation import watershed
 
+from emseg.pipeline.stitching import flood
 from emseg.pipeline.stitching.flood import LEVELS, seeded_watershed
 
 
@@ -52,3 +53,37 @@ def test_flood_keeps_labels_beyond_uint32_and_negative_ones():
 def test_flood_refuses_float_seeds():
     with pytest.raises(ValueError, match="integer labels"):
         seeded_watershed(np.zeros((2, 2, 2)), np.zeros((2, 2, 2)))
+
+
+def _flood_32bit(cost: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """The 32-bit flood kernel run directly: the reference for the packed one."""
+    level = np.zeros([n + 2 for n in cost.shape], np.uint16)
+    level[1:-1, 1:-1, 1:-1] = np.rint(np.clip(cost, 0, 1) * (LEVELS - 1))
+    labels = np.full(level.shape, flood._WALL, np.uint32)
+    labels[1:-1, 1:-1, 1:-1] = seeds
+    flood._flood(level.ravel(), labels.ravel(), level.shape[2], level.shape[1] * level.shape[2])
+    return labels[1:-1, 1:-1, 1:-1].astype(np.uint64)
+
+
+def test_packed_flood_equals_the_32bit_one():
+    # 16-bit labels in the packed flood: a box with 0xFFFF seed labels or more takes the 32-bit one.
+    # Costs repeat here (more voxels than levels), so ties decide; both kernels pop them first in,
+    # first out (scikit-image differs from both on a voxel or so: compared on distinct costs only).
+    rng = np.random.default_rng(3)
+    shape = (40, 48, 48)
+    distinct = _distinct_costs((20, 31, 27), 5)
+    few = np.zeros(distinct.shape, np.int64)
+    few.flat[rng.choice(distinct.size, 40, replace=False)] = np.arange(1, 41)
+    assert np.array_equal(_flood_32bit(distinct, few), watershed(distinct, few))  # the reference itself
+    cost = rng.integers(0, LEVELS, shape) / (LEVELS - 1)
+    for n, packed in ((40, True), (0xFFFE, True), (0xFFFF, False)):
+        seeds = np.zeros(shape, np.int64)
+        seeds.flat[rng.choice(cost.size, n, replace=False)] = np.arange(1, n + 1)
+        assert flood._seed_labels(seeds)[2] is packed
+        out = seeded_watershed(cost, seeds)
+        assert np.array_equal(out, _flood_32bit(cost, seeds)), n
+        assert len(np.unique(out)) == n
+    # many seed labels that do not fit 32 bits: mapped to 1..n for the 32-bit flood and back
+    far = np.where(seeds > 0, seeds * 3 + 2**40, 0)
+    assert flood._seed_labels(far)[2] is False
+    assert np.array_equal(seeded_watershed(cost, far), np.where(out > 0, out * 3 + 2**40, 0).astype(np.uint64))
