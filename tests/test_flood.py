@@ -87,3 +87,19 @@ def test_packed_flood_equals_the_32bit_one():
     far = np.where(seeds > 0, seeds * 3 + 2**40, 0)
     assert flood._seed_labels(far)[2] is False
     assert np.array_equal(seeded_watershed(cost, far), np.where(out > 0, out * 3 + 2**40, 0).astype(np.uint64))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_packed_levels_are_numpys_quantisation(dtype):
+    # the packed flood quantises in its own kernel: the same levels as numpy's rint(clip(cost) * top)
+    # in the cost's precision, halfway costs (rounded to even) and costs outside [0, 1] included
+    rng = np.random.default_rng(4)
+    k = rng.integers(-3, LEVELS + 3, (6, 20, 30))
+    cost = np.concatenate([(k + 0.5) / (LEVELS - 1), rng.random(k.shape) * 3 - 1]).astype(dtype)
+    cost[0, 0, :3] = np.nan
+    expected = np.rint(np.clip(cost, 0, 1) * dtype(LEVELS - 1))
+    expected[np.isnan(expected)] = 0  # NaN: level 0, as numpy's cast to the 32-bit flood's uint16 gives
+    word = np.zeros([n + 2 for n in cost.shape], np.uint32)
+    flood._pack(cost, np.ones(cost.shape, np.uint64), np.zeros((0, 0, 0), bool), dtype(LEVELS - 1), word)
+    assert np.array_equal(word[1:-1, 1:-1, 1:-1] & 0xFFFF, expected.astype(np.uint32))
+    assert (word[1:-1, 1:-1, 1:-1] >> 16 == 1).all()

@@ -19,6 +19,9 @@ neighbour's label and level are one read, and the box takes 4 bytes per voxel in
 separate uint32 labels and uint16 levels. Same labels as the 32-bit flood, which floods boxes with
 more seed labels; 0.22-0.27 against 0.48-0.55 CPU-s for the kernel on a 160³ box of FIB-25 forest
 affinities (load about 1; a 64-bit word per voxel, tried in an earlier session, was no faster).
+The words are packed (quantising the cost as numpy's ``rint(clip(cost, 0, 1) * 65535)`` does, in the
+cost's precision) and unpacked by two more compiled passes, instead of numpy's eight over the box:
+0.20-0.27 against 0.26-0.29 CPU-s for the whole call on that box.
 
 Why not a library: on forest affinities of FIB-25 (80 x 128 x 128 voxels, ``time.process_time``)
 scikit-image's watershed took 0.46-0.85 CPU-s per Mvoxel, mahotas' ``cwatershed`` the same, higra's
@@ -28,11 +31,14 @@ seed count; scipy's ``watershed_ift`` gives wrong labels on plateaus. This flood
 buckets, 0.07-0.11 on a 96 x 160 x 160 box) and gave
 the same segmentation as scikit-image's after agglomeration (VOI and adapted Rand equal to three
 decimals on FIB-25 z >= 170 and z < 150; docs/agglomeration.md). Fewer levels (256, or a flood
-that never goes back to a lower level) changed the fragments enough to change the agglomeration.
+that never goes back to a lower level) changed the fragments enough to change the agglomeration;
+16,384 or 4,096 levels were at most 13 % faster on the 160³ box and labelled 15-22 % of its voxels
+otherwise.
 
-The kernel is compiled on first use (about 1.4 CPU-s) and cached on disk by numba (``cache=True``,
-in ``__pycache__`` beside this file or numba's user cache directory), so later processes, Dask
-workers included, load it instead of compiling it: about 0.5 CPU-s for a process's first numba
+The kernels are compiled on first use (about 1.6 CPU-s for the packed flood and its packing) and
+cached on disk by numba (``cache=True``, in ``__pycache__`` beside this file or numba's user cache
+directory), so later processes, Dask workers included, load them instead of compiling them: about
+0.5 CPU-s for a process's first numba
 kernel (most of it numba importing cffi's C parser), milliseconds for the others. The cache is used
 only when this module is imported as ``emseg.pipeline.stitching.flood`` (:data:`DISK_CACHE`): numba names a cache after the source file
 but records the module's name in it, and a cache written while the file ran as another module
@@ -174,6 +180,40 @@ def _flood_packed(word: np.ndarray, row: int, plane: int) -> None:  # pragma: no
             wr[lv] += 1
 
 
+@compiled(DISK_CACHE, nogil=True)
+def _pack(cost: np.ndarray, seeds: np.ndarray, mask: np.ndarray, top: float, word: np.ndarray) -> None:  # pragma: no cover - compiled
+    # word[1:-1, 1:-1, 1:-1] = seed << 16 | level, or the wall outside the mask (``mask`` of size 0:
+    # no mask); the padding is already the wall. The level is numpy's rint(clip(cost, 0, 1) * top)
+    # in the cost's precision (``top``: LEVELS - 1 of the cost's type; NaN: level 0).
+    nz, ny, nx = cost.shape
+    wall = np.uint32(_PACKED_WALL << 16)
+    masked = mask.size > 0
+    zero, one = top - top, top / top  # in the cost's type: a float64 constant would round differently
+    for z in range(nz):
+        for y in range(ny):
+            for x in range(nx):
+                if masked and not mask[z, y, x]:
+                    word[z + 1, y + 1, x + 1] = wall
+                    continue
+                c = cost[z, y, x]
+                if not c > zero:  # below 0, or NaN
+                    c = zero
+                elif c > one:
+                    c = one
+                word[z + 1, y + 1, x + 1] = (np.uint32(seeds[z, y, x]) << 16) | np.uint32(np.rint(c * top))
+
+
+@compiled(DISK_CACHE, nogil=True)
+def _unpack(word: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
+    # out = the label of word[1:-1, 1:-1, 1:-1], 0 for the wall
+    nz, ny, nx = out.shape
+    for z in range(nz):
+        for y in range(ny):
+            for x in range(nx):
+                lab = word[z + 1, y + 1, x + 1] >> 16
+                out[z, y, x] = 0 if lab == _PACKED_WALL else lab
+
+
 def seeded_watershed(cost: np.ndarray, seeds: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """Grow ``seeds`` over ``cost`` in order of increasing cost (6-connected); every voxel that a
     seed reaches gets its label.
@@ -204,32 +244,34 @@ def seeded_watershed(cost: np.ndarray, seeds: np.ndarray, mask: np.ndarray | Non
                          "most 2**31 - 1; cut the volume into smaller blocks")
     if not cost.size:
         return np.zeros(cost.shape, np.uint64)
+    if cost.dtype not in (np.float32, np.float64):
+        cost = cost.astype(np.float64)
     seeds, ids, packed = _seed_labels(seeds)
     z, y, x = cost.shape
+    if packed:
+        word = np.empty((z + 2, y + 2, x + 2), np.uint32)
+        for axis in range(3):  # the padding: wall
+            index = [slice(None)] * 3
+            index[axis] = [0, -1]
+            word[tuple(index)] = _PACKED_WALL << 16
+        no_mask = np.zeros((0, 0, 0), bool)
+        _pack(cost, seeds, no_mask if mask is None else np.asarray(mask, bool), cost.dtype.type(LEVELS - 1), word)
+        _flood_packed(word.ravel(), x + 2, (y + 2) * (x + 2))
+        out = np.empty(cost.shape, np.uint64 if ids is None else np.uint32)
+        _unpack(word, out)
+        return out if ids is None else ids[out]
     quantised = np.clip(cost, 0.0, 1.0)
     quantised *= np.float32(LEVELS - 1)
     np.rint(quantised, out=quantised)
-    if packed:
-        word = np.full((z + 2, y + 2, x + 2), _PACKED_WALL << 16, np.uint32)
-        inner = word[1:-1, 1:-1, 1:-1]
-        inner[...] = seeds
-        inner <<= 16
-        inner |= quantised.astype(np.uint32)
-        if mask is not None:
-            inner[~np.asarray(mask, bool)] = _PACKED_WALL << 16
-        _flood_packed(word.ravel(), x + 2, (y + 2) * (x + 2))
-        labels = inner >> 16
-        labels[labels == _PACKED_WALL] = 0
-    else:
-        level = np.zeros((z + 2, y + 2, x + 2), np.uint16)
-        level[1:-1, 1:-1, 1:-1] = quantised
-        wide = np.full(level.shape, _WALL, np.uint32)
-        labels = wide[1:-1, 1:-1, 1:-1]
-        labels[...] = seeds
-        if mask is not None:
-            labels[~np.asarray(mask, bool)] = _WALL
-        _flood(level.ravel(), wide.ravel(), x + 2, (y + 2) * (x + 2))
-        labels[labels == _WALL] = 0
+    level = np.zeros((z + 2, y + 2, x + 2), np.uint16)
+    level[1:-1, 1:-1, 1:-1] = quantised
+    wide = np.full(level.shape, _WALL, np.uint32)
+    labels = wide[1:-1, 1:-1, 1:-1]
+    labels[...] = seeds
+    if mask is not None:
+        labels[~np.asarray(mask, bool)] = _WALL
+    _flood(level.ravel(), wide.ravel(), x + 2, (y + 2) * (x + 2))
+    labels[labels == _WALL] = 0
     return labels.astype(np.uint64) if ids is None else ids[labels]
 
 
