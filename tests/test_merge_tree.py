@@ -103,3 +103,32 @@ def test_agglomerate_on_a_real_block_graph_equals_the_python_loop():
 
 def test_merge_levels_of_no_edges():
     assert merge_levels(3, np.zeros((0, 2), np.int64), [], [], []).shape == (0,)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_pair_table_agrees_with_a_dict(seed):
+    # the merge tree's (region, region) -> edge table: inserts and deletes on a 16-slot table, with
+    # probe runs that wrap around its end, checked against a dict after every step
+    from emseg.pipeline.stitching import merge_tree
+
+    rng = np.random.default_rng(seed)
+    keys = np.full(16, merge_tree._EMPTY, np.int64)
+    values = np.empty(16, np.int64)
+    shift = 64 - 4
+    live: dict[int, int] = {}
+    wrapped = 0
+    for step in range(3000):
+        key = int(rng.integers(0, 40))
+        slot = merge_tree._find(keys, key, shift)
+        assert (slot >= 0) == (key in live)
+        if slot >= 0:
+            assert values[slot] == live.pop(key)
+            merge_tree._delete(keys, values, slot, shift)
+        elif len(live) < 8:  # at most half full, as in the merge tree
+            keys[-1 - slot], values[-1 - slot] = key, step
+            live[key] = step
+            wrapped += -1 - slot < merge_tree._home(key, shift)
+        assert sorted(k for k in keys.tolist() if k != merge_tree._EMPTY) == sorted(live)
+        for k, v in live.items():
+            assert values[merge_tree._find(keys, k, shift)] == v
+    assert wrapped > 0
