@@ -142,11 +142,12 @@ def main() -> None:
         address = stack.enter_context(connect(ClusterConfig(workers=args.workers))).scheduler.address
         warm = work / "warm_up"
         t = time.perf_counter()
-        # 2 x 2 x 2 blocks: every worker gets blocks of its own, and the seams' kernels run too (one
+        # 1 x 2 x 2 blocks: every worker gets blocks of its own, and the seams' kernels run too (one
         # 64³ block, used before, left the other worker and the seams to the first measured run)
-        run = segment(_config(backend, warm, [32] * 3, halo, address,
-                              roi={"start": [170, 0, 0], "stop": [234, 64, 64]}), restart=True, progress=False)
-        res["warm_up"] = {"voxels": 64**3, "blocks": run["blocks"]["total"], "seconds": round(time.perf_counter() - t, 1),
+        run = segment(_config(backend, warm, [64] * 3, halo, address,
+                              roi={"start": [170, 0, 0], "stop": [234, 128, 128]}), restart=True, progress=False)
+        res["warm_up"] = {"voxels": 64 * 128 * 128, "blocks": run["blocks"]["total"],
+                          "seconds": round(time.perf_counter() - t, 1),
                           "task_cpu_seconds": round(sum(v["task_cpu_seconds"] for v in run["stages"].values()), 2)}
         shutil.rmtree(warm, ignore_errors=True)
         for name, block, scope in (("64", [64] * 3, "global"), ("128", [128] * 3, "global"),
