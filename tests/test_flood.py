@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import heapq
+
 import numpy as np
 import pytest
 from skimage.segmentation import watershed
@@ -55,35 +57,42 @@ def test_flood_refuses_float_seeds():
         seeded_watershed(np.zeros((2, 2, 2)), np.zeros((2, 2, 2)))
 
 
-def _flood_32bit(cost: np.ndarray, seeds: np.ndarray) -> np.ndarray:
-    """The 32-bit flood kernel run directly: the reference for the packed one."""
-    level = np.zeros([n + 2 for n in cost.shape], np.uint16)
-    level[1:-1, 1:-1, 1:-1] = np.rint(np.clip(cost, 0, 1) * (LEVELS - 1))
-    labels = np.full(level.shape, flood._WALL, np.uint32)
-    labels[1:-1, 1:-1, 1:-1] = seeds
-    flood._flood(level.ravel(), labels.ravel(), level.shape[2], level.shape[1] * level.shape[2])
-    return labels[1:-1, 1:-1, 1:-1].astype(np.uint64)
+def _meyer(cost: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """Meyer's flooding in Python, the reference: a heap of (level, age, voxel), the seeds entered
+    in raster order, each voxel labelled by the first popped neighbour that reaches it."""
+    level = np.rint(np.clip(cost, 0, 1) * (LEVELS - 1)).astype(np.int64).ravel()
+    out = seeds.astype(np.int64).ravel().copy()
+    nz, ny, nx = cost.shape
+    heap = [(int(level[i]), age, int(i)) for age, i in enumerate(np.flatnonzero(out))]
+    heapq.heapify(heap)
+    age = len(heap)
+    while heap:
+        _, _, i = heapq.heappop(heap)
+        z, y, x = i // (ny * nx), i // nx % ny, i % nx
+        for dz, dy, dx in ((-1, 0, 0), (0, -1, 0), (0, 0, -1), (0, 0, 1), (0, 1, 0), (1, 0, 0)):
+            if 0 <= z + dz < nz and 0 <= y + dy < ny and 0 <= x + dx < nx:
+                j = i + (dz * ny + dy) * nx + dx
+                if out[j] == 0:
+                    out[j] = out[i]
+                    heapq.heappush(heap, (int(level[j]), age, j))
+                    age += 1
+    return out.reshape(cost.shape).astype(np.uint64)
 
 
-def test_packed_flood_equals_the_32bit_one():
-    # 16-bit labels in the packed flood: a box with 0xFFFF seed labels or more takes the 32-bit one.
-    # Costs repeat here (more voxels than levels), so ties decide; both kernels pop them first in,
-    # first out (scikit-image differs from both on a voxel or so: compared on distinct costs only).
+def test_both_word_widths_flood_as_meyer():
+    # 16-bit labels in uint32 words; a box with 0xFFFF seed labels or more takes uint64 words.
+    # Costs repeat here (more voxels than levels), so ties decide the labels: first in, first out.
     rng = np.random.default_rng(3)
     shape = (40, 48, 48)
-    distinct = _distinct_costs((20, 31, 27), 5)
-    few = np.zeros(distinct.shape, np.int64)
-    few.flat[rng.choice(distinct.size, 40, replace=False)] = np.arange(1, 41)
-    assert np.array_equal(_flood_32bit(distinct, few), watershed(distinct, few))  # the reference itself
     cost = rng.integers(0, LEVELS, shape) / (LEVELS - 1)
-    for n, packed in ((40, True), (0xFFFE, True), (0xFFFF, False)):
+    for n, narrow in ((40, True), (0xFFFE, True), (0xFFFF, False)):
         seeds = np.zeros(shape, np.int64)
         seeds.flat[rng.choice(cost.size, n, replace=False)] = np.arange(1, n + 1)
-        assert flood._seed_labels(seeds)[2] is packed
+        assert flood._seed_labels(seeds)[2] is narrow
         out = seeded_watershed(cost, seeds)
-        assert np.array_equal(out, _flood_32bit(cost, seeds)), n
+        assert np.array_equal(out, _meyer(cost, seeds)), n
         assert len(np.unique(out)) == n
-    # many seed labels that do not fit 32 bits: mapped to 1..n for the 32-bit flood and back
+    # many seed labels that do not fit 32 bits: mapped to 1..n and back
     far = np.where(seeds > 0, seeds * 3 + 2**40, 0)
     assert flood._seed_labels(far)[2] is False
     assert np.array_equal(seeded_watershed(cost, far), np.where(out > 0, out * 3 + 2**40, 0).astype(np.uint64))
@@ -100,6 +109,6 @@ def test_packed_levels_are_numpys_quantisation(dtype):
     expected = np.rint(np.clip(cost, 0, 1) * dtype(LEVELS - 1))
     expected[np.isnan(expected)] = 0  # NaN: level 0, as numpy's cast to the 32-bit flood's uint16 gives
     word = np.zeros([n + 2 for n in cost.shape], np.uint32)
-    flood._pack(cost, np.ones(cost.shape, np.uint64), np.zeros((0, 0, 0), bool), dtype(LEVELS - 1), word)
+    flood._pack(cost, np.ones(cost.shape, np.uint64), np.zeros((0, 0, 0), bool), dtype(LEVELS - 1), flood._WALL_16, word)
     assert np.array_equal(word[1:-1, 1:-1, 1:-1] & 0xFFFF, expected.astype(np.uint32))
     assert (word[1:-1, 1:-1, 1:-1] >> 16 == 1).all()

@@ -12,16 +12,19 @@ voxels, which it replaced, wrote and read a random voxel's entry for every push 
 slower with the same labels; docs/agglomeration.md, "Known limits").
 
 The flood's time goes to reading the neighbourhoods of voxels all over the box, in cost order, so
-its cost per voxel is set by how much of the box stays in the processor's caches. A box with fewer
-than 65,535 seed labels (every block's box in practice: 3,220 in a 160³ box of FIB-25) is therefore
-flooded as one uint32 word per voxel, the label in the high 16 bits and the level in the low 16: a
-neighbour's label and level are one read, and the box takes 4 bytes per voxel instead of the 6 of
-separate uint32 labels and uint16 levels. Same labels as the 32-bit flood, which floods boxes with
-more seed labels; 0.22-0.27 against 0.48-0.55 CPU-s for the kernel on a 160³ box of FIB-25 forest
-affinities (load about 1; a 64-bit word per voxel, tried in an earlier session, was no faster).
-The words are packed (quantising the cost as numpy's ``rint(clip(cost, 0, 1) * 65535)`` does, in the
-cost's precision) and unpacked by two more compiled passes, instead of numpy's eight over the box:
-0.20-0.27 against 0.26-0.29 CPU-s for the whole call on that box.
+its cost per voxel is set by how much of the box stays in the processor's caches. Each voxel is therefore
+one word, its label above the low 16 bits and its level in them: a neighbour's label and level are
+one read. A box with fewer than 65,535 seed labels (every block's box in practice: 3,220 in a 160³
+box of FIB-25) takes uint32 words, 4 bytes per voxel instead of the 6 of the separate uint32 labels
+and uint16 levels this replaced; a box with more takes uint64 words (32-bit labels; still faster
+than the separate arrays: 0.32-0.36 against 0.58-0.61 CPU-s for the whole call on the box below,
+where an earlier session, with the linked-list queue, had found a 64-bit word no faster). The
+same labels as before (compared on FIB-25 boxes;
+``tests/test_flood.py`` checks both widths against Meyer's flooding in Python, ties included); on a
+160³ box of FIB-25 forest affinities the kernel took 0.22-0.27 against 0.48-0.55 CPU-s (load about
+1). The words are packed (quantising the cost as numpy's ``rint(clip(cost, 0, 1) * 65535)`` does, in
+the cost's precision) and unpacked by two more compiled passes, instead of numpy's eight over the
+box: 0.20-0.27 against 0.26-0.29 CPU-s for the whole call on that box.
 
 Why not a library: on forest affinities of FIB-25 (80 x 128 x 128 voxels, ``time.process_time``)
 scikit-image's watershed took 0.46-0.85 CPU-s per Mvoxel, mahotas' ``cwatershed`` the same, higra's
@@ -35,7 +38,7 @@ that never goes back to a lower level) changed the fragments enough to change th
 16,384 or 4,096 levels were at most 13 % faster on the 160³ box and labelled 15-22 % of its voxels
 otherwise.
 
-The kernels are compiled on first use (about 1.6 CPU-s for the packed flood and its packing) and
+The kernels are compiled on first use (about 1.6 CPU-s for the flood on uint32 words with its packing) and
 cached on disk by numba (``cache=True``, in ``__pycache__`` beside this file or numba's user cache
 directory), so later processes, Dask workers included, load them instead of compiling them: about
 0.5 CPU-s for a process's first numba
@@ -74,82 +77,35 @@ def compiled(cache: bool, **options: Any) -> Callable[[Callable[..., Any]], Any]
 
     return wrap
 _GROUP = 8  # log2 of the levels per group: the queue skips groups with nothing queued
-#: the label of the padding around the box and of voxels outside the mask: never flooded
-_WALL = np.uint32(0xFFFFFFFF)
-#: the same for the packed flood, whose labels have 16 bits: boxes with fewer seed labels than this
-_PACKED_WALL = 0xFFFF
+#: the label of the padding around the box and of voxels outside the mask, never flooded: in a
+#: uint32 word (16-bit labels) and in a uint64 word (32-bit labels)
+_WALL_16 = 0xFFFF
+_WALL_32 = 0xFFFFFFFF
+_LOW = np.uint64(0xFFFF)  # a word's level
 
 
 @compiled(DISK_CACHE, nogil=True)
-def _flood(level: np.ndarray, labels: np.ndarray, row: int, plane: int) -> None:  # pragma: no cover - compiled
-    # ``level`` and ``labels`` are the box padded by one voxel on every side, raveled; the padding
-    # and the voxels outside the mask are labelled _WALL, so a neighbour needs no bounds check.
+def _flood(word: np.ndarray, wall: int, row: int, plane: int) -> None:  # pragma: no cover - compiled
+    # ``word`` is the box padded by one voxel on every side, raveled: per voxel its label above the
+    # low 16 bits (0: not reached yet; ``wall``: the padding and the voxels outside the mask, so a
+    # neighbour needs no bounds check) and its level in them. A word > 0xFFFF is labelled or a wall.
     # The queue (the module's docstring): a counting sort of the levels gives every level a segment
     # of ``queue`` of the right size, a FIFO inside it (``rd`` pops, ``wr`` appends).
-    n = level.size
-    count = np.zeros(LEVELS + 1, np.int64)
-    for i in range(n):
-        if labels[i] != _WALL:
-            count[level[i] + 1] += 1
-    start = np.cumsum(count)
-    rd = start[:LEVELS].copy()
-    wr = start[:LEVELS].copy()
-    queue = np.empty(max(1, start[LEVELS]), np.int32)
-    queued = np.zeros((LEVELS >> _GROUP) + 1, np.int64)
-    for i in range(n):
-        lab = labels[i]
-        if lab != 0 and lab != _WALL:
-            lv = level[i]
-            queued[lv >> _GROUP] += 1
-            queue[wr[lv]] = i
-            wr[lv] += 1
-    step = np.array([-plane, -row, -1, 1, row, plane], np.int64)
-    cur = 0
-    while cur < LEVELS:
-        if queued[cur >> _GROUP] == 0:
-            cur = ((cur >> _GROUP) + 1) << _GROUP
-            continue
-        r = rd[cur]
-        if r == wr[cur]:
-            cur += 1
-            continue
-        i = queue[r]
-        rd[cur] = r + 1
-        queued[cur >> _GROUP] -= 1
-        lab = labels[i]
-        for k in range(6):
-            j = i + step[k]
-            if labels[j] != 0:
-                continue
-            labels[j] = lab
-            lv = level[j]
-            if lv < cur:
-                cur = lv  # as a heap would: a lower cost pops next
-            queued[lv >> _GROUP] += 1
-            queue[wr[lv]] = j
-            wr[lv] += 1
-
-
-@compiled(DISK_CACHE, nogil=True)
-def _flood_packed(word: np.ndarray, row: int, plane: int) -> None:  # pragma: no cover - compiled
-    # The same flood as _flood, on one uint32 word per voxel: the label in the high 16 bits (0:
-    # not reached yet, _PACKED_WALL: padding or outside the mask), the level in the low 16. A
-    # neighbour's label and level are then one read, and the box takes 4 bytes per voxel instead of
-    # 6 in two arrays: half the time per voxel on boxes of a few Mvoxel (module docstring).
     n = word.size
+    wall = np.uint64(wall)
     count = np.zeros(LEVELS + 1, np.int64)
     for i in range(n):
-        if word[i] >> 16 != _PACKED_WALL:
-            count[(word[i] & 0xFFFF) + 1] += 1
+        if np.uint64(word[i]) >> np.uint64(16) != wall:
+            count[np.int64(word[i] & _LOW) + 1] += 1
     start = np.cumsum(count)
     rd = start[:LEVELS].copy()
     wr = start[:LEVELS].copy()
     queue = np.empty(max(1, start[LEVELS]), np.int32)
     queued = np.zeros((LEVELS >> _GROUP) + 1, np.int64)
     for i in range(n):
-        lab = word[i] >> 16
-        if lab != 0 and lab != _PACKED_WALL:
-            lv = word[i] & 0xFFFF
+        lab = np.uint64(word[i]) >> np.uint64(16)
+        if lab != 0 and lab != wall:
+            lv = np.int64(word[i] & _LOW)
             queued[lv >> _GROUP] += 1
             queue[wr[lv]] = i
             wr[lv] += 1
@@ -166,13 +122,14 @@ def _flood_packed(word: np.ndarray, row: int, plane: int) -> None:  # pragma: no
         i = queue[r]
         rd[cur] = r + 1
         queued[cur >> _GROUP] -= 1
-        high = word[i] & np.uint32(0xFFFF0000)
+        label = np.uint64(word[i]) & ~_LOW
         for k in range(6):
             j = i + step[k]
-            lv = word[j]
-            if lv > 0xFFFF:  # labelled, or a wall
+            w = np.uint64(word[j])
+            if w > _LOW:  # labelled, or a wall
                 continue
-            word[j] = high | lv
+            word[j] = label | w
+            lv = np.int64(w)
             if lv < cur:
                 cur = lv  # as a heap would: a lower cost pops next
             queued[lv >> _GROUP] += 1
@@ -181,37 +138,39 @@ def _flood_packed(word: np.ndarray, row: int, plane: int) -> None:  # pragma: no
 
 
 @compiled(DISK_CACHE, nogil=True)
-def _pack(cost: np.ndarray, seeds: np.ndarray, mask: np.ndarray, top: float, word: np.ndarray) -> None:  # pragma: no cover - compiled
+def _pack(cost: np.ndarray, seeds: np.ndarray, mask: np.ndarray, top: float, wall: int,
+          word: np.ndarray) -> None:  # pragma: no cover - compiled
     # word[1:-1, 1:-1, 1:-1] = seed << 16 | level, or the wall outside the mask (``mask`` of size 0:
     # no mask); the padding is already the wall. The level is numpy's rint(clip(cost, 0, 1) * top)
     # in the cost's precision (``top``: LEVELS - 1 of the cost's type; NaN: level 0).
     nz, ny, nx = cost.shape
-    wall = np.uint32(_PACKED_WALL << 16)
+    walled = np.uint64(wall) << np.uint64(16)
     masked = mask.size > 0
     zero, one = top - top, top / top  # in the cost's type: a float64 constant would round differently
     for z in range(nz):
         for y in range(ny):
             for x in range(nx):
                 if masked and not mask[z, y, x]:
-                    word[z + 1, y + 1, x + 1] = wall
+                    word[z + 1, y + 1, x + 1] = walled
                     continue
                 c = cost[z, y, x]
                 if not c > zero:  # below 0, or NaN
                     c = zero
                 elif c > one:
                     c = one
-                word[z + 1, y + 1, x + 1] = (np.uint32(seeds[z, y, x]) << 16) | np.uint32(np.rint(c * top))
+                word[z + 1, y + 1, x + 1] = (np.uint64(seeds[z, y, x]) << np.uint64(16)) | np.uint64(np.rint(c * top))
 
 
 @compiled(DISK_CACHE, nogil=True)
-def _unpack(word: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
+def _unpack(word: np.ndarray, wall: int, out: np.ndarray) -> None:  # pragma: no cover - compiled
     # out = the label of word[1:-1, 1:-1, 1:-1], 0 for the wall
     nz, ny, nx = out.shape
+    wall = np.uint64(wall)
     for z in range(nz):
         for y in range(ny):
             for x in range(nx):
-                lab = word[z + 1, y + 1, x + 1] >> 16
-                out[z, y, x] = 0 if lab == _PACKED_WALL else lab
+                lab = np.uint64(word[z + 1, y + 1, x + 1]) >> np.uint64(16)
+                out[z, y, x] = 0 if lab == wall else lab
 
 
 def seeded_watershed(cost: np.ndarray, seeds: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -246,51 +205,38 @@ def seeded_watershed(cost: np.ndarray, seeds: np.ndarray, mask: np.ndarray | Non
         return np.zeros(cost.shape, np.uint64)
     if cost.dtype not in (np.float32, np.float64):
         cost = cost.astype(np.float64)
-    seeds, ids, packed = _seed_labels(seeds)
+    seeds, ids, narrow = _seed_labels(seeds)
     z, y, x = cost.shape
-    if packed:
-        word = np.empty((z + 2, y + 2, x + 2), np.uint32)
-        for axis in range(3):  # the padding: wall
-            index = [slice(None)] * 3
-            index[axis] = [0, -1]
-            word[tuple(index)] = _PACKED_WALL << 16
-        no_mask = np.zeros((0, 0, 0), bool)
-        _pack(cost, seeds, no_mask if mask is None else np.asarray(mask, bool), cost.dtype.type(LEVELS - 1), word)
-        _flood_packed(word.ravel(), x + 2, (y + 2) * (x + 2))
-        out = np.empty(cost.shape, np.uint64 if ids is None else np.uint32)
-        _unpack(word, out)
-        return out if ids is None else ids[out]
-    quantised = np.clip(cost, 0.0, 1.0)
-    quantised *= np.float32(LEVELS - 1)
-    np.rint(quantised, out=quantised)
-    level = np.zeros((z + 2, y + 2, x + 2), np.uint16)
-    level[1:-1, 1:-1, 1:-1] = quantised
-    wide = np.full(level.shape, _WALL, np.uint32)
-    labels = wide[1:-1, 1:-1, 1:-1]
-    labels[...] = seeds
-    if mask is not None:
-        labels[~np.asarray(mask, bool)] = _WALL
-    _flood(level.ravel(), wide.ravel(), x + 2, (y + 2) * (x + 2))
-    labels[labels == _WALL] = 0
-    return labels.astype(np.uint64) if ids is None else ids[labels]
+    dtype, wall = (np.uint32, _WALL_16) if narrow else (np.uint64, _WALL_32)
+    word = np.empty((z + 2, y + 2, x + 2), dtype)
+    for axis in range(3):  # the padding: wall
+        index = [slice(None)] * 3
+        index[axis] = [0, -1]
+        word[tuple(index)] = wall << 16
+    no_mask = np.zeros((0, 0, 0), bool)
+    _pack(cost, seeds, no_mask if mask is None else np.asarray(mask, bool), cost.dtype.type(LEVELS - 1), wall, word)
+    _flood(word.ravel(), wall, x + 2, (y + 2) * (x + 2))
+    out = np.empty(cost.shape, np.uint64 if ids is None else np.uint32)
+    _unpack(word, wall, out)
+    return out if ids is None else ids[out]
 
 
 def _seed_labels(seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, bool]:
     """Seed labels the flood can hold, the table back to the caller's labels (None when they need
-    none), and whether they fit the packed flood (below :data:`_PACKED_WALL`; otherwise they are
-    uint32 labels below :data:`_WALL`)."""
+    none), and whether they fit 16 bits (below :data:`_WALL_16`: uint32 words; otherwise they are
+    labels below :data:`_WALL_32` in uint64 words)."""
     if seeds.dtype.kind not in "iu":
         raise ValueError(f"seeds must be integer labels, not {seeds.dtype}")
     if not seeds.size:
         return seeds, None, True
     low, high = seeds.min(), seeds.max()
-    if low >= 0 and high < _PACKED_WALL:
+    if low >= 0 and high < _WALL_16:
         return seeds, None, True
     labelled = seeds != 0
     ids = np.unique(seeds[labelled])
-    packed = len(ids) < _PACKED_WALL
-    if not packed and low >= 0 and high < _WALL:
+    narrow = len(ids) < _WALL_16
+    if not narrow and low >= 0 and high < _WALL_32:
         return seeds, None, False
     out = np.zeros(seeds.shape, np.uint32)
     out[labelled] = np.searchsorted(ids, seeds[labelled]) + 1
-    return out, np.r_[np.uint64(0), ids.astype(np.uint64)], packed
+    return out, np.r_[np.uint64(0), ids.astype(np.uint64)], narrow
