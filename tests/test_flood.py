@@ -107,7 +107,7 @@ def test_packed_levels_are_numpys_quantisation(dtype):
     cost = np.concatenate([(k + 0.5) / (LEVELS - 1), rng.random(k.shape) * 3 - 1]).astype(dtype)
     cost[0, 0, :3] = np.nan
     expected = np.rint(np.clip(cost, 0, 1) * dtype(LEVELS - 1))
-    expected[np.isnan(expected)] = 0  # NaN: level 0, as numpy's cast to the 32-bit flood's uint16 gives
+    expected[np.isnan(expected)] = 0  # NaN: level 0, as numpy's cast to uint16 gave the flood before
     word = np.zeros([n + 2 for n in cost.shape], np.uint32)
     flood._pack(cost, np.ones(cost.shape, np.uint64), np.zeros((0, 0, 0), bool), dtype(LEVELS - 1), flood._WALL_16, word)
     assert np.array_equal(word[1:-1, 1:-1, 1:-1] & 0xFFFF, expected.astype(np.uint32))
