@@ -25,16 +25,17 @@ the done-markers (a rerun recomputes nothing), the scored edges and the core lab
 (a new merge threshold reruns union-find and relabel only), the union-find result (relabel, the seam audit).
 ``emseg clean OUTPUT`` removes the scratch area whole (a later run into that output starts over).
 
-Blobs are a JSON header plus compressed arrays: label volumes (3-D integer arrays at least two
-voxels thick along every axis) through crackle (seung-lab's codec for dense segmentations: 6-8x
-smaller than blosc-lz4 on the demo's core labels, 1.0 MB against 6.6 MB, at ~25 Mvoxel/s each way),
-everything else blosc-lz4. A plane of labels (a boundary backend's face) is as small in blosc-lz4
-(FIB-25 forest fragments, 18 faces of 64³ blocks: 33.5 KB against crackle's 36.4 KB, crackle
-smaller on the x faces only) and 10-60x faster to encode (0.01 ms against 0.1-0.66 ms per 64 x 64
-face), and crackle runs single-threaded (``parallel=1``: the same bytes, less CPU in a worker that
-has one thread). Every object is written whole (the file
-kvstore renames a temporary file into place), and a task's done-marker is written only after all of
-its objects, so a killed task leaves either nothing or something a rerun overwrites.
+Blobs are a JSON header plus compressed arrays: label volumes (3-D arrays of unsigned integers, of
+512 voxels or more and at least two voxels thick along every axis) through crackle (seung-lab's
+codec for dense segmentations: 6-8x smaller than blosc-lz4 on the demo's core labels, 1.0 MB against
+6.6 MB, at ~25 Mvoxel/s each way), everything else blosc-lz4. A plane of labels (a boundary
+backend's face) is as small in blosc-lz4 (FIB-25 forest fragments, 18 faces of 64³ blocks: 33.5 KB
+against crackle's 36.4 KB, crackle smaller on the x faces only) and 10-60x faster to encode (0.01 ms
+against 0.1-0.66 ms per 64 x 64 face), and crackle runs single-threaded (``parallel=1``: the same
+bytes, less CPU in a worker that has one thread). Every object is written whole (the file kvstore
+renames a temporary file into place), and a task's done-marker is written only after all of its
+objects, so a killed task leaves either nothing or something a rerun overwrites.
+
 """
 
 from __future__ import annotations

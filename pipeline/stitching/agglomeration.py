@@ -111,7 +111,7 @@ def fragments_watershed(
 
     Libraries: ``edt`` (distance transform, anisotropic), ``cc3d`` (seed labels); the watershed is
     :func:`emseg.pipeline.stitching.flood.seeded_watershed` (scikit-image's flooding, compiled with
-    numba, 7-8 times faster per voxel it floods: docs/agglomeration.md, "Known limits"). Unlike :func:`fragments_zwatershed` it tolerates soft, badly calibrated affinities
+    numba, about 7 times faster per voxel it floods: docs/agglomeration.md, "Known limits"). Unlike :func:`fragments_zwatershed` it tolerates soft, badly calibrated affinities
     (a forest's probabilities), but a fragment may cross a boundary where no seed lies on one side.
 
     >>> labels = np.zeros((6, 6, 12), np.uint32); labels[..., :6] = 1; labels[..., 6:] = 2

@@ -12,19 +12,21 @@ voxels, which it replaced, wrote and read a random voxel's entry for every push 
 slower with the same labels; docs/agglomeration.md, "Known limits").
 
 The flood's time goes to reading the neighbourhoods of voxels all over the box, in cost order, so
-its cost per voxel is set by how much of the box stays in the processor's caches. Each voxel is therefore
-one word, its label above the low 16 bits and its level in them: a neighbour's label and level are
-one read. A box with fewer than 65,535 seed labels (every block's box in practice: 3,220 in a 160³
-box of FIB-25) takes uint32 words, 4 bytes per voxel instead of the 6 of the separate uint32 labels
-and uint16 levels this replaced; a box with more takes uint64 words (32-bit labels; still faster
-than the separate arrays: 0.32-0.36 against 0.58-0.61 CPU-s for the whole call on the box below,
-where an earlier session, with the linked-list queue, had found a 64-bit word no faster). The
-same labels as before (compared on FIB-25 boxes;
-``tests/test_flood.py`` checks both widths against Meyer's flooding in Python, ties included); on a
-160³ box of FIB-25 forest affinities the kernel took 0.22-0.27 against 0.48-0.55 CPU-s (load about
-1). The words are packed (quantising the cost as numpy's ``rint(clip(cost, 0, 1) * 65535)`` does, in
-the cost's precision) and unpacked by two more compiled passes, instead of numpy's eight over the
-box: 0.20-0.27 against 0.26-0.29 CPU-s for the whole call on that box.
+its cost per voxel is set by how much of the box stays in the processor's caches. Each voxel is
+therefore one word, its label above the low 16 bits and its level in them: a neighbour's label and
+level are one read. A box with fewer than 65,535 seed labels (every block's box in practice: 3,220
+in a 160³ box of FIB-25) takes uint32 words, 4 bytes per voxel instead of the 6 of the separate
+uint32 labels and uint16 levels this replaced; a box with more takes uint64 words (32-bit labels;
+still faster than the separate arrays: 0.32-0.36 against 0.58-0.61 CPU-s for the whole call on the
+box below in one run, where an earlier session, with the linked-list queue, had found a 64-bit word
+no faster). The same labels as before (compared on FIB-25 boxes; ``tests/test_flood.py`` checks both
+widths against Meyer's flooding in Python, ties included); on a 160³ box of FIB-25 forest
+affinities, old and new side by side in each of several runs (load about 1; the machine varied by up
+to 30 % between runs), the kernel took 0.22-0.27 against 0.48-0.55 CPU-s and the whole call
+0.20-0.30 against 0.38-0.61. The words are packed (quantising the cost as numpy's
+``rint(clip(cost, 0, 1) * 65535)`` does, in the cost's precision) and unpacked by two more compiled
+passes, instead of numpy's eight over the box: 0.20-0.27 against 0.26-0.29 CPU-s for the whole call
+on that box in one run.
 
 Why not a library: on forest affinities of FIB-25 (80 x 128 x 128 voxels, ``time.process_time``)
 scikit-image's watershed took 0.46-0.85 CPU-s per Mvoxel, mahotas' ``cwatershed`` the same, higra's

@@ -8,8 +8,8 @@ float64 sum are those of the pure-Python loop it replaces (kept in ``tests/test_
 reference it is checked against), so the levels are bit-identical. On the region graph of a 160³
 box of FIB-25 forest affinities (3,418 fragments, 21,338 edges with repeats and joins, as stage 2
 builds them) :func:`~emseg.pipeline.stitching.agglomeration.agglomerate` took 0.014-0.023 CPU-s
-against 0.085-0.130 with the Python loop (6-9 times less; docs/agglomeration.md, "Which library
-does what").
+against 0.085-0.130 with the Python loop (6-9 times less, with the binary heap and numba's typed
+dict it first had; docs/agglomeration.md, "Which library does what").
 
 Data structures: a 4-ary min-heap of ``(score, edge)`` with lazy deletion (an entry whose score is
 no longer the edge's current one is skipped); an open-addressing table ``(region, region) -> edge``
