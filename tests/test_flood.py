@@ -52,6 +52,12 @@ def test_flood_keeps_labels_beyond_uint32_and_negative_ones():
     assert set(np.unique(out).tolist()) == {2**40 + 5, 0xFFFFFFFF, np.uint64(-3 % 2**64)}
 
 
+def test_flood_refuses_a_cost_that_is_not_floats():
+    # an integer cost would be clipped to [0, 1] and flood in the wrong order without a word
+    with pytest.raises(ValueError, match="cost must be floats"):
+        seeded_watershed(np.full((2, 2, 2), 200, np.uint8), np.ones((2, 2, 2), np.int64))
+
+
 def test_flood_refuses_float_seeds():
     with pytest.raises(ValueError, match="integer labels"):
         seeded_watershed(np.zeros((2, 2, 2)), np.zeros((2, 2, 2)))

@@ -187,8 +187,9 @@ def seeded_watershed(cost: np.ndarray, seeds: np.ndarray, mask: np.ndarray | Non
     Raises
     ------
     ValueError
-        Arrays not 3D or of different shapes; seeds not integers; a box of 2**31 voxels or more
-        with one voxel of padding on every side.
+        Arrays not 3D or of different shapes; a cost that is not floats (it is not scaled to
+        [0, 1] here); seeds not integers; a box of 2**31 voxels or more with one voxel of padding
+        on every side.
 
     >>> cost = np.array([[[0.0, 0.1, 0.9, 0.2, 0.0]]])
     >>> seeded_watershed(cost, np.array([[[1, 0, 0, 0, 2]]])).tolist()
@@ -203,6 +204,8 @@ def seeded_watershed(cost: np.ndarray, seeds: np.ndarray, mask: np.ndarray | Non
     if padded >= 2**31:
         raise ValueError(f"{cost.shape} is {padded} voxels with the flood's one-voxel padding: it indexes at "
                          "most 2**31 - 1; cut the volume into smaller blocks")
+    if cost.dtype.kind != "f":
+        raise ValueError(f"cost must be floats in [0, 1], not {cost.dtype}; scale it first (e.g. uint8 / 255)")
     if not cost.size:
         return np.zeros(cost.shape, np.uint64)
     if cost.dtype not in (np.float32, np.float64):
