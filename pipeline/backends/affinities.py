@@ -18,7 +18,10 @@ Models (``model.kind``):
 - ``unet``: a 3D U-Net (PyTorch) predicting affinities directly;
 - ``labels``: the input is a label volume; its affinities are 1 inside an object and 0 across a
   boundary. It re-agglomerates an existing segmentation and is the exactness oracle: chunked, it
-  gives back the input's partition (6-connected components) for any block shape.
+  gives back the input's partition (6-connected components) for any block shape;
+- ``stored``: affinities predicted earlier (by emseg's models or any other, e.g. on a GPU node) are
+  read from the volume at ``model.affinities`` (:mod:`emseg.pipeline.backends.boundary.stored`); the
+  input image gives the grid and the no-data mask.
 
 The halo must cover the model's context (:attr:`Backend.context_zyx`) plus one voxel, so that the
 affinities in a block's write box do not depend on where the block was cut; a run with a smaller halo
@@ -40,7 +43,7 @@ from emseg.pipeline.backends.device import Device, Precision
 _DTYPE_RANGE: dict[str, tuple[float, float]] = {"uint8": (0.0, 255.0), "uint16": (0.0, 65535.0)}
 #: agglomeration thresholds when the config and the model give none: the bundled forest's card
 #: (best adapted Rand on FIB-25 z >= 170), the bundled U-Net's card, any value in (0, 1) for labels
-DEFAULT_THRESHOLD: dict[str, float] = {"forest": 0.7, "unet": 0.5, "labels": 0.5}
+DEFAULT_THRESHOLD: dict[str, float] = {"forest": 0.7, "unet": 0.5, "labels": 0.5, "stored": 0.5}
 _LABEL_DTYPES = ("uint8", "uint16", "uint32", "uint64", "int32", "int64")
 
 
@@ -49,14 +52,30 @@ class ModelParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    #: forest | unet | labels (see the module docstring)
-    kind: Literal["forest", "unet", "labels"] = "forest"
+    #: forest | unet | labels | stored (see the module docstring)
+    kind: Literal["forest", "unet", "labels", "stored"] = "forest"
     #: a local path, an http(s)/gs/s3 URL, or "bundled" (the model trained on FIB-25 that ships with emseg)
     weights: str = "bundled"
+    #: kind stored: URL, path or tensorstore spec of the affinity volume (channels 0-2 = z, y, x
+    #: nearest-neighbour affinities on the input's grid; float 0..1, uint8 or uint16)
+    affinities: str | dict[str, Any] | None = None
     #: "auto" (cuda when there is one, else cpu), "cpu", "cuda" or "cuda:N" (unet only)
     device: Device = "auto"
     #: "auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16" or "fp32" (unet only)
     precision: Precision = "auto"
+
+    @model_validator(mode="after")
+    def _stored(self) -> ModelParams:
+        if self.kind == "stored" and self.affinities is None:
+            raise ConfigError("backend.model.kind stored reads affinities predicted earlier: set backend.model.affinities "
+                              "to their volume's URL")
+        if self.kind != "stored" and self.affinities is not None:
+            raise ConfigError(f"backend.model.affinities is read only with kind stored (kind is {self.kind!r}); "
+                              "remove it, or set backend.model.kind: stored")
+        if self.kind == "stored" and self.weights != "bundled":
+            raise ConfigError("backend.model.weights has no use with kind stored (the affinities are read from "
+                              "backend.model.affinities); remove it")
+        return self
 
 
 class Params(BackendParams):
@@ -112,10 +131,14 @@ class Backend:
     # the model ---------------------------------------------------------------------------------
     @property
     def model(self) -> Any:
-        if self._model is None and self.params.model.kind != "labels":
+        m = self.params.model
+        if self._model is None and m.kind == "stored":
+            from emseg.pipeline.backends.boundary.stored import StoredAffinities
+
+            self._model = StoredAffinities(m.affinities)  # type: ignore[arg-type]
+        elif self._model is None and m.kind != "labels":
             from emseg.pipeline.backends.boundary import load_model
 
-            m = self.params.model
             self._model = load_model(m.kind, m.weights, device=m.device, precision=m.precision)
         return self._model
 

@@ -160,17 +160,82 @@ def _as_zyx(arr: ts.TensorStore, spec: Mapping[str, Any], name: str) -> Volume:
                   meta.offset_zyx, name, voxel_size_source=meta.voxel_source)
 
 
+@dataclass
+class ChannelVolume:
+    """A volume with a channel axis: ``array`` is (c, z, y, x), zero-origin in z, y, x; the metadata is
+    that of its z, y, x axes, as :class:`Volume`'s."""
+
+    array: ts.TensorStore
+    voxel_size_nm: tuple[float, float, float]
+    offset_zyx: tuple[int, int, int]
+    source: str
+    voxel_size_source: str | None
+
+    @property
+    def channels(self) -> int:
+        return int(self.array.shape[0])
+
+    @property
+    def shape_zyx(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.array.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.array.dtype.numpy_dtype)
+
+
+def open_channels(source: Source) -> ChannelVolume:
+    """Open a multi-channel volume (e.g. affinities) by URL, path or spec, as (c, z, y, x).
+
+    The channel axis is precomputed's ``channel``, or the one axis besides z, y and x that a zarr / n5
+    array's metadata names (:func:`axis_metadata`); an unnamed 4D zarr array is taken as c, z, y, x
+    (MALA / lsd / volara write affinities so), an unnamed n5 one as x, y, z, c. Missing chunks are an
+    error on read, never the fill value.
+
+    Raises
+    ------
+    VolumeNotFoundError, VolumeReadError
+        Nothing (or nothing readable) at ``source``.
+    ConfigError
+        The array has no channel axis, or more than one axis besides z, y, x that is not of size 1.
+    """
+    spec = spec_for(source)
+    spec.setdefault("fill_missing_data_reads", False)
+    name = describe(source)
+    try:
+        arr = ts.open(spec, read=True).result()
+    except ValueError as exc:
+        raise _open_error(name, exc) from None
+    if spec.get("driver") == "neuroglancer_precomputed":
+        arr = arr[ts.d["channel", "z", "y", "x"].transpose[:]]
+        offset = tuple(int(v) for v in arr.domain.inclusive_min[1:])
+        voxel = tuple(float(u.multiplier) for u in arr.dimension_units[1:])
+        return ChannelVolume(arr.translate_to[0, 0, 0, 0], voxel, offset, name,  # type: ignore[arg-type]
+                             "precomputed info resolution")
+    if arr.rank < 4:
+        raise ConfigError(f"{name} has dimensions of shape {list(arr.shape)}; emseg needs a channel axis besides "
+                          "z, y, x here (c, z, y, x)")
+    meta = axis_metadata(arr, spec, name, channel=True)
+    arr = arr[ts.d[:].label[meta.names]] if meta.relabel else arr
+    for dim in meta.drop:
+        arr = arr[ts.d[dim][arr.domain[dim].inclusive_min]]
+    arr = arr[ts.d[meta.channel, "z", "y", "x"].transpose[:]]
+    return ChannelVolume(arr.translate_to[0, 0, 0, 0], meta.voxel_size_nm or (1.0, 1.0, 1.0),  # type: ignore[arg-type]
+                         meta.offset_zyx, name, meta.voxel_source)
+
+
 @dataclass(frozen=True)
 class AxisMetadata:
     """What a zarr / n5 array's metadata says about its axes, in z, y, x order where it is per axis."""
 
     names: list[str]  # the array's dimension names, in its own order
     relabel: bool  # the names did not come from tensorstore's domain labels
-    drop: list[str]  # dimensions of size 1 that are not z, y or x
+    drop: list[str]  # dimensions of size 1 that are not z, y or x (nor the channel axis)
     voxel_size_nm: tuple[float, float, float] | None  # None: no metadata gives it
     voxel_source: str | None
     offset_zyx: tuple[int, int, int]
     offset_source: str | None
+    channel: str | None = None  # with channel=True: the name of the kept channel axis
 
 
 def _attributes(spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -204,7 +269,7 @@ def _number_list(value: Any, rank: int) -> list[float] | None:
     return None
 
 
-def axis_metadata(arr: ts.TensorStore, spec: Mapping[str, Any], name: str) -> AxisMetadata:
+def axis_metadata(arr: ts.TensorStore, spec: Mapping[str, Any], name: str, channel: bool = False) -> AxisMetadata:
     """Axis order, voxel size and offset of a zarr v2 / zarr v3 / n5 array, from every place they can be.
 
     Every list below is in the array's own dimension order (for n5, the order of its ``dimensions``:
@@ -224,7 +289,8 @@ def axis_metadata(arr: ts.TensorStore, spec: Mapping[str, Any], name: str) -> Ax
     ========================  =========================================================================
 
     Two places that disagree are refused (:class:`~emseg.pipeline.errors.ConfigError`, naming both), as is
-    an array whose dimensions other than z, y, x are not of size 1.
+    an array whose dimensions other than z, y, x are not of size 1. With ``channel``, exactly one other
+    dimension is kept as the channel axis (:attr:`AxisMetadata.channel`), of any size.
     """
     from emseg.pipeline.outputs import ngff
 
@@ -259,6 +325,16 @@ def axis_metadata(arr: ts.TensorStore, spec: Mapping[str, Any], name: str) -> Ax
             "z, y, x (other axes of size 1 are dropped)"
         )
     extra = [(i, n) for i, n in enumerate(names) if n not in ("x", "y", "z")]
+    kept = None
+    if channel:
+        wide_axes = [(i, n) for i, n in extra if arr.shape[i] != 1]
+        if len(extra) != 1 and len(wide_axes) != 1:
+            raise ConfigError(
+                f"{name} has dimensions {names} (shape {list(arr.shape)}); emseg needs one channel axis besides "
+                "z, y, x (e.g. c, z, y, x)"
+            )
+        kept = (extra if len(extra) == 1 else wide_axes)[0][1]
+        extra = [(i, n) for i, n in extra if n != kept]
     wide = [f"{n} = {arr.shape[i]}" for i, n in extra if arr.shape[i] != 1]
     if wide:
         raise ConfigError(
@@ -331,7 +407,7 @@ def axis_metadata(arr: ts.TensorStore, spec: Mapping[str, Any], name: str) -> Ax
                         name, offset_source, [round(v, 3) for v in found_offset], list(rounded))
         offset = rounded  # type: ignore[assignment]
     drop = [n for _, n in extra]
-    return AxisMetadata(names, relabel, drop, voxel, voxel_source, offset, offset_source)  # type: ignore[arg-type]
+    return AxisMetadata(names, relabel, drop, voxel, voxel_source, offset, offset_source, kept)  # type: ignore[arg-type]
 
 
 def _agree(found: list[tuple[str, Any]], name: str, what: str) -> tuple[Any, str | None]:

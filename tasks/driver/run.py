@@ -68,26 +68,36 @@ def region(config: Config, vol: Volume) -> Box:
 def check_hands_off(config: Config) -> None:
     """Refuse an output that is the input, lies inside it, or holds it: emseg never writes into its input.
 
+    The same holds for a boundary backend's stored affinities (``backend.model.affinities``).
     Raises :class:`~emseg.pipeline.errors.ConfigError` (before anything is written); a ``--restart`` would
     otherwise delete the input, and resume markers would land among the user's files.
     """
-    src = urls.source_store(config.input)
+    sources = [("the input", config.input)]
+    model = getattr(config.backend.params, "model", None)
+    if getattr(model, "affinities", None) is not None:
+        sources.append(("the stored affinities", model.affinities))
+    for what, source in sources:
+        _hands_off(what, source, config.output)
+
+
+def _hands_off(what: str, source: Any, output: str) -> None:
+    src = urls.source_store(source)
     if src is None:
         return
-    out = urls.store_url(config.output)
+    out = urls.store_url(output)
     how = urls.overlaps(src, out)
     if how is None and urls.overlaps(urls.container(src), out) in ("same", "b in a"):
-        raise ConfigError(f"output {config.output!r} lies inside {urls.container(src)}, the container of the input; "
-                          "emseg never writes into its input — choose an output outside it")
+        raise ConfigError(f"output {output!r} lies inside {urls.container(src)}, the container of {what}; "
+                          "emseg never writes into its inputs — choose an output outside it")
     if how == "same":
-        raise ConfigError(f"output {config.output!r} is the input itself; emseg never writes into its input — "
+        raise ConfigError(f"output {output!r} is {what} itself; emseg never writes into its inputs — "
                           "choose another output directory")
     if how == "b in a":
-        raise ConfigError(f"output {config.output!r} lies inside the input {src}; emseg never writes into its "
-                          "input — choose an output outside it")
+        raise ConfigError(f"output {output!r} lies inside {what} {src}; emseg never writes into its "
+                          "inputs — choose an output outside it")
     if how == "a in b":
-        raise ConfigError(f"the input {src} lies inside the output {config.output!r}, which emseg writes and "
-                          "--restart clears — choose an output that does not contain the input")
+        raise ConfigError(f"{what} {src} lies inside the output {output!r}, which emseg writes and "
+                          "--restart clears — choose an output that does not contain it")
 
 
 #: label keys are ``block_id << 32 | local_id`` in a uint64 with bit 63 reserved: block ids stay below 2^31
@@ -203,6 +213,9 @@ def _check_boundary(config: Config, vol: Volume, grid: BlockGrid) -> float:
     """
     backend = backends.create(config.backend.name, config.backend.params)
     backend.check_input(vol.dtype)
+    model = config.backend.params.model
+    if model.kind == "stored":
+        backend.model.check_geometry(vol)
     need = [c + 1 for c in backend.context_zyx]
     halo = config.blocks.halo
     short = [axis for axis in range(3) if grid.grid_shape[axis] > 1 and halo[axis] < need[axis]]
@@ -213,6 +226,12 @@ def _check_boundary(config: Config, vol: Volume, grid: BlockGrid) -> float:
             f"{list(backend.context_zyx)} + 1 along {', '.join('zyx'[a] for a in short)}: blocks would see "
             f"different affinities depending on where they were cut; set blocks.halo to {fix} or more"
         )
+    grow = config.backend.params.fragment_context
+    thin = [axis for axis in range(3) if grid.grid_shape[axis] > 1 and halo[axis] < grow]
+    if thin and backend.fragment_options()["method"] == "watershed":
+        log.warning("blocks.halo %s is smaller than backend.fragment_context (%d) along %s: fragments near block faces "
+                    "are cut with less context and depend more on where the blocks were cut; set blocks.halo to %d "
+                    "or more for block-invariant fragments", list(halo), grow, ", ".join("zyx"[a] for a in thin), grow)
     t = config.agglomeration.threshold
     t = float(backend.default_threshold if t is None else t)
     small = config.agglomeration.small

@@ -1,0 +1,110 @@
+"""Stored affinities: a boundary "model" that reads affinities predicted earlier from a volume.
+
+The usual split of a large run: a GPU job predicts affinities once and stores them; fragments and
+agglomeration then run on CPUs (and rerun with other parameters) without the model. With
+``backend.model: {kind: stored, affinities: URL}`` the ``affinities`` backend reads each block's
+affinities from that volume instead of predicting them; the input stays the image, which gives the
+run its grid, voxel size and no-data mask.
+
+The stored volume holds at least three channels, (c, z, y, x) in emseg's terms, whatever the order
+on disk (:func:`emseg.pipeline.io.volume.open_channels`): channels 0, 1 and 2 are the nearest-
+neighbour affinities of each voxel with its predecessor along z, y and x (offsets [-1, 0, 0],
+[0, -1, 0], [0, 0, -1]: the MALA / waterz / volara convention, and what emseg's models give). Further
+channels (long-range affinities, as lsd's networks predict them) are not read. Values are float in
+[0, 1] (clipped; NaN reads as 0) or integers over their dtype's range (uint8 0..255 is 0..1).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from emseg.pipeline.errors import ConfigError, VolumeReadError
+from emseg.pipeline.io.volume import ChannelVolume, Volume, open_channels, ts_message
+
+#: dtypes a stored affinity volume may have: floats are taken as 0..1, integers over their range
+_SCALE = {"uint8": 255.0, "uint16": 65535.0, "float16": 1.0, "float32": 1.0, "float64": 1.0}
+
+
+class StoredAffinities:
+    """Affinities read from a volume, behind the :class:`~emseg.pipeline.backends.boundary.AffinityModel` protocol.
+
+    Parameters
+    ----------
+    source
+        URL, path or tensorstore spec of the affinity volume (see the module docstring).
+
+    Raises
+    ------
+    ConfigError
+        Fewer than three channels, or a dtype other than uint8, uint16 or float.
+    VolumeNotFoundError, VolumeReadError
+        Nothing readable at ``source``.
+    """
+
+    #: the affinities are read, not computed: a voxel's depend on no image around it
+    context_zyx: tuple[int, int, int] = (0, 0, 0)
+    meta: dict[str, Any] = {}
+
+    def __init__(self, source: str | dict[str, Any]) -> None:
+        self.volume: ChannelVolume = open_channels(source)
+        name = self.volume.source
+        if self.volume.channels < 3:
+            raise ConfigError(f"the stored affinities {name} have {self.volume.channels} channel(s); emseg needs the "
+                              "3 nearest-neighbour affinities (z, y, x) as channels 0-2")
+        if self.volume.dtype.name not in _SCALE:
+            raise ConfigError(f"the stored affinities {name} are {self.volume.dtype.name}; emseg reads float (0..1), "
+                              "uint8 or uint16 affinities")
+
+    def check_geometry(self, image: Volume) -> None:
+        """Refuse affinities that do not lie on the input image's grid (before any work).
+
+        Raises
+        ------
+        ConfigError
+            Another z, y, x shape, voxel offset, or (when both state one) voxel size than the image's.
+        """
+        a, name = self.volume, self.volume.source
+        if a.shape_zyx != image.shape_zyx:
+            raise ConfigError(f"the stored affinities {name} are {list(a.shape_zyx)} voxels (z, y, x) but the input "
+                              f"{image.source} is {list(image.shape_zyx)}; they must cover the input voxel for voxel")
+        if tuple(a.offset_zyx) != tuple(image.offset_zyx):
+            raise ConfigError(f"the stored affinities {name} start at voxel {list(a.offset_zyx)} (z, y, x) but the input "
+                              f"{image.source} at {list(image.offset_zyx)}; they must lie on the input's grid")
+        if a.voxel_size_source is not None and not np.allclose(a.voxel_size_nm, image.voxel_size_nm, rtol=1e-6):
+            raise ConfigError(f"the stored affinities {name} have voxels of {list(a.voxel_size_nm)} nm ({a.voxel_size_source}) "
+                              f"but the input {image.source} of {list(image.voxel_size_nm)} nm; store them at the "
+                              "input's resolution")
+
+    def predict(self, image: np.ndarray, origin_zyx: tuple[int, int, int] = (0, 0, 0),
+                region: tuple[slice, slice, slice] | None = None) -> np.ndarray:
+        """The stored affinities on ``region`` of the box of ``image``'s shape at ``origin_zyx``.
+
+        ``image`` gives only the box's shape. Returns (3, z, y, x) float32 in [0, 1], 0 outside
+        ``region`` and on the box's first plane along each axis (as a model's output: the voxel
+        before it is not in the box). Raises
+        :class:`~emseg.pipeline.errors.VolumeReadError` when a chunk is missing or unreadable.
+        """
+        shape = image.shape
+        region = region or tuple(slice(0, s) for s in shape)
+        out = np.zeros((3, *shape), np.float32)
+        src = tuple(slice(o + r.start, o + r.stop) for o, r in zip(origin_zyx, region))
+        try:
+            data = self.volume.array[(slice(0, 3), *src)].read().result()
+        except ValueError as exc:
+            text = ts_message(exc)
+            if "is missing" in text or "NOT_FOUND" in text:
+                raise VolumeReadError(f"a chunk of the stored affinities {self.volume.source} is missing ({text}); "
+                                      "finish the prediction of this region, or narrow the run's roi") from None
+            raise VolumeReadError(f"cannot read the stored affinities {self.volume.source}: {text}") from None
+        scale = _SCALE[self.volume.dtype.name]
+        view = out[(slice(None), *region)]
+        if scale == 1.0:
+            np.clip(np.nan_to_num(data, nan=0.0), 0.0, 1.0, out=view, casting="unsafe")
+        else:
+            np.divide(data, np.float32(scale), out=view, casting="unsafe")
+        out[0, 0] = 0.0
+        out[1, :, 0] = 0.0
+        out[2, :, :, 0] = 0.0
+        return out
