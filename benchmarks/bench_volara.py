@@ -4,16 +4,16 @@ One run, one machine, the same number of workers, the same block shape:
 
 1. Affinities: the bundled forest (``emseg.pipeline.backends.boundary.load_model("forest")``) predicts the whole of
    ``../shared/data/fib25_ts2.zarr/raw`` once, through the ``affinities`` backend's own intensity
-   handling; they go to a temp dir for volara. (``--affinities standin``: affinities made from the
-   ground truth, blurred and noised, for developing without a model; emseg's engine cannot take
-   them, so only emseg's whole-volume reference is scored then.)
-2. volara (PyPI, in its own venv ``.venv-volara``; see ``volara_runner.py``) on those affinities:
-   ``ExtractFrags`` -> ``AffAgglom`` -> ``GraphMWS`` -> ``Relabel`` on a local daisy run with
-   ``--workers`` worker processes, with the parameters of volara's tutorial for nearest-neighbour
-   affinities (bias -0.5, context 2). Its graph bias is swept; each bias reruns ``GraphMWS`` and
-   ``Relabel`` only.
-3. emseg: ``emseg.tasks.driver.run.segment`` with backend ``affinities`` (the same forest) end to end on a local
-   Dask cluster of ``--workers`` processes x 1 thread; the threshold is swept by rerunning stages 3-4.
+   handling. (``--affinities standin``: affinities made from the ground truth, noised, for
+   developing without a model.)
+2. volara (PyPI, in its own venv ``.venv-volara``; see ``volara_runner.py``) stores them as a
+   funlib zarr array and runs on it: ``ExtractFrags`` -> ``AffAgglom`` -> ``GraphMWS`` -> ``Relabel``
+   on a local daisy run with ``--workers`` worker processes, with the parameters of volara's
+   tutorial for nearest-neighbour affinities (bias -0.5, context 2). Its graph bias is swept; each
+   bias reruns ``GraphMWS`` and ``Relabel`` only.
+3. emseg: ``emseg.tasks.driver.run.segment`` with backend ``affinities``, ``model.kind: stored`` reading
+   the very array volara read, end to end on a local Dask cluster of ``--workers`` processes x 1
+   thread (halo = ``fragment_context``, 16); the threshold is swept by rerunning stages 3-4.
 
 Both are scored on the validation part (z >= 170) with ``emseg.pipeline.quality.metrics`` as ``emseg evaluate``
 does (label 0 of the ground truth ignored): VOI split / merge and adapted Rand error at each tool's
@@ -22,8 +22,9 @@ affinity`` is <= t; volara's graph bias ``b`` merges edges whose ``mean affinity
 ``b = t - 1`` is the same cut of the same statistic.
 
 Speed is of fragments + agglomeration + relabel, without the model: emseg's stage-1 seconds minus
-its ``model_seconds`` (reading the image and predicting) plus stages 2-4; volara's blocks' seconds
-minus ``ExtractFrags``' affinity read (its ``AffAgglom`` reads the affinities again; that stays in).
+its ``model_seconds`` (reading the image and the stored affinities) plus stages 2-4; volara's blocks'
+seconds minus ``ExtractFrags``' affinity read (its ``AffAgglom`` reads the affinities again; that
+stays in).
 Both are summed over blocks (worker-seconds) and also given as wall time.
 
     python benchmarks/bench_volara.py [--block 64] [--workers 2] [--affinities forest|standin]
@@ -141,17 +142,17 @@ def volara_speed(v: dict[str, Any], voxels: int) -> dict[str, Any]:
     }
 
 
-def run_emseg(work: Path, block: int, halo: int, address: str, weights: str) -> dict[str, Any]:
+def run_emseg(work: Path, block: int, halo: int, address: str, affs_url: str, default_t: float) -> dict[str, Any]:
     from emseg.pipeline.config import from_dict
     from emseg.pipeline.io.scratch import Scratch
     from emseg.pipeline.io.volume import open_volume
     from emseg.tasks.driver.run import segment
 
-    def config(threshold: float | None) -> Any:
+    def config(threshold: float) -> Any:
         return from_dict({
             "input": f"zarr://{DATA}/raw",
             "output": str(work / "emseg"),
-            "backend": {"name": "affinities", "model": {"kind": "forest", "weights": weights}},
+            "backend": {"name": "affinities", "model": {"kind": "stored", "affinities": affs_url}},
             "blocks": {"shape": [block] * 3, "halo": [halo] * 3},
             "write": {"chunk_shape": [64, 64, 64]},
             "cluster": {"address": address},
@@ -160,7 +161,7 @@ def run_emseg(work: Path, block: int, halo: int, address: str, weights: str) -> 
         })
 
     t = time.perf_counter()
-    run = segment(config(None), restart=True, progress=False)
+    run = segment(config(default_t), restart=True, progress=False)
     wall = time.perf_counter() - t
     scratch = Scratch(str(work / "emseg"))
     infos = [scratch.done_info("1-segment", b) or {} for b in range(run["blocks"]["total"])]
@@ -168,8 +169,6 @@ def run_emseg(work: Path, block: int, halo: int, address: str, weights: str) -> 
     stages = run["stages"]
     task = {s: stages[s]["task_seconds"] for s in stages}
     work_s = task["1-segment"] - model + task["2-seams"] + task["3-unionfind"] + task["4-relabel"]
-    # the config's threshold is null: the backend took the model's default (its card), the same for
-    # every block
     threshold = run["config"]["agglomeration"]["threshold"]
     seg_url = f"precomputed://{work / 'emseg'}/segmentation"
 
@@ -272,52 +271,37 @@ def main() -> None:
                 "best": {"graph_bias": float(best), **ex_scores[best]}, "sweep": ex_scores}
             shutil.rmtree(wdir, ignore_errors=True)
 
-        # 3. emseg, same model, same block, same workers
-        if a.affinities == "forest":
-            from emseg.pipeline.config import ClusterConfig
-            from emseg.tasks.driver.cluster import connect
+        # 3. emseg on the array volara read (zarr v2 or v3, as funlib wrote it), same block, same workers
+        from emseg.pipeline.config import ClusterConfig
+        from emseg.tasks.driver.cluster import connect
 
-            halo = max(context) + 1
-            # the cluster a run starts, with emseg's worker settings (tasks/driver/cluster.py)
-            with connect(ClusterConfig(workers=a.workers)) as client:
-                e = run_emseg(tmp, a.block, halo, client.scheduler.address, a.weights)
-            segs = e.pop("segmentations")
-            em_scores = {k: score(s, gt) for k, s in segs.items()}
-            sweep = {k: em_scores[k] for k in em_scores if k != "default"}
-            best_t = min(sweep, key=lambda k: sweep[k]["voi_split"] + sweep[k]["voi_merge"])
-            wall = e["run"]["run_json_wall_seconds"]  # stages overlap in the graph: the run's own wall time
-            wall_wo = wall - e["model_seconds"] / a.workers
-            out["emseg"] = {
-                **e, "halo": halo,
-                "speed": {
-                    "worker_seconds": e["worker_seconds"],
-                    "worker_seconds_note": "stage task seconds, minus stage 1's model_seconds (image read + predict)",
-                    "mvoxel_per_worker_second": round(voxels / e["worker_seconds"] / 1e6, 3),
-                    "wall_seconds": round(wall, 2),
-                    "wall_seconds_without_model": round(wall_wo, 2),
-                    "mvoxel_per_second_wall": round(voxels / wall_wo / 1e6, 3),
-                },
-                "default": {"threshold": e["run"]["default_threshold"] if e["run"]["default_threshold"] is not None
-                            else default_t, **em_scores["default"]},
-                "best": {"threshold": float(best_t), **sweep[best_t]},
-                "sweep": sweep,
-            }
-        else:
-            from emseg.pipeline.stitching.agglomeration import agglomerate, components, fragments, region_graph
-
-            # fragments, region graph and scores once; each threshold cuts them (as segment() does)
-            frags, n = fragments(affs, None)
-            graph = region_graph(frags, affs)
-            scores_ = agglomerate(graph)
-            sweep = {}
-            for t_ in THRESHOLDS:
-                keep = scores_ <= t_
-                lut = components(n, graph.u[keep].astype(np.int64), graph.v[keep].astype(np.int64))
-                sweep[str(t_)] = score(lut[frags], gt)
-            best_t = min(sweep, key=lambda k: sweep[k]["voi_split"] + sweep[k]["voi_merge"])
-            out["emseg_whole_volume_reference"] = {"default": {"threshold": 0.5, **sweep["0.5"]},
-                                                   "best": {"threshold": float(best_t), **sweep[best_t]},
-                                                   "sweep": sweep}
+        store = tmp / "volara" / "volara.zarr" / "affs"
+        affs_url = f"{'zarr3' if (store / 'zarr.json').exists() else 'zarr'}://{store}"
+        halo = 16  # the fragment context: a stored affinity needs no image context
+        # the cluster a run starts, with emseg's worker settings (tasks/driver/cluster.py)
+        with connect(ClusterConfig(workers=a.workers)) as client:
+            e = run_emseg(tmp, a.block, halo, client.scheduler.address, affs_url, default_t)
+        segs = e.pop("segmentations")
+        em_scores = {k: score(s, gt) for k, s in segs.items()}
+        sweep = {k: em_scores[k] for k in em_scores if k != "default"}
+        best_t = min(sweep, key=lambda k: sweep[k]["voi_split"] + sweep[k]["voi_merge"])
+        wall = e["run"]["run_json_wall_seconds"]  # stages overlap in the graph: the run's own wall time
+        wall_wo = wall - e["model_seconds"] / a.workers
+        out["emseg"] = {
+            **e, "halo": halo, "affinities": "model.kind stored: " + affs_url.replace(str(tmp), "<tmp>"),
+            "speed": {
+                "worker_seconds": e["worker_seconds"],
+                "worker_seconds_note": "stage task seconds, minus stage 1's model_seconds (reading the image "
+                                       "and the stored affinities)",
+                "mvoxel_per_worker_second": round(voxels / e["worker_seconds"] / 1e6, 3),
+                "wall_seconds": round(wall, 2),
+                "wall_seconds_without_model": round(wall_wo, 2),
+                "mvoxel_per_second_wall": round(voxels / wall_wo / 1e6, 3),
+            },
+            "default": {"threshold": e["run"]["default_threshold"], **em_scores["default"]},
+            "best": {"threshold": float(best_t), **sweep[best_t]},
+            "sweep": sweep,
+        }
         out["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -337,9 +321,6 @@ def print_table(out: dict[str, Any]) -> None:
         e = out["emseg"]
         rows += [("emseg (fragments + agglomeration)", f"t={e['default']['threshold']} default", e["default"]),
                  ("", f"t={e['best']['threshold']} best", e["best"])]
-    if "emseg_whole_volume_reference" in out:
-        e = out["emseg_whole_volume_reference"]
-        rows += [("emseg whole-volume ref.", "t=0.5", e["default"]), ("", f"t={e['best']['threshold']} best", e["best"])]
     v = out["volara"]
     rows += [("volara (mws + graph mws)", f"b={v['default']['graph_bias']} default", v["default"]),
              ("", f"b={v['best']['graph_bias']} best", v["best"])]
