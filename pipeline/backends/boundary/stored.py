@@ -82,9 +82,11 @@ class StoredAffinities:
         """The stored affinities on ``region`` of the box of ``image``'s shape at ``origin_zyx``.
 
         ``image`` gives only the box's shape. Returns (3, z, y, x) float32 in [0, 1], 0 outside
-        ``region`` and on the box's first plane along each axis (as a model's output: the voxel
-        before it is not in the box). Raises
-        :class:`~emseg.pipeline.errors.VolumeReadError` when a chunk is missing or unreadable.
+        ``region`` and on the volume's first plane along each axis (no voxel before it). Unlike a
+        model's output, the box's own first planes keep their stored values: the voxel before them
+        lies outside the box but inside the volume, and the value does not depend on where the box
+        was cut. Raises :class:`~emseg.pipeline.errors.VolumeReadError` when a chunk is missing or
+        unreadable.
         """
         shape = image.shape
         region = region or tuple(slice(0, s) for s in shape)
@@ -104,7 +106,7 @@ class StoredAffinities:
             np.clip(np.nan_to_num(data, nan=0.0), 0.0, 1.0, out=view, casting="unsafe")
         else:
             np.divide(data, np.float32(scale), out=view, casting="unsafe")
-        out[0, 0] = 0.0
-        out[1, :, 0] = 0.0
-        out[2, :, :, 0] = 0.0
+        for axis, origin in enumerate(origin_zyx):
+            if origin == 0:  # the volume's first plane along this axis
+                out[(axis, *(slice(None),) * axis, 0)] = 0.0
         return out
