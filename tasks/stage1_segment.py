@@ -119,6 +119,8 @@ def fragment_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
     affs, mask = backend.affinities(image, block.read_box.start, region=need)
     t_model, c_model = time.perf_counter() - t0, time.process_time() - c0
     core_affs = affs[(slice(None), *core)]
+    if ctx.affinities is not None:
+        _write_affinities(ctx, block, core_affs)
     cut = block_fragments(affs, core, mask, context=grow, **backend.fragment_options())
     frags, n = cut.labels, cut.n
     rag = region_graph(frags, core_affs)
@@ -141,6 +143,18 @@ def fragment_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
             "seconds": time.perf_counter() - t0}
     store.mark_done(STAGE, block_id, info)
     return info
+
+
+def _write_affinities(ctx: RunContext, block: Block, core_affs: np.ndarray) -> None:
+    """The write box's affinities into ``<output>/affinities`` (``write.affinities``): uint8 as
+    ``rint(255 * a)``, float32 as they are. Write boxes are whole chunks of it, so no two blocks
+    write one chunk."""
+    if ctx.affinities_dtype == "uint8":
+        data = np.rint(np.clip(core_affs, 0.0, 1.0) * np.float32(255)).astype(np.uint8)
+    else:
+        data = core_affs.astype(np.float32, copy=False)
+    out = runtime.channels(ctx.affinities, ctx.run_id).array
+    out[(slice(None), *block.write_box.slices(ctx.roi.start))].write(data).result()
 
 
 def _outside(ctx: RunContext, block: Block, frags: np.ndarray, core: tuple[slice, ...],

@@ -17,6 +17,7 @@ import yaml
 
 from emseg.pipeline.backends.boundary.stored import StoredAffinities
 from emseg.pipeline.errors import ConfigError, VolumeReadError
+from emseg.pipeline.geometry import Box
 from emseg.pipeline.io.volume import open_channels, open_volume
 from emseg.pipeline.stitching.agglomeration import affinities_from_labels
 from emseg.tasks.cli import main
@@ -117,8 +118,10 @@ def test_bad_stores_are_refused(tmp_path, stored):
     with pytest.raises(ConfigError, match="channel axis"):
         open_channels(img)  # a 3D volume
     small = _write(tmp_path / "small.zarr", np.zeros((3, 40, 53, 39), np.float32), [3, 16, 16, 16])
-    with pytest.raises(ConfigError, match=r"\[40, 53, 39\] voxels .* \[45, 53, 39\]"):
-        StoredAffinities(small).check_geometry(open_volume(img))
+    image = open_volume(img)
+    with pytest.raises(ConfigError, match=r"cover voxels \[0, 0, 0\]..\[40, 53, 39\] .* region is \[0, 0, 0\]..\[45, 53, 39\]"):
+        StoredAffinities(small).check_geometry(image, image.box)
+    StoredAffinities(small).check_geometry(image, Box((0, 0, 0), (40, 53, 39)))  # a region inside them: fine
     hole = tmp_path / "hole.zarr"
     t = ts.open({"driver": "zarr", "kvstore": {"driver": "file", "path": str(hole)}, "create": True,
                  "metadata": {"shape": [3, 8, 8, 8], "chunks": [3, 4, 4, 4], "dtype": "<f4"}}).result()
@@ -188,3 +191,39 @@ def test_soft_stored_affinities_do_not_depend_on_the_halo(tmp_path, dask_address
         out[halo] = read_output(tmp_path / f"h{halo}")
     assert len(np.unique(out[2])) > 20
     assert same_partition(out[2], out[5])
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_written_affinities_are_read_back_as_stored(stored, tmp_path, dask_address, dtype):
+    """Predict once, agglomerate again: a run with ``write.affinities`` stores its blocks' affinities
+    (here the labels oracle's, over a region of interest), and a second run reads them with
+    ``model.kind: stored``, lined up by their offset, and gives the same segmentation."""
+    img, _, labels = stored
+    lab = write_zarr(tmp_path / "labels.zarr", labels, chunks=(16, 16, 16))
+    roi = {"start": [8, 16, 0], "stop": [40, 48, 32]}
+    first = run_config(lab, tmp_path / "first", dask_address, backend={"name": "affinities", "model": {"kind": "labels"}},
+                       blocks={"shape": [16, 16, 16], "halo": [1, 1, 1]}, roi=roi, write={"chunk_shape": [8, 8, 8],
+                                                                                          "affinities": dtype})
+    segment(first, progress=False)
+    written = open_channels(f"zarr://{tmp_path / 'first' / 'affinities'}")
+    assert written.dtype.name == dtype and written.shape_zyx == (32, 32, 32) and written.offset_zyx == (8, 16, 0)
+    want = affinities_from_labels(labels)[:, 8:40, 16:48, 0:32] * (255 if dtype == "uint8" else 1)
+    want[0, 0], want[1, :, 0], want[2, :, :, 0] = 0, 0, 0  # the first plane of the region: the run's first plane
+    assert np.array_equal(written.array.read().result(), want.astype(dtype))
+    again = run_config(lab, tmp_path / "again", dask_address,
+                       backend=_model(f"zarr://{tmp_path / 'first' / 'affinities'}", fragments="zwatershed"),
+                       blocks={"shape": [16, 16, 16], "halo": [1, 1, 1]}, roi=roi)
+    assert validate(again).config.backend.params.model.affinities_shift_zyx == (-8, -16, 0)
+    segment(again, progress=False)
+    inside = labels[8:40, 16:48, 0:32] > 0  # the labels run masks label 0 out; here each such voxel stands alone
+    assert same_partition(read_output(tmp_path / "again")[inside], read_output(tmp_path / "first")[inside])
+    wider = run_config(lab, tmp_path / "wider", None, backend=_model(f"zarr://{tmp_path / 'first' / 'affinities'}"),
+                       roi={"start": [0, 16, 0], "stop": [40, 48, 32]})
+    with pytest.raises(ConfigError, match=r"cover voxels \[8, 16, 0\]..\[40, 48, 32\] .* region is \[0, 16, 0\]"):
+        validate(wider)
+
+
+def test_write_affinities_needs_a_boundary_backend(stored, tmp_path):
+    img, _, _ = stored
+    with pytest.raises(ConfigError, match="write.affinities stores a boundary backend's affinities"):
+        validate(run_config(img, tmp_path / "out", None, write={"chunk_shape": [8, 8, 8], "affinities": "uint8"}))

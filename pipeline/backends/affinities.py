@@ -59,6 +59,9 @@ class ModelParams(BaseModel):
     #: kind stored: URL, path or tensorstore spec of the affinity volume (channels 0-2 = z, y, x
     #: nearest-neighbour affinities on the input's grid; float 0..1, uint8 or uint16)
     affinities: str | dict[str, Any] | None = None
+    #: kind stored: the stored voxel (z, y, x) of the input's voxel (0, 0, 0); filled in by the engine
+    #: from both volumes' offsets when unset (set it only for a store whose metadata gives no offset)
+    affinities_shift_zyx: tuple[int, int, int] | None = None
     #: "auto" (cuda when there is one, else cpu), "cpu", "cuda" or "cuda:N" (unet only)
     device: Device = "auto"
     #: "auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16" or "fp32" (unet only)
@@ -69,9 +72,9 @@ class ModelParams(BaseModel):
         if self.kind == "stored" and self.affinities is None:
             raise ConfigError("backend.model.kind stored reads affinities predicted earlier: set backend.model.affinities "
                               "to their volume's URL")
-        if self.kind != "stored" and self.affinities is not None:
-            raise ConfigError(f"backend.model.affinities is read only with kind stored (kind is {self.kind!r}); "
-                              "remove it, or set backend.model.kind: stored")
+        if self.kind != "stored" and (self.affinities is not None or self.affinities_shift_zyx is not None):
+            raise ConfigError(f"backend.model.affinities (and affinities_shift_zyx) are read only with kind stored "
+                              f"(kind is {self.kind!r}); remove them, or set backend.model.kind: stored")
         if self.kind == "stored" and self.weights != "bundled":
             raise ConfigError("backend.model.weights has no use with kind stored (the affinities are read from "
                               "backend.model.affinities); remove it")
@@ -135,7 +138,7 @@ class Backend:
         if self._model is None and m.kind == "stored":
             from emseg.pipeline.backends.boundary.stored import StoredAffinities
 
-            self._model = StoredAffinities(m.affinities)  # type: ignore[arg-type]
+            self._model = StoredAffinities(m.affinities, m.affinities_shift_zyx or (0, 0, 0))  # type: ignore[arg-type]
         elif self._model is None and m.kind != "labels":
             from emseg.pipeline.backends.boundary import load_model
 
@@ -164,6 +167,8 @@ class Backend:
         name = np.dtype(dtype).name
         kind = self.params.model.kind
         ok = _LABEL_DTYPES if kind == "labels" else ("uint8", "uint16", "float32")
+        if kind == "stored":  # the input gives only the grid and the no-data mask (NaN)
+            return
         if name not in ok:
             raise DtypeError(
                 f"backend 'affinities' with model.kind {kind!r} takes {' or '.join(ok)} input, but the input is "

@@ -184,13 +184,13 @@ class ChannelVolume:
         return np.dtype(self.array.dtype.numpy_dtype)
 
 
-def open_channels(source: Source) -> ChannelVolume:
+def open_channels(source: Source, *, write: bool = False) -> ChannelVolume:
     """Open a multi-channel volume (e.g. affinities) by URL, path or spec, as (c, z, y, x).
 
     The channel axis is precomputed's ``channel``, or the one axis besides z, y and x that a zarr / n5
     array's metadata names (:func:`axis_metadata`); an unnamed 4D zarr array is taken as c, z, y, x
     (MALA / lsd / volara write affinities so), an unnamed n5 one as x, y, z, c. Missing chunks are an
-    error on read, never the fill value.
+    error on read, never the fill value. ``write``: open for writing too.
 
     Raises
     ------
@@ -203,7 +203,7 @@ def open_channels(source: Source) -> ChannelVolume:
     spec.setdefault("fill_missing_data_reads", False)
     name = describe(source)
     try:
-        arr = ts.open(spec, read=True).result()
+        arr = ts.open(spec, read=True, write=write).result()
     except ValueError as exc:
         raise _open_error(name, exc) from None
     if spec.get("driver") == "neuroglancer_precomputed":
@@ -491,24 +491,53 @@ def create_precomputed(
     return _as_zyx(arr, spec, f"precomputed://{store}")
 
 
+def _zarr_spec(store: str, dtype: str, shape: Sequence[int], chunks: Sequence[int]) -> tuple[Any, dict[str, Any]]:
+    """The kvstore and the tensorstore spec of a new zarr v2 array (blosc-zstd) at ``store``."""
+    url = urls.kvstore_spec(urls.store_url(store))
+    return url, {"driver": "zarr", "kvstore": url, "context": urls.CONTEXT,
+                 "metadata": {"shape": [int(v) for v in shape], "chunks": [int(v) for v in chunks],
+                              "dtype": np.dtype(dtype).str,
+                              "compressor": {"id": "blosc", "cname": "zstd", "clevel": 3, "shuffle": 2}}}
+
+
 def create_zarr(
     store: str, *, dtype: str, shape_zyx: Sequence[int], chunk_zyx: Sequence[int], voxel_size_nm: Sequence[float]
 ) -> Volume:
     """Create a zarr v2 array (blosc-zstd) with ``resolution_nm`` in its attributes; every chunk is stored."""
-    url = urls.kvstore_spec(urls.store_url(store))
-    spec = {
-        "driver": "zarr",
-        "kvstore": url,
-        "context": urls.CONTEXT,
-        "metadata": {
-            "shape": list(shape_zyx),
-            "chunks": list(chunk_zyx),
-            "dtype": np.dtype(dtype).str,
-            "compressor": {"id": "blosc", "cname": "zstd", "clevel": 3, "shuffle": 2},
-        },
-    }
+    url, spec = _zarr_spec(store, dtype, shape_zyx, chunk_zyx)
     spec["store_data_equal_to_fill_value"] = True
     arr = ts.open(spec, create=True, delete_existing=True).result()
     kv = ts.KvStore.open(url, context=ts.Context(urls.CONTEXT)).result()
     kv.write(".zattrs", json.dumps({"resolution_nm": list(voxel_size_nm), "axes": ["z", "y", "x"]})).result()
     return Volume(arr, tuple(float(v) for v in voxel_size_nm), (0, 0, 0), f"zarr://{store}")  # type: ignore[arg-type]
+
+
+def create_channels(
+    store: str, *, dtype: str, channels: int, shape_zyx: Sequence[int], chunk_zyx: Sequence[int],
+    voxel_size_nm: Sequence[float], offset_zyx: Sequence[int] = (0, 0, 0),
+) -> ChannelVolume:
+    """Create, or open when it exists with the same metadata, a zarr v2 array (c, z, y, x).
+
+    Chunks are ``(channels, *chunk_zyx)`` (blosc-zstd); chunks never written read as missing (an
+    error through :func:`open_channels`). The attributes are funlib's (``axis_names`` c^, z, y, x,
+    ``units``, ``voxel_size`` and ``offset`` in nm), which lsd and volara read as they are and
+    :func:`axis_metadata` reads too.
+
+    Raises
+    ------
+    VolumeReadError
+        An array with other metadata is there already.
+    """
+    url, spec = _zarr_spec(store, dtype, [channels, *shape_zyx], [channels, *chunk_zyx])
+    spec["metadata"]["fill_value"] = 0
+    try:
+        ts.open(spec, create=True, open=True).result()
+    except ValueError as exc:
+        raise VolumeReadError(f"cannot create {store}: {ts_message(exc)}; an array of other shape, chunks or dtype is "
+                              "there: rerun with --restart, or choose another output") from None
+    voxel = [float(v) for v in voxel_size_nm]
+    attrs = {"axis_names": ["c^", "z", "y", "x"], "units": ["nm", "nm", "nm"], "voxel_size": voxel,
+             "offset": [float(o) * v for o, v in zip(offset_zyx, voxel)]}
+    kv = ts.KvStore.open(url, context=ts.Context(urls.CONTEXT)).result()
+    kv.write(".zattrs", json.dumps(attrs)).result()
+    return open_channels("zarr://" + urls.store_url(store))

@@ -47,6 +47,9 @@ class RunContext:
     small: dict[str, Any] | None = field(default=None, hash=False)
     #: input intensities mapped to 0..1 before the backend (config ``input_value_range``); None = as read
     value_range: tuple[float, float] | None = None
+    #: boundary backends with ``write.affinities``: store URL of the affinities array and its dtype
+    affinities: str | None = None
+    affinities_dtype: str | None = None
 
     @property
     def grid(self) -> BlockGrid:

@@ -32,7 +32,7 @@ from emseg.pipeline.geometry import Box, BlockGrid
 from emseg.pipeline.io.lock import OutputLock
 from emseg.pipeline.io.scratch import Scratch
 from emseg.pipeline.io.sharding import check_alignment, choose_bits, shard_shape
-from emseg.pipeline.io.volume import Volume, create_precomputed, open_volume, read_error, sharding_spec, spec_for
+from emseg.pipeline.io.volume import Volume, create_channels, create_precomputed, open_volume, read_error, sharding_spec, spec_for
 from emseg.tasks.driver import report as report_mod
 from emseg.tasks.driver.context import RunContext, ValidatedRun, new_run_id
 from emseg.tasks.driver import engine, graph
@@ -118,6 +118,7 @@ def validate(config: Config) -> ValidatedRun:
     backends.check_input_dtype(config.backend.name, "float32" if config.input_value_range else vol.dtype)
     backends.preflight(config.backend.name, config.backend.params)
     roi = region(config, vol)
+    config = resolve_stored(config, vol, roi)
     blocks = config.blocks
     grid = BlockGrid(roi, blocks.shape, blocks.halo)
     check_grid_size(grid)
@@ -129,6 +130,9 @@ def validate(config: Config) -> ValidatedRun:
                 f"overlap for stitching; backend {config.backend.name!r} needs a halo of at least {min_halo}"
             )
     boundary = backends.is_boundary(config.backend.name)
+    if config.write.affinities is not None and not boundary:
+        raise ConfigError(f"write.affinities stores a boundary backend's affinities, but backend {config.backend.name!r} "
+                          "gives labels; remove write.affinities, or use backend affinities")
     threshold = None
     if boundary:
         threshold = _check_boundary(config, vol, grid)
@@ -169,6 +173,8 @@ def validate(config: Config) -> ValidatedRun:
         small=_rule(config.agglomeration.small, boundary),
         keep_scratch=config.keep_scratch,
         value_range=config.input_value_range,
+        affinities=urls.join(out, "affinities") if config.write.affinities else None,
+        affinities_dtype=config.write.affinities,
     )
     data = config.to_json()
     fingerprint = {k: data[k] for k in ("input", "roi", "blocks", "backend", "write")}
@@ -213,9 +219,6 @@ def _check_boundary(config: Config, vol: Volume, grid: BlockGrid) -> float:
     """
     backend = backends.create(config.backend.name, config.backend.params)
     backend.check_input(vol.dtype)
-    model = config.backend.params.model
-    if model.kind == "stored":
-        backend.model.check_geometry(vol)
     need = [c + 1 for c in backend.context_zyx]
     halo = config.blocks.halo
     short = [axis for axis in range(3) if grid.grid_shape[axis] > 1 and halo[axis] < need[axis]]
@@ -285,6 +288,25 @@ def resolve_voxel_size(config: Config, vol: Volume) -> Config:
     return config
 
 
+def resolve_stored(config: Config, vol: Volume, roi: Box) -> Config:
+    """Stored affinities (``backend.model.kind: stored``): open them, fill in where the input lies in
+    them (``affinities_shift_zyx``, from both volumes' offsets) and refuse them, before any work,
+    when they do not cover the region of interest on the input's grid. Any other config as it is."""
+    model = getattr(config.backend.params, "model", None)
+    if getattr(model, "kind", None) != "stored":
+        return config
+    from emseg.pipeline.backends.boundary.stored import StoredAffinities
+
+    stored = StoredAffinities(model.affinities, model.affinities_shift_zyx or (0, 0, 0))
+    if model.affinities_shift_zyx is None:
+        stored.shift = stored.shift_for(vol)
+        model = model.model_copy(update={"affinities_shift_zyx": stored.shift})
+        params = config.backend.params.model_copy(update={"model": model})
+        config = config.model_copy(update={"backend": config.backend.model_copy(update={"params": params})})
+    stored.check_geometry(vol, roi)
+    return config
+
+
 def check_grid_size(grid: BlockGrid) -> None:
     """Refuse a grid whose block ids would not fit the label keys (``block_id << 32 | local_id``)."""
     if grid.num_blocks < MAX_BLOCKS:
@@ -346,6 +368,7 @@ def prepare_output(p: ValidatedRun, *, restart: bool) -> Scratch:
         log.info("--restart: removing the previous segmentation and scratch data in %s", ctx.output)
         _delete_prefix(ctx.segmentation)
         _delete_prefix(urls.join(ctx.output, "image"))  # the image pyramid (postprocess.image_pyramid)
+        _delete_prefix(urls.join(ctx.output, "affinities"))  # write.affinities
         scratch.clear()
         report_mod.remove(ctx.output)
     previous = scratch.fingerprint()
@@ -367,6 +390,10 @@ def prepare_output(p: ValidatedRun, *, restart: bool) -> Scratch:
         encoding=p.config.write.encoding,
         sharding=p.sharding,
     )
+    if ctx.affinities is not None:
+        create_channels(ctx.affinities, dtype=str(ctx.affinities_dtype), channels=3, shape_zyx=ctx.roi.shape,
+                        chunk_zyx=p.config.write.chunk_shape, voxel_size_nm=p.input.voxel_size_nm,
+                        offset_zyx=[o + s for o, s in zip(p.input.offset_zyx, ctx.roi.start)])
     scratch.set_fingerprint(p.fingerprint)
     return scratch
 

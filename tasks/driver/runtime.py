@@ -10,7 +10,7 @@ import numpy as np
 
 from emseg.pipeline import backends
 from emseg.pipeline.io.scratch import Scratch
-from emseg.pipeline.io.volume import Volume, open_volume
+from emseg.pipeline.io.volume import ChannelVolume, Volume, open_channels, open_volume
 from emseg.pipeline.stitching import unionfind
 from emseg.pipeline.stitching.unionfind import BlockTable
 
@@ -19,6 +19,12 @@ from emseg.pipeline.stitching.unionfind import BlockTable
 def volume(spec_json: str, write: bool = False, run_id: str = "") -> Volume:
     """An open volume; writers pass their ``run_id`` so a restarted output is reopened."""
     return open_volume(json.loads(spec_json), write=write)
+
+
+@functools.lru_cache(maxsize=2)
+def channels(store: str, run_id: str = "") -> ChannelVolume:
+    """An open (c, z, y, x) array of the run's output (``write.affinities``)."""
+    return open_channels("zarr://" + store, write=True)
 
 
 @functools.lru_cache(maxsize=4)

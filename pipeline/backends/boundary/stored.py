@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from emseg.pipeline.errors import ConfigError, VolumeReadError
+from emseg.pipeline.geometry import Box
 from emseg.pipeline.io.volume import ChannelVolume, Volume, open_channels, ts_message
 
 #: dtypes a stored affinity volume may have: floats are taken as 0..1, integers over their range
@@ -34,6 +35,10 @@ class StoredAffinities:
     ----------
     source
         URL, path or tensorstore spec of the affinity volume (see the module docstring).
+    shift_zyx
+        The stored voxel (z, y, x) of the input's voxel (0, 0, 0): the input's offset minus the
+        affinities' (both in voxels), so that affinities stored for a part of the input (a region of
+        interest) line up with it. :func:`shift_for` works it out from both volumes' metadata.
 
     Raises
     ------
@@ -47,8 +52,9 @@ class StoredAffinities:
     context_zyx: tuple[int, int, int] = (0, 0, 0)
     meta: dict[str, Any] = {}
 
-    def __init__(self, source: str | dict[str, Any]) -> None:
+    def __init__(self, source: str | dict[str, Any], shift_zyx: tuple[int, int, int] = (0, 0, 0)) -> None:
         self.volume: ChannelVolume = open_channels(source)
+        self.shift = tuple(int(v) for v in shift_zyx)
         name = self.volume.source
         if self.volume.channels < 3:
             raise ConfigError(f"the stored affinities {name} have {self.volume.channels} channel(s); emseg needs the "
@@ -57,32 +63,43 @@ class StoredAffinities:
             raise ConfigError(f"the stored affinities {name} are {self.volume.dtype.name}; emseg reads float (0..1), "
                               "uint8 or uint16 affinities")
 
-    def check_geometry(self, image: Volume) -> None:
-        """Refuse affinities that do not lie on the input image's grid (before any work).
+    def shift_for(self, image: Volume) -> tuple[int, int, int]:
+        """The shift (see the class) that the two volumes' offsets give: ``image.offset_zyx`` minus
+        the affinities' ``offset_zyx``."""
+        return tuple(int(i) - int(a) for i, a in zip(image.offset_zyx, self.volume.offset_zyx))  # type: ignore[return-value]
+
+    def check_geometry(self, image: Volume, roi: Box) -> None:
+        """Refuse affinities that do not lie on the input's grid or do not cover the run's region (before any work).
+
+        ``roi``: the run's region of interest in zero-origin input voxels.
 
         Raises
         ------
         ConfigError
-            Another z, y, x shape, voxel offset, or (when both state one) voxel size than the image's.
+            Another voxel size than the input's (when both state one), or a region of interest not
+            inside the stored box.
         """
         a, name = self.volume, self.volume.source
-        if a.shape_zyx != image.shape_zyx:
-            raise ConfigError(f"the stored affinities {name} are {list(a.shape_zyx)} voxels (z, y, x) but the input "
-                              f"{image.source} is {list(image.shape_zyx)}; they must cover the input voxel for voxel")
-        if tuple(a.offset_zyx) != tuple(image.offset_zyx):
-            raise ConfigError(f"the stored affinities {name} start at voxel {list(a.offset_zyx)} (z, y, x) but the input "
-                              f"{image.source} at {list(image.offset_zyx)}; they must lie on the input's grid")
         if a.voxel_size_source is not None and not np.allclose(a.voxel_size_nm, image.voxel_size_nm, rtol=1e-6):
             raise ConfigError(f"the stored affinities {name} have voxels of {list(a.voxel_size_nm)} nm ({a.voxel_size_source}) "
                               f"but the input {image.source} of {list(image.voxel_size_nm)} nm; store them at the "
                               "input's resolution")
+        lo = [s - o for s, o in zip(image.offset_zyx, self.shift)]  # where the stored box starts, in the input's coordinates
+        hi = [v + n for v, n in zip(lo, a.shape_zyx)]
+        want_lo = [o + s for o, s in zip(image.offset_zyx, roi.start)]
+        want_hi = [o + s for o, s in zip(image.offset_zyx, roi.stop)]
+        if any(w < l for w, l in zip(want_lo, lo)) or any(w > h for w, h in zip(want_hi, hi)):
+            raise ConfigError(f"the stored affinities {name} cover voxels {lo}..{hi} (z, y, x, offsets included) but "
+                              f"the run's region is {want_lo}..{want_hi}; store affinities for the whole region, or "
+                              "set roi to the part they cover")
 
     def predict(self, image: np.ndarray, origin_zyx: tuple[int, int, int] = (0, 0, 0),
                 region: tuple[slice, slice, slice] | None = None) -> np.ndarray:
         """The stored affinities on ``region`` of the box of ``image``'s shape at ``origin_zyx``.
 
-        ``image`` gives only the box's shape. Returns (3, z, y, x) float32 in [0, 1], 0 outside
-        ``region`` and on the volume's first plane along each axis (no voxel before it). Unlike a
+        ``image`` gives only the box's shape; ``origin_zyx`` is in the input's zero-origin voxels.
+        Returns (3, z, y, x) float32 in [0, 1], 0 outside ``region`` and on the stored volume's
+        first plane along each axis (no voxel before it). Unlike a
         model's output, the box's own first planes keep their stored values: the voxel before them
         lies outside the box but inside the volume, and the value does not depend on where the box
         was cut. Raises :class:`~emseg.pipeline.errors.VolumeReadError` when a chunk is missing or
@@ -91,7 +108,8 @@ class StoredAffinities:
         shape = image.shape
         region = region or tuple(slice(0, s) for s in shape)
         out = np.zeros((3, *shape), np.float32)
-        src = tuple(slice(o + r.start, o + r.stop) for o, r in zip(origin_zyx, region))
+        at = [o + d for o, d in zip(origin_zyx, self.shift)]  # the box's first voxel in the stored array
+        src = tuple(slice(o + r.start, o + r.stop) for o, r in zip(at, region))
         try:
             data = self.volume.array[(slice(0, 3), *src)].read().result()
         except ValueError as exc:
@@ -106,7 +124,7 @@ class StoredAffinities:
             np.clip(np.nan_to_num(data, nan=0.0), 0.0, 1.0, out=view, casting="unsafe")
         else:
             np.divide(data, np.float32(scale), out=view, casting="unsafe")
-        for axis, origin in enumerate(origin_zyx):
-            if origin == 0:  # the volume's first plane along this axis
+        for axis, origin in enumerate(at):
+            if origin == 0:  # the stored volume's first plane along this axis
                 out[(axis, *(slice(None),) * axis, 0)] = 0.0
         return out
