@@ -112,3 +112,19 @@ def test_bad_plan_arguments_fail_with_one_line(tmp_path: Path, capsys: Any, args
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("emseg: error: ") and message in err[-1]
     assert not output.exists()
+
+
+def test_plan_with_write_affinities_leaves_the_output_alone(tmp_path: Path) -> None:
+    """The calibration stores the blocks' affinities (write.affinities) in its temporary output only."""
+    from emseg.tasks.cli import main
+
+    config, output = _config_file(tmp_path)
+    data = yaml.safe_load(config.read_text())
+    data["backend"] = {"name": "affinities", "model": {"kind": "labels"}}
+    data["write"]["affinities"] = "uint8"
+    config.write_text(yaml.safe_dump(data))
+    caldir = tmp_path / "calibration"
+    caldir.mkdir()
+    assert main(["plan", str(config), "--calibrate", "2", "--calibration-dir", str(caldir)]) == 0
+    assert not output.exists(), "emseg plan must not write the configured output's affinities"
+    assert list(caldir.iterdir()) == []

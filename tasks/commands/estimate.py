@@ -82,7 +82,7 @@ def calibrate(p: ValidatedRun, n: int = 3, *, workdir: str | None = None) -> Cal
 
     from emseg.pipeline.io import urls
     from emseg.pipeline.stitching.seams import Edges
-    from emseg.pipeline.io.volume import create_precomputed
+    from emseg.pipeline.io.volume import create_channels, create_precomputed
     from emseg.tasks.driver import runtime
     from emseg.tasks.driver.context import new_run_id
     from emseg.tasks.stage1_segment import face_key, segment_block
@@ -94,8 +94,13 @@ def calibrate(p: ValidatedRun, n: int = 3, *, workdir: str | None = None) -> Cal
     tmp = tempfile.mkdtemp(prefix="emseg-plan-", dir=workdir)
     try:
         out = urls.store_url(tmp)
+        # write.affinities: into the temporary output too (its time counts, never the real output)
+        affs = urls.join(out, "affinities") if p.ctx.affinities is not None else None
         ctx = dataclasses.replace(p.ctx, output=out, segmentation=urls.join(out, "segmentation"),
-                                  run_id=new_run_id())
+                                  run_id=new_run_id(), affinities=affs)
+        if affs is not None:
+            create_channels(affs, dtype=str(ctx.affinities_dtype), channels=3, shape_zyx=ctx.roi.shape,
+                            chunk_zyx=p.config.write.chunk_shape, voxel_size_nm=p.input.voxel_size_nm)
         grid = ctx.grid
         ids = calibration_blocks(grid, n)
         seg = create_precomputed(
