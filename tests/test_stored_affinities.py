@@ -204,8 +204,9 @@ def test_written_affinities_are_read_back_as_stored(stored, tmp_path, dask_addre
     first = run_config(lab, tmp_path / "first", dask_address, backend={"name": "affinities", "model": {"kind": "labels"}},
                        blocks={"shape": [16, 16, 16], "halo": [1, 1, 1]}, roi=roi, write={"chunk_shape": [8, 8, 8],
                                                                                           "affinities": dtype})
-    segment(first, progress=False)
-    written = open_channels(f"zarr://{tmp_path / 'first' / 'affinities'}")
+    run = segment(first, progress=False)
+    assert run["affinities"] == f"zarr://file://{tmp_path / 'first' / 'affinities'}"
+    written = open_channels(run["affinities"])
     assert written.dtype.name == dtype and written.shape_zyx == (32, 32, 32) and written.offset_zyx == (8, 16, 0)
     want = affinities_from_labels(labels)[:, 8:40, 16:48, 0:32] * (255 if dtype == "uint8" else 1)
     want[0, 0], want[1, :, 0], want[2, :, :, 0] = 0, 0, 0  # the first plane of the region: the run's first plane

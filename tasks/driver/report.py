@@ -106,6 +106,8 @@ def build(
         "failures": failures,
         "segmentation": "precomputed://" + p.ctx.segmentation,
     }
+    if p.ctx.affinities is not None:  # write.affinities: what model.kind stored reads back
+        run["affinities"] = "zarr://" + p.ctx.affinities
     if post is not None:
         run["postprocess"] = post
     run["neuroglancer"] = neuroglancer.run_state(run)  # after postprocess: it selects the largest segments
