@@ -208,6 +208,7 @@ def test_written_affinities_are_read_back_as_stored(stored, tmp_path, dask_addre
     assert run["affinities"] == f"zarr://file://{tmp_path / 'first' / 'affinities'}"
     written = open_channels(run["affinities"])
     assert written.dtype.name == dtype and written.shape_zyx == (32, 32, 32) and written.offset_zyx == (8, 16, 0)
+    assert written.attributes["emseg"] == {"model": "labels", "threshold": 0.5} and run["threshold"] == 0.5
     want = affinities_from_labels(labels)[:, 8:40, 16:48, 0:32] * (255 if dtype == "uint8" else 1)
     want[0, 0], want[1, :, 0], want[2, :, :, 0] = 0, 0, 0  # the first plane of the region: the run's first plane
     assert np.array_equal(written.array.read().result(), want.astype(dtype))
@@ -228,3 +229,57 @@ def test_write_affinities_needs_a_boundary_backend(stored, tmp_path):
     img, _, _ = stored
     with pytest.raises(ConfigError, match="write.affinities stores a boundary backend's affinities"):
         validate(run_config(img, tmp_path / "out", None, write={"chunk_shape": [8, 8, 8], "affinities": "uint8"}))
+
+
+def _zattrs(url: str, attrs: dict) -> str:
+    (Path(url.removeprefix("zarr://")) / ".zattrs").write_text(__import__("json").dumps(attrs))
+    return url
+
+
+def test_three_entry_attributes_of_a_channel_volume_are_read(tmp_path, stored):
+    """Lists of three (z, y, x in the array's own order) on a 4D array: a voxel size that
+    contradicts the input's is refused, offsets place the store, funlib's channel-last layout works."""
+    img, _, _ = stored
+    image = open_volume(img)  # 8 nm
+    zeros = np.zeros((3, *SHAPE), np.float32)
+    wrong = _zattrs(_write(tmp_path / "wrong.zarr", zeros, [3, 16, 16, 16]), {"resolution_nm": [10, 10, 10]})
+    with pytest.raises(ConfigError, match=r"voxels of \[10.0, 10.0, 10.0\] nm \(attribute resolution_nm\)"):
+        StoredAffinities(wrong).check_geometry(image, image.box)
+    part = _zattrs(_write(tmp_path / "part.zarr", zeros[:, 5:], [3, 16, 16, 16]), {"voxel_offset": [5, 0, 0]})
+    assert open_channels(part).offset_zyx == (5, 0, 0)
+    last = np.ascontiguousarray(np.moveaxis(zeros, 0, -1))
+    funlib = _zattrs(_write(tmp_path / "funlib.zarr", last, [16, 16, 16, 3]),
+                     {"axis_names": ["z", "y", "x", "c^"], "voxel_size": [8, 8, 8], "offset": [16, 0, 8],
+                      "units": ["nm", "nm", "nm"]})
+    vol = open_channels(funlib)
+    assert vol.channels == 3 and vol.voxel_size_nm == (8.0, 8.0, 8.0) and vol.offset_zyx == (2, 0, 1)
+
+
+def test_questionable_stores_are_refused_before_any_work(tmp_path, stored):
+    img, affs, _ = stored
+    scaled = _write(tmp_path / "scaled.zarr", np.full((3, *SHAPE), 200.0, np.float32), [3, 16, 16, 16])
+    with pytest.raises(ConfigError, match=r"values from 200 to 200; emseg reads float affinities in \[0, 1\]"):
+        validate(run_config(img, tmp_path / "o1", None, backend=_model(scaled)))
+    holed = tmp_path / "holed.zarr"
+    _write(holed, np.full((3, *SHAPE), 0.5, np.float32), [3, 16, 16, 16])
+    (holed / "0.0.0.0").unlink()
+    with pytest.raises(VolumeReadError, match="chunk of the stored affinities .* is missing"):
+        validate(run_config(img, tmp_path / "o2", None, backend=_model(f"zarr://{holed}")))
+    unnamed = _write(tmp_path / "unnamed.zarr", np.zeros((*SHAPE, 3), np.float32), [16, 16, 16, 3])
+    with pytest.raises(ConfigError, match=r"read as \(c, z, y, x\) = \[45, 53, 39, 3\], as their axes have no names"):
+        StoredAffinities(unnamed)
+    offset = _zattrs(_write(tmp_path / "offset.zarr", np.full((3, *SHAPE), 0.5, np.float32), [3, 16, 16, 16]),
+                     {"voxel_offset": [0, 0, 0]})
+    cfg = run_config(img, tmp_path / "o3", None,
+                     backend={"name": "affinities", "model": {"kind": "stored", "affinities": offset,
+                                                              "affinities_shift_zyx": [1, 0, 0]}})
+    with pytest.raises(ConfigError, match=r"affinities_shift_zyx \[1, 0, 0\] disagrees .* give \[0, 0, 0\]"):
+        validate(cfg)
+    assert not any((tmp_path / o).exists() for o in ("o1", "o2", "o3"))
+
+
+def test_the_model_threshold_travels_with_written_affinities(tmp_path, stored):
+    img, _, _ = stored
+    made = _zattrs(_write(tmp_path / "made.zarr", np.full((3, *SHAPE), 0.5, np.float32), [3, 16, 16, 16]),
+                   {"emseg": {"model": "forest", "threshold": 0.35}})
+    assert validate(run_config(img, tmp_path / "out", None, backend=_model(made))).ctx.threshold == 0.35

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -170,6 +170,12 @@ class ChannelVolume:
     offset_zyx: tuple[int, int, int]
     source: str
     voxel_size_source: str | None
+    #: the metadata the offset came from; None when none gives one (the offset is then 0)
+    offset_source: str | None = None
+    #: the channel axis' name; ``dim0`` / ``dim3`` when no metadata names the axes
+    channel_axis: str = "channel"
+    #: the array's user attributes (zarr / n5; empty for precomputed)
+    attributes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def channels(self) -> int:
@@ -211,7 +217,7 @@ def open_channels(source: Source, *, write: bool = False) -> ChannelVolume:
         offset = tuple(int(v) for v in arr.domain.inclusive_min[1:])
         voxel = tuple(float(u.multiplier) for u in arr.dimension_units[1:])
         return ChannelVolume(arr.translate_to[0, 0, 0, 0], voxel, offset, name,  # type: ignore[arg-type]
-                             "precomputed info resolution")
+                             "precomputed info resolution", "precomputed info voxel_offset")
     if arr.rank < 4:
         raise ConfigError(f"{name} has dimensions of shape {list(arr.shape)}; emseg needs a channel axis besides "
                           "z, y, x here (c, z, y, x)")
@@ -221,7 +227,8 @@ def open_channels(source: Source, *, write: bool = False) -> ChannelVolume:
         arr = arr[ts.d[dim][arr.domain[dim].inclusive_min]]
     arr = arr[ts.d[meta.channel, "z", "y", "x"].transpose[:]]
     return ChannelVolume(arr.translate_to[0, 0, 0, 0], meta.voxel_size_nm or (1.0, 1.0, 1.0),  # type: ignore[arg-type]
-                         meta.offset_zyx, name, meta.voxel_source)
+                         meta.offset_zyx, name, meta.voxel_source, meta.offset_source, str(meta.channel),
+                         _attributes(spec))
 
 
 @dataclass(frozen=True)
@@ -342,6 +349,22 @@ def axis_metadata(arr: ts.TensorStore, spec: Mapping[str, Any], name: str, chann
             "one 3D single-channel volume: select one (e.g. a tensorstore spec with a transform)"
         )
     zyx = [names.index(a) for a in ("z", "y", "x")]
+    spatial = sorted(zyx)  # the z, y, x axes in the array's own order
+
+    def per_axis(value: Any) -> list[float | None] | None:
+        """An attribute's list, one entry per axis; a list of three on an array of more axes is
+        taken as the spatial axes' values in the array's own order (what funlib and most writers of
+        channel volumes put there)."""
+        full = _number_list(value, rank)
+        if full is not None or rank == 3:
+            return full  # type: ignore[return-value]
+        three = _number_list(value, 3)
+        if three is None:
+            return None
+        out: list[float | None] = [None] * rank
+        for i, v in zip(spatial, three):
+            out[i] = v
+        return out
 
     def pick(values: Sequence[float | None]) -> tuple[float, float, float] | None:
         out = [values[i] for i in zyx]
@@ -358,7 +381,7 @@ def axis_metadata(arr: ts.TensorStore, spec: Mapping[str, Any], name: str, chann
         if got is not None:
             sizes.append((f"NGFF coordinateTransformations scale of {transform.path!r}", got))
     for key in ("resolution_nm", "resolution"):
-        values = _number_list(attrs.get(key), rank)
+        values = per_axis(attrs.get(key))
         if values is not None:
             sizes.append((f"attribute {key}", pick(values)))  # type: ignore[arg-type]
     funlib_units = attrs.get("units")
@@ -366,9 +389,7 @@ def axis_metadata(arr: ts.TensorStore, spec: Mapping[str, Any], name: str, chann
     if ngff.names_in(funlib_units) and len(funlib_units) in (3, rank):
         factors = [ngff.unit_nm(u) for u in funlib_units[-3:]]
         funlib_scale = factors[0] if len(set(factors)) == 1 and factors[0] else 1.0
-    funlib_voxel = _number_list(attrs.get("voxel_size"), rank) or (
-        [1.0] * (rank - 3) + _number_list(attrs.get("voxel_size"), 3) if rank > 3 and _number_list(attrs.get("voxel_size"), 3) else None
-    )
+    funlib_voxel = per_axis(attrs.get("voxel_size"))
     if funlib_voxel is not None:
         sizes.append(("attribute voxel_size", tuple(v * funlib_scale for v in pick(funlib_voxel))))  # type: ignore[union-attr]
     pixel = attrs.get("pixelResolution")
@@ -389,12 +410,10 @@ def axis_metadata(arr: ts.TensorStore, spec: Mapping[str, Any], name: str, chann
         if t is not None and s is not None and any(t):
             offsets.append((f"NGFF coordinateTransformations translation of {transform.path!r}",
                             tuple(a / b for a, b in zip(t, s))))  # type: ignore[arg-type]
-    values = _number_list(attrs.get("voxel_offset"), rank)
+    values = per_axis(attrs.get("voxel_offset"))
     if values is not None:
         offsets.append(("attribute voxel_offset", pick(values)))  # type: ignore[arg-type]
-    funlib_offset = _number_list(attrs.get("offset"), rank) or (
-        [0.0] * (rank - 3) + _number_list(attrs.get("offset"), 3) if rank > 3 and _number_list(attrs.get("offset"), 3) else None
-    )
+    funlib_offset = per_axis(attrs.get("offset"))
     if funlib_offset is not None and funlib_voxel is not None:
         offsets.append(("attribute offset / voxel_size",
                         tuple(a / b for a, b in zip(pick(funlib_offset), pick(funlib_voxel)))))  # type: ignore[arg-type]
@@ -514,14 +533,14 @@ def create_zarr(
 
 def create_channels(
     store: str, *, dtype: str, channels: int, shape_zyx: Sequence[int], chunk_zyx: Sequence[int],
-    voxel_size_nm: Sequence[float], offset_zyx: Sequence[int] = (0, 0, 0),
+    voxel_size_nm: Sequence[float], offset_zyx: Sequence[int] = (0, 0, 0), attributes: Mapping[str, Any] | None = None,
 ) -> ChannelVolume:
     """Create, or open when it exists with the same metadata, a zarr v2 array (c, z, y, x).
 
     Chunks are ``(channels, *chunk_zyx)`` (blosc-zstd); chunks never written read as missing (an
     error through :func:`open_channels`). The attributes are funlib's (``axis_names`` c^, z, y, x,
     ``units``, ``voxel_size`` and ``offset`` in nm), which lsd and volara read as they are and
-    :func:`axis_metadata` reads too.
+    :func:`axis_metadata` reads too, and ``attributes`` besides.
 
     Raises
     ------
@@ -537,7 +556,7 @@ def create_channels(
                               "there: rerun with --restart, or choose another output") from None
     voxel = [float(v) for v in voxel_size_nm]
     attrs = {"axis_names": ["c^", "z", "y", "x"], "units": ["nm", "nm", "nm"], "voxel_size": voxel,
-             "offset": [float(o) * v for o, v in zip(offset_zyx, voxel)]}
+             "offset": [float(o) * v for o, v in zip(offset_zyx, voxel)], **(attributes or {})}
     kv = ts.KvStore.open(url, context=ts.Context(urls.CONTEXT)).result()
     kv.write(".zattrs", json.dumps(attrs)).result()
     return open_channels("zarr://" + urls.store_url(store))

@@ -50,6 +50,9 @@ class RunContext:
     #: boundary backends with ``write.affinities``: store URL of the affinities array and its dtype
     affinities: str | None = None
     affinities_dtype: str | None = None
+    #: their attributes besides the geometry: ``{"emseg": {"model", "weights", "threshold"}}``, the
+    #: model's own threshold, which a run from them (model.kind stored) defaults to
+    affinities_attributes: dict[str, Any] | None = field(default=None, hash=False)
 
     @property
     def grid(self) -> BlockGrid:

@@ -106,6 +106,8 @@ def build(
         "failures": failures,
         "segmentation": "precomputed://" + p.ctx.segmentation,
     }
+    if p.ctx.boundary:  # the agglomeration threshold used (the config's, or the model's when null)
+        run["threshold"] = p.ctx.threshold
     if p.ctx.affinities is not None:  # write.affinities: what model.kind stored reads back
         run["affinities"] = "zarr://" + p.ctx.affinities
     if post is not None:

@@ -133,9 +133,12 @@ def validate(config: Config) -> ValidatedRun:
     if config.write.affinities is not None and not boundary:
         raise ConfigError(f"write.affinities stores a boundary backend's affinities, but backend {config.backend.name!r} "
                           "gives labels; remove write.affinities, or use backend affinities")
-    threshold = None
+    threshold = made = None
     if boundary:
-        threshold = _check_boundary(config, vol, grid)
+        threshold, model_threshold = _check_boundary(config, vol, grid)
+        model = config.backend.params.model
+        made = {"emseg": {"model": model.kind, **({"weights": model.weights} if model.kind in ("forest", "unet") else {}),
+                          "threshold": model_threshold}}  # what a later run from the stored affinities defaults to
     write = config.write
     check_alignment(blocks.shape, write.chunk_shape, roi.shape, "chunk")
     sharding = None
@@ -175,6 +178,7 @@ def validate(config: Config) -> ValidatedRun:
         value_range=config.input_value_range,
         affinities=urls.join(out, "affinities") if config.write.affinities else None,
         affinities_dtype=config.write.affinities,
+        affinities_attributes=made if config.write.affinities else None,
     )
     data = config.to_json()
     fingerprint = {k: data[k] for k in ("input", "roi", "blocks", "backend", "write")}
@@ -211,8 +215,9 @@ def _check_rule_inputs(ctx: RunContext, scratch: Any, redo: list[Any], seams_don
         )
 
 
-def _check_boundary(config: Config, vol: Volume, grid: BlockGrid) -> float:
-    """A boundary backend's checks before any work; returns the agglomeration threshold.
+def _check_boundary(config: Config, vol: Volume, grid: BlockGrid) -> tuple[float, float]:
+    """A boundary backend's checks before any work; returns the agglomeration threshold and the
+    model's own (its card's, :attr:`Backend.default_threshold`).
 
     The halo must cover the model's context plus one voxel (the affinity to the voxel before the
     write box), or the affinities in a block's core would depend on where the block was cut.
@@ -235,13 +240,14 @@ def _check_boundary(config: Config, vol: Volume, grid: BlockGrid) -> float:
         log.warning("blocks.halo %s is smaller than backend.fragment_context (%d) along %s: fragments near block faces "
                     "are cut with less context and depend more on where the blocks were cut; set blocks.halo to %d "
                     "or more for block-invariant fragments", list(halo), grow, ", ".join("zyx"[a] for a in thin), grow)
+    own = float(backend.default_threshold)
     t = config.agglomeration.threshold
-    t = float(backend.default_threshold if t is None else t)
+    t = own if t is None else float(t)
     small = config.agglomeration.small
     if small is not None and small.max_score <= t:
         log.warning("agglomeration.small.max_score (%g) is not above the threshold (%g): the contacts it could take "
                     "have merged at the threshold already, so the small-segment rule merges next to nothing", small.max_score, t)
-    return t
+    return t, own
 
 
 def check_output_location(output: str) -> None:
@@ -298,12 +304,20 @@ def resolve_stored(config: Config, vol: Volume, roi: Box) -> Config:
     from emseg.pipeline.backends.boundary.stored import StoredAffinities
 
     stored = StoredAffinities(model.affinities, model.affinities_shift_zyx or (0, 0, 0))
+    found = stored.shift_for(vol)
     if model.affinities_shift_zyx is None:
-        stored.shift = stored.shift_for(vol)
+        stored.shift = found
         model = model.model_copy(update={"affinities_shift_zyx": stored.shift})
         params = config.backend.params.model_copy(update={"model": model})
         config = config.model_copy(update={"backend": config.backend.model_copy(update={"params": params})})
+    elif tuple(model.affinities_shift_zyx) != found and stored.volume.offset_source is not None:
+        raise ConfigError(
+            f"backend.model.affinities_shift_zyx {list(model.affinities_shift_zyx)} disagrees with the offsets of the "
+            f"input ({list(vol.offset_zyx)}) and of the stored affinities ({list(stored.volume.offset_zyx)}, "
+            f"{stored.volume.offset_source}), which give {list(found)}; remove affinities_shift_zyx or correct the metadata"
+        )
     stored.check_geometry(vol, roi)
+    stored.check_sample(roi)
     return config
 
 
@@ -393,7 +407,8 @@ def prepare_output(p: ValidatedRun, *, restart: bool) -> Scratch:
     if ctx.affinities is not None:
         create_channels(ctx.affinities, dtype=str(ctx.affinities_dtype), channels=3, shape_zyx=ctx.roi.shape,
                         chunk_zyx=p.config.write.chunk_shape, voxel_size_nm=p.input.voxel_size_nm,
-                        offset_zyx=[o + s for o, s in zip(p.input.offset_zyx, ctx.roi.start)])
+                        offset_zyx=[o + s for o, s in zip(p.input.offset_zyx, ctx.roi.start)],
+                        attributes=ctx.affinities_attributes)
     scratch.set_fingerprint(p.fingerprint)
     return scratch
 

@@ -26,6 +26,11 @@ from emseg.pipeline.io.volume import ChannelVolume, Volume, open_channels, ts_me
 
 #: dtypes a stored affinity volume may have: floats are taken as 0..1, integers over their range
 _SCALE = {"uint8": 255.0, "uint16": 65535.0, "float16": 1.0, "float32": 1.0, "float64": 1.0}
+#: more channels than this on an axis that no metadata names is taken for a misread layout (the
+#: most offsets of long-range affinity sets in use are a few dozen at most)
+MAX_UNNAMED_CHANNELS = 32
+#: float affinities outside [0, 1] by more than this are refused: they are not probabilities
+_SLACK = 1e-3
 
 
 class StoredAffinities:
@@ -62,6 +67,14 @@ class StoredAffinities:
         if self.volume.dtype.name not in _SCALE:
             raise ConfigError(f"the stored affinities {name} are {self.volume.dtype.name}; emseg reads float (0..1), "
                               "uint8 or uint16 affinities")
+        if self.volume.channels > MAX_UNNAMED_CHANNELS and self.volume.channel_axis.startswith("dim"):
+            shape = [self.volume.channels, *self.volume.shape_zyx]
+            raise ConfigError(f"the stored affinities {name} were read as (c, z, y, x) = {shape}, as their axes have no "
+                              "names: name them (zarr v3 dimension_names, or the attribute axis_names, e.g. "
+                              "[\"c^\", \"z\", \"y\", \"x\"]) or store the channels first")
+        made = self.volume.attributes.get("emseg")
+        if isinstance(made, dict) and isinstance(made.get("threshold"), (int, float)):
+            self.meta = {"threshold": float(made["threshold"])}  # the model's own, written by write.affinities
 
     def shift_for(self, image: Volume) -> tuple[int, int, int]:
         """The shift (see the class) that the two volumes' offsets give: ``image.offset_zyx`` minus
@@ -93,6 +106,41 @@ class StoredAffinities:
                               f"the run's region is {want_lo}..{want_hi}; store affinities for the whole region, or "
                               "set roi to the part they cover")
 
+    def check_sample(self, roi: Box) -> None:
+        """Read up to 27 boxes of 32³ spread over ``roi`` (zero-origin input voxels) before any work:
+        a missing chunk, or float values outside [0, 1] (affinities stored as 0..255 floats, or
+        logits), are refused here rather than in the run's tasks.
+
+        Raises
+        ------
+        VolumeReadError
+            A sampled chunk is missing or unreadable.
+        ConfigError
+            Float values below 0 or above 1 (beyond 0.001).
+        """
+        from emseg.pipeline.io.intensity import sample_boxes
+
+        low, high = np.inf, -np.inf
+        for start, stop in sample_boxes(roi.shape):
+            box = tuple(slice(r + a + d, r + b + d) for r, a, b, d in zip(roi.start, start, stop, self.shift))
+            data = self._read((slice(0, 3), *box))
+            if data.dtype.kind == "f" and data.size and not np.isnan(data).all():
+                low, high = min(low, float(np.nanmin(data))), max(high, float(np.nanmax(data)))
+        if low < -_SLACK or high > 1 + _SLACK:
+            raise ConfigError(f"the stored affinities {self.volume.source} hold values from {low:.4g} to {high:.4g}; "
+                              "emseg reads float affinities in [0, 1]: store probabilities (a sigmoid of logits; "
+                              "0..255 as uint8)")
+
+    def _read(self, index: tuple[slice, ...]) -> np.ndarray:
+        try:
+            return self.volume.array[index].read().result()
+        except ValueError as exc:
+            text = ts_message(exc)
+            if "is missing" in text or "NOT_FOUND" in text:
+                raise VolumeReadError(f"a chunk of the stored affinities {self.volume.source} is missing ({text}); "
+                                      "finish the prediction of this region, or narrow the run's roi") from None
+            raise VolumeReadError(f"cannot read the stored affinities {self.volume.source}: {text}") from None
+
     def predict(self, image: np.ndarray, origin_zyx: tuple[int, int, int] = (0, 0, 0),
                 region: tuple[slice, slice, slice] | None = None) -> np.ndarray:
         """The stored affinities on ``region`` of the box of ``image``'s shape at ``origin_zyx``.
@@ -110,14 +158,7 @@ class StoredAffinities:
         out = np.zeros((3, *shape), np.float32)
         at = [o + d for o, d in zip(origin_zyx, self.shift)]  # the box's first voxel in the stored array
         src = tuple(slice(o + r.start, o + r.stop) for o, r in zip(at, region))
-        try:
-            data = self.volume.array[(slice(0, 3), *src)].read().result()
-        except ValueError as exc:
-            text = ts_message(exc)
-            if "is missing" in text or "NOT_FOUND" in text:
-                raise VolumeReadError(f"a chunk of the stored affinities {self.volume.source} is missing ({text}); "
-                                      "finish the prediction of this region, or narrow the run's roi") from None
-            raise VolumeReadError(f"cannot read the stored affinities {self.volume.source}: {text}") from None
+        data = self._read((slice(0, 3), *src))
         scale = _SCALE[self.volume.dtype.name]
         view = out[(slice(None), *region)]
         if scale == 1.0:
