@@ -231,6 +231,29 @@ def test_5_missing_chunk_found_during_the_run_fails_it(tmp_path, dask_address):
     assert report["status"] == "failed"
 
 
+def test_5_missing_chunk_during_a_cli_run_is_one_line(tmp_path):
+    """On the local cluster a run starts, a task that fails is reported once, by the driver: the
+    workers' own "Compute Failed" dumps (a traceback per attempt and block) appear only with -v."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.conftest import REPO
+
+    url, key = _precomputed_with_hole(tmp_path, (128, 32, 32), (32, 0, 0))
+    cfg = {"input": url, "output": str(tmp_path / "out"), "backend": {"name": "threshold-cc", "threshold": 128},
+           "blocks": {"shape": [16, 16, 16], "halo": [1, 1, 1]}, "write": {"chunk_shape": [8, 8, 8]},
+           "cluster": {"workers": 2}, "retries": 1, "postprocess": None}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, "-m", "emseg.tasks.cli", "segment", str(tmp_path / "cfg.yaml"), "-q",
+                           "--no-progress"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("emseg: error: ") and key in lines[0], done.stderr
+
+
 def test_5_fill_missing_opts_in_and_is_recorded(tmp_path, dask_address):
     url, _ = _precomputed_with_hole(tmp_path, (32, 32, 32), (16, 0, 16))
     run = segment(run_config(url, tmp_path / "out", dask_address, fill_missing=True), progress=False)

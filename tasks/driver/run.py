@@ -524,9 +524,9 @@ def _execute(p: ValidatedRun, *, restart: bool, stages: Sequence[str], progress:
         ]
         more = f" (and {len(groups) - 3} more errors)" if len(groups) > 3 else ""
         raise BlocksFailedError(
-            f"{len(real)} task(s) failed after {retries + 1} attempts: {'; '.join(parts)}{more}. The output is "
-            "incomplete (run.json status 'failed', failures listed there); fix the cause and rerun the same "
-            "command to resume"
+            f"{len(real)} task(s) failed after {retries + 1} attempt{'s' if retries else ''}: {'; '.join(parts)}{more}. "
+            "The output is incomplete (run.json status 'failed', failures listed there); fix the cause and rerun "
+            "the same command to resume (with -v, a local cluster's workers print each failure's traceback)"
         )
     return run
 
