@@ -91,6 +91,18 @@ def _corrupt(tmp: Path) -> str:
     return url
 
 
+def _stored(shape: tuple[int, ...], value: float, drop: str | None = None) -> Callable[[Path], dict]:
+    """A ``backend`` of stored affinities: a float32 zarr array of ``shape``, one chunk removed."""
+    def make(tmp: Path) -> dict:
+        arr = ts.open({"driver": "zarr", "kvstore": f"file://{tmp}/affs.zarr/", "create": True,
+                       "metadata": {"shape": list(shape), "chunks": [3, 16, 16, 16], "dtype": "<f4"}}).result()
+        arr.write(np.full(shape, value, np.float32)).result()
+        if drop is not None:
+            os.remove(tmp / "affs.zarr" / drop)
+        return {"name": "affinities", "model": {"kind": "stored", "affinities": f"zarr://{tmp}/affs.zarr"}}
+    return make
+
+
 def _output_file(tmp: Path) -> list[str]:
     (tmp / "out").write_text("not a directory")
     return _segment({})(tmp)
@@ -129,6 +141,12 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "block ids past 2^31": (_segment({"input": _huge, "blocks": {"shape": [1, 1, 1], "halo": [1, 1, 1]},
                                       "write": {"chunk_shape": [1, 1, 1]}}), "below 2^31"),
     "corrupt metadata": (_segment({"input": _corrupt}), "cannot open"),
+    "stored affinities smaller than the input": (_segment({"backend": _stored((3, 32, 16, 32), 0.5)}),
+                                                  "cover voxels [0, 0, 0]..[32, 16, 32]"),
+    "stored affinities missing a chunk": (_segment({"backend": _stored((3, 32, 32, 32), 0.5, drop="0.1.1.1")}),
+                                          "chunk of the stored affinities"),
+    "stored affinities as 0..255 floats": (_segment({"backend": _stored((3, 32, 32, 32), 255.0)}),
+                                           "emseg reads float affinities in [0, 1]"),
 }
 
 
