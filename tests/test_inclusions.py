@@ -110,6 +110,69 @@ def test_majority_needs_more_than_the_fraction_and_a_larger_neighbour():
         enclosed_merges(u, v, np.array([60, 40, 30]), np.zeros(3, bool), *outside, majority=0.3)
 
 
+def _majority_by_hand(u, v, count, total, merged, out_keys, out_count, fraction, max_score):
+    """The majority rule read off its definition, on the fragments: segments as sets, every
+    contact summed edge by edge in each round (the library groups segment pairs once instead)."""
+    group = {int(x): {int(x)} for x in np.r_[u, v, out_keys]}
+    def join(a, b):
+        ga, gb = group[a], group[b]
+        if ga is not gb:
+            ga |= gb
+            for x in gb:
+                group[x] = ga
+    for a, b, m in zip(u, v, merged):
+        if m:
+            join(int(a), int(b))
+    first = {x: min(g) for x, g in group.items()}  # the agglomeration's segments
+    while True:
+        of = {x: min(g) for x, g in group.items()}
+        contact, faces, surface = {}, {}, {}
+        for a, b, c, t in zip(u, v, count, total):
+            sa, sb = of[int(a)], of[int(b)]
+            if sa == sb:
+                continue
+            for x, y in ((sa, sb), (sb, sa)):
+                contact[x, y] = contact.get((x, y), 0) + c
+                faces[x, y] = faces.get((x, y), 0.0) + t
+                surface[x] = surface.get(x, 0) + c
+        for k, c in zip(out_keys, out_count):
+            surface[of[int(k)]] = surface.get(of[int(k)], 0) + c
+        moves = []
+        for x in sorted(surface):
+            best = [(c, -y) for (a, y), c in contact.items() if a == x]
+            if not best:
+                continue
+            c, y = max(best)
+            y = -y
+            if c > fraction * surface[x] and surface[x] < surface[y] and 1 - faces[x, y] / c <= max_score:
+                moves.append((x, y))
+        if not moves:
+            return np.array([of[int(a)] == of[int(b)] and first[int(a)] != first[int(b)] for a, b in zip(u, v)])
+        for x, y in moves:
+            join(x, y)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_majority_over_many_edges_per_pair_equals_its_definition(seed):
+    """Random region graphs with several fragment edges between the same segments."""
+    rng = np.random.default_rng(seed)
+    side = 8  # fragments on an 8 x 8 grid, each touching its grid neighbours through 1-3 edges
+    pairs = [(i * side + j + 1, i * side + j + 2) for i in range(side) for j in range(side - 1)] + \
+        [(i * side + j + 1, (i + 1) * side + j + 1) for i in range(side - 1) for j in range(side)]
+    repeat = rng.integers(1, 4, len(pairs))
+    u = np.repeat([a for a, _ in pairs], repeat)
+    v = np.repeat([b for _, b in pairs], repeat)
+    e = len(u)
+    count = rng.integers(1, 10**6, e)  # no two contacts alike: ties are broken by segment ids, which differ here
+    total = count * rng.uniform(0.0, 1.0, e)
+    merged = rng.random(e) < 0.1
+    out_keys, out_count = np.arange(1, side + 1), rng.integers(1, 10**6, side)  # the first row touches outside
+    got = enclosed_merges(u, v, count, merged, out_keys, out_count, inclusions=False, majority=0.5, total=total,
+                          max_score=0.9)
+    want = _majority_by_hand(u, v, count, total, merged, out_keys, out_count, 0.5, 0.9)
+    assert got.any() and np.array_equal(got, want)
+
+
 def test_outside_faces_counts_region_faces_and_voxels_without_data():
     labels = np.zeros((2, 3, 3), np.uint32)
     labels[:, :, :2] = 1
