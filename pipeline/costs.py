@@ -170,6 +170,8 @@ class Calibration:
     device: str
     startup_seconds: float
     samples: list[BlockSample] = field(default_factory=list)
+    #: write.affinities: bytes of stored affinities per voxel of write box (None: not stored)
+    affinities_bytes_per_voxel: float | None = None
 
 
 def rate(samples: list[BlockSample], num: str, den: str) -> tuple[float, float, float]:

@@ -125,6 +125,10 @@ def test_plan_with_write_affinities_leaves_the_output_alone(tmp_path: Path) -> N
     config.write_text(yaml.safe_dump(data))
     caldir = tmp_path / "calibration"
     caldir.mkdir()
-    assert main(["plan", str(config), "--calibrate", "2", "--calibration-dir", str(caldir)]) == 0
+    report = tmp_path / "plan.json"
+    assert main(["plan", str(config), "--calibrate", "2", "--calibration-dir", str(caldir), "--json", str(report)]) == 0
     assert not output.exists(), "emseg plan must not write the configured output's affinities"
     assert list(caldir.iterdir()) == []
+    est = json.loads(report.read_text())
+    # 3 bytes per voxel (uint8, c = 3) before compression; the blob volume's affinities compress well
+    assert 0 < est["affinities_bytes"] < 3 * est["volume"]["voxels"]

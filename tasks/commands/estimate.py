@@ -160,6 +160,9 @@ def calibrate(p: ValidatedRun, n: int = 3, *, workdir: str | None = None) -> Cal
                 seam_seconds=seam_s, edges=n_edges, edges_bytes=edges_bytes,
                 write_seconds=write_s, output_bytes=out_bytes,
             ))
+        if affs is not None:  # every calibration block wrote its write box once (the warm-up's again)
+            stored = kvstore.bytes_under(urls.open_kvstore(affs), "", skip=(".zarray", ".zattrs"))
+            cal.affinities_bytes_per_voxel = stored / sum(grid.block(b).write_box.size for b in set(ids))
         first = cal.samples[0]
         cal.startup_seconds = max(0.0, warm - first.segment_seconds)
         cal.device = _device(ctx.backend_params)
@@ -298,6 +301,8 @@ def estimate(
         "candidate_edges": nedges_rate * t.forward_face_voxels,
         "output_bytes": out_rate * t.core_voxels,
         "output_encoding": p.config.write.encoding,
+        **({} if cal.affinities_bytes_per_voxel is None else
+           {"affinities_bytes": cal.affinities_bytes_per_voxel * t.core_voxels}),
         "seconds_per_block": per_block,
         "startup_seconds": cal.startup_seconds,
         "task_seconds": {

@@ -68,7 +68,9 @@ def format_table(est: dict[str, Any]) -> str:
                     f"{human_bytes(sc['labels'])}, edges {human_bytes(sc['edges'])}); faces written "
                     f"{human_bytes(sc['faces'])} in all, deleted as the seams are matched; "
                     f"~{est['candidate_edges']:,.0f} candidate edges"),
-        ("output", f"{human_bytes(est['output_bytes'])} ({est['output_encoding']})"),
+        ("output", f"{human_bytes(est['output_bytes'])} ({est['output_encoding']})"
+                   + (f" + stored affinities {human_bytes(est['affinities_bytes'])} (write.affinities)"
+                      if "affinities_bytes" in est else "")),
         ("seconds per block", f"{seg['mean']:.2f} +- {seg['sd']:.2f} (min {seg['min']:.2f}, max {seg['max']:.2f}) "
                               f"stage 1 on {n_cal} block{'' if n_cal == 1 else 's'}, {est['device']}"),
         ("", f"+ {pb['seams_standin']['mean']:.3f} seams, + {pb['write_standin']['mean']:.3f} relabel/write "
