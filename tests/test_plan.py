@@ -132,3 +132,27 @@ def test_plan_with_write_affinities_leaves_the_output_alone(tmp_path: Path) -> N
     est = json.loads(report.read_text())
     # 3 bytes per voxel (uint8, c = 3) before compression; the blob volume's affinities compress well
     assert 0 < est["affinities_bytes"] < 3 * est["volume"]["voxels"]
+
+
+def test_plan_counts_the_reads_of_stored_affinities(tmp_path: Path, capsys: Any) -> None:
+    """A ``model.kind: stored`` run reads 3 channels of stored affinities besides the image: the plan
+    says how many bytes at most (float32: 12 per voxel read)."""
+    import numpy as np
+    import tensorstore as ts
+
+    from emseg.pipeline.stitching.agglomeration import affinities_from_labels
+    from emseg.tasks.cli import main
+
+    config, output = _config_file(tmp_path)
+    affs = affinities_from_labels((blobs(SHAPE, sigma=2.0, seed=7) > 128).astype(np.uint32)).astype(np.float32)
+    ts.open({"driver": "zarr", "kvstore": {"driver": "file", "path": str(tmp_path / "affs.zarr")}, "create": True,
+             "metadata": {"shape": list(affs.shape), "chunks": [3, 16, 16, 16], "dtype": "<f4"}}).result().write(affs).result()
+    data = yaml.safe_load(config.read_text())
+    data["backend"] = {"name": "affinities", "model": {"kind": "stored", "affinities": f"zarr://{tmp_path / 'affs.zarr'}"}}
+    config.write_text(yaml.safe_dump(data))
+    report = tmp_path / "plan.json"
+    assert main(["plan", str(config), "--calibrate", "1", "--json", str(report)]) == 0
+    est = json.loads(report.read_text())
+    assert est["read"]["affinities_bytes"] == 3 * 4 * est["read"]["voxels"]
+    assert "of stored affinities" in capsys.readouterr().out
+    assert not output.exists()

@@ -197,6 +197,16 @@ def check_arguments(
         raise ConfigError(f"--cost-per-hour must be >= 0, got {cost_per_hour}")
 
 
+def _stored_itemsize(p: ValidatedRun) -> int | None:
+    """Bytes per value of the affinities a ``model.kind: stored`` run reads (None for other runs)."""
+    model = getattr(getattr(p.config.backend, "params", None), "model", None)
+    if getattr(model, "kind", None) != "stored":
+        return None
+    from emseg.pipeline.io.volume import open_channels
+
+    return int(open_channels(model.affinities).dtype.itemsize)
+
+
 def estimate(
     p: ValidatedRun,
     cal: Calibration,
@@ -230,6 +240,7 @@ def estimate(
 
     seg_rate = rate(s, "segment_seconds", "read_voxels")
     seam_rate = rate(s, "seam_seconds", "forward_face_voxels")
+    stored_itemsize = _stored_itemsize(p)
     write_rate = rate(s, "write_seconds", "core_voxels")
     labels_rate = rate(s, "labels_bytes", "core_voxels")[0]
     faces_rate = rate(s, "faces_bytes", "face_voxels")[0]
@@ -296,7 +307,8 @@ def estimate(
         "blocks": {"count": t.blocks, "grid_zyx": list(t.grid_zyx), "shape_zyx": list(blocks.shape),
                    "halo_zyx": list(blocks.halo)},
         "read": {"voxels": t.read_voxels, "overhead": t.read_voxels / t.core_voxels,
-                 "bytes": t.read_voxels * itemsize},
+                 "bytes": t.read_voxels * itemsize,
+                 **({} if stored_itemsize is None else {"affinities_bytes": 3 * stored_itemsize * t.read_voxels})},
         "scratch_bytes": scratch,
         "candidate_edges": nedges_rate * t.forward_face_voxels,
         "output_bytes": out_rate * t.core_voxels,

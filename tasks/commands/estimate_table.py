@@ -62,7 +62,9 @@ def format_table(est: dict[str, Any]) -> str:
         ("blocks", f"{b['count']:,} = {' x '.join(map(str, b['grid_zyx']))} of "
                    f"{' x '.join(map(str, b['shape_zyx']))} + halo {' x '.join(map(str, b['halo_zyx']))}"),
         ("voxels read", f"{_voxels(r['voxels'])} incl. halo = {r['overhead']:.3f} x the volume "
-                        f"({human_bytes(r['bytes'])} of {v['dtype']})"),
+                        f"({human_bytes(r['bytes'])} of {v['dtype']})"
+                        + (f" + at most {human_bytes(r['affinities_bytes'])} of stored affinities (3 channels "
+                           "on the write box and its fragment context)" if "affinities_bytes" in r else "")),
         ("scratch", f"peak {human_bytes(sc['peak'])}, kept after the run {human_bytes(sc['kept'])} "
                     f"({sc['kept'] / max(est['output_bytes'], 1):.0%} of the output; labels "
                     f"{human_bytes(sc['labels'])}, edges {human_bytes(sc['edges'])}); faces written "
