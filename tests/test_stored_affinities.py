@@ -223,6 +223,11 @@ def test_written_affinities_are_read_back_as_stored(stored, tmp_path, dask_addre
                        roi={"start": [0, 16, 0], "stop": [40, 48, 32]})
     with pytest.raises(ConfigError, match=r"cover voxels \[8, 16, 0\]..\[40, 48, 32\] .* region is \[0, 16, 0\]"):
         validate(wider)
+    if dtype == "float32":  # --restart without write.affinities removes the store, folders included
+        plain = first.model_copy(update={"write": first.write.model_copy(update={"affinities": None})})
+        segment(plain, progress=False, restart=True)
+        assert not (tmp_path / "first" / "affinities").exists()
+        assert (tmp_path / "first" / "segmentation" / "info").exists()
 
 
 def test_write_affinities_needs_a_boundary_backend(stored, tmp_path):

@@ -367,6 +367,13 @@ def _global_agglomeration(config: Config, roi: Box) -> bool:
 
 def _delete_prefix(store: str) -> None:
     kvstore.delete_prefix(urls.open_kvstore(store))
+    path = urls.local_path(urls.store_url(store))
+    if path is not None and os.path.isdir(path):  # the file kvstore leaves the emptied directories behind
+        for folder, _, _ in os.walk(path, topdown=False):
+            try:
+                os.rmdir(folder)
+            except OSError:  # not empty
+                pass
 
 
 #: fingerprint entries that are not config keys themselves, by the config keys that decide them
