@@ -145,8 +145,8 @@ class RegionConfig(Strict):
 
 class EnclosedConfig(Strict):
     """``agglomeration.enclosed``: after agglomeration, merge segments that one neighbour encloses
-    (``emseg.pipeline.stitching.inclusions``; in blockwise scope from each block's 3 x 3 x 3
-    neighbourhood). Chosen on FIB-25's training part
+    (``emseg.pipeline.stitching.inclusions``; in blockwise scope from the hood of each 2 x 2 x 2
+    group of blocks: ``BlockGrid.hood``). Chosen on FIB-25's training part
     (z < 150) with the bundled forest at its threshold 0.7; docs/agglomeration.md has the numbers."""
 
     #: a group of segments whose every way to the region's faces (or to voxels without data) passes
@@ -162,8 +162,8 @@ class EnclosedConfig(Strict):
 class SmallConfig(Strict):
     """``agglomeration.small``: after agglomeration (and the enclosed-segment merges), merge segments of
     fewer than ``min_size`` voxels along their best-scoring contact (size-dependent single linkage,
-    ``emseg.pipeline.stitching.small.small_merges``; in blockwise scope from each block's 3 x 3 x 3
-    neighbourhood). Chosen on FIB-25's training
+    ``emseg.pipeline.stitching.small.small_merges``; in blockwise scope from the hood of each
+    2 x 2 x 2 group of blocks). Chosen on FIB-25's training
     part (z < 150) with the bundled forest at its threshold 0.7; docs/agglomeration.md has the numbers."""
 
     #: voxels: a segment smaller than this merges into a neighbour (sizes add as segments join);
@@ -188,8 +188,9 @@ class AgglomerationConfig(Strict):
     #: "global": one agglomeration of the whole region graph (one task; the result does not depend
     #: on the block shape beyond where fragments were cut; memory grows with the graph, about 0.8 KB
     #: and 30 us of CPU per fragment edge, ~1 edge per 180 voxels on FIB-25). "blockwise": each
-    #: block agglomerates its own edges with its 3 x 3 x 3 neighbourhood's region graphs and seams
-    #: as context (scales without limit; near the global result, docs/agglomeration.md). "auto":
+    #: 2 x 2 x 2 group of blocks agglomerates its edges with the region graphs and seams of its
+    #: hood, the group and one block around it, as context (scales without limit; near the global
+    #: result, docs/agglomeration.md). "auto":
     #: global up to global_max_voxels of region of interest, blockwise beyond
     scope: Literal["auto", "global", "blockwise"] = "auto"
     global_max_voxels: int = Field(1_000_000_000, ge=0)

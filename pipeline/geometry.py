@@ -26,7 +26,7 @@ import functools
 import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
@@ -251,6 +251,58 @@ class BlockGrid:
             if all(0 <= i < n for i, n in zip(index, self.grid_shape)):
                 out.append(self.block(self.block_id(index)))
         return out
+
+    def group(self, block: Block) -> Vec:
+        """The 2 x 2 x 2 group of ``block`` (grid index // 2): the union-find octree's level-1 group,
+        and the unit of blockwise agglomeration (:meth:`hood`)."""
+        return tuple(i // 2 for i in block.index)  # type: ignore[return-value]
+
+    def group_members(self, group: Sequence[int]) -> list[Block]:
+        """The blocks of ``group`` inside the grid (1 to 8), in id order; the first is the group's
+        leader, which scores the whole group's edges in blockwise scope."""
+        return self._box_blocks([(2 * g, 2 * g + 2) for g in group])
+
+    def hood(self, block: Block) -> list[Block]:
+        """The blocks whose region graphs ``block``'s edges are agglomerated with in blockwise scope:
+        its :meth:`group` and one block around it (grid indices ``2g - 1 .. 2g + 2`` per axis), inside
+        the grid, in id order: up to 4 x 4 x 4 blocks. It holds the block's 3 x 3 x 3
+        :meth:`neighbourhood`, and all eight blocks of a group share it, so one agglomeration scores
+        them all.
+
+        >>> g = BlockGrid(Box((0, 0, 0), (2, 2, 10)), (1, 1, 1), (0, 0, 0))
+        >>> [b.index[2] for b in g.hood(g.block(4)) if b.index[:2] == (0, 0)]  # x 4 and 5: group 2
+        [3, 4, 5, 6]
+        """
+        return self._box_blocks([(2 * g - 1, 2 * g + 3) for g in self.group(block)])
+
+    def hood_max(self, values: np.ndarray, fill: Any = -1) -> np.ndarray:
+        """Per block id, the largest of ``values`` (one per block id; numbers or bools) over the
+        block's :meth:`hood`; ``fill`` must be at most every value (-1 for positions >= 0, False).
+
+        >>> import numpy as np
+        >>> g = BlockGrid(Box((0, 0, 0), (1, 1, 7)), (1, 1, 1), (0, 0, 0))
+        >>> g.hood_max(np.arange(7)).tolist()  # groups {0, 1}, {2, 3}, {4, 5}, {6}
+        [2, 2, 4, 4, 6, 6, 6]
+        """
+        import numpy as np
+
+        out = np.asarray(values).reshape(self.grid_shape)
+        for axis, n in enumerate(self.grid_shape):
+            pad = [(0, 0)] * 3
+            pad[axis] = (1, 1 + n % 2)  # index -1 in front; an even length, with index n behind
+            padded = np.pad(out, pad, constant_values=fill)
+            pairs = np.maximum(np.take(padded, range(0, padded.shape[axis], 2), axis=axis),
+                               np.take(padded, range(1, padded.shape[axis], 2), axis=axis))
+            groups = (n + 1) // 2  # group g covers indices 2g - 1 .. 2g + 2: pairs g and g + 1
+            hood = np.maximum(np.take(pairs, range(groups), axis=axis), np.take(pairs, range(1, groups + 1), axis=axis))
+            out = np.take(hood, np.arange(n) // 2, axis=axis)
+        return out.ravel()
+
+    def _box_blocks(self, ranges: Sequence[tuple[int, int]]) -> list[Block]:
+        lo = [max(0, a) for a, _ in ranges]
+        hi = [min(n, b) for (_, b), n in zip(ranges, self.grid_shape)]
+        return [self.block(self.block_id(index))
+                for index in itertools.product(*(range(a, b) for a, b in zip(lo, hi)))]
 
     def neighbours(self, block: Block) -> Iterator[tuple[int, int, Block]]:
         """All face neighbours as ``(axis, direction, neighbour)`` with direction -1 or +1."""

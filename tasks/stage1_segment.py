@@ -180,7 +180,7 @@ def _face_fragments(frags: np.ndarray) -> dict[str, np.ndarray]:
     """The fragments on each of the write box's six faces, with their face voxels: ``face_id``,
     ``face_n`` and ``face_side`` (``2 * axis`` for the first plane along ``axis``, ``2 * axis + 1`` for
     the last). Blockwise agglomeration's enclosed and small rules treat those on a face that looks out
-    of a block's 3 x 3 x 3 neighbourhood as reaching beyond what the block can see."""
+    of a group's hood (``BlockGrid.hood``) as reaching beyond what the hood shows."""
     ids, counts, sides = [], [], []
     for axis in range(3):
         for side, index in ((2 * axis, 0), (2 * axis + 1, frags.shape[axis] - 1)):

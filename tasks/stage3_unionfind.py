@@ -111,8 +111,10 @@ def _after_threshold(ctx: RunContext, store: Any, graph: Any, score: np.ndarray
         faces.append(e["outside_count"])
         frag_keys.append(e["fragment_key"])
         frag_sizes.append(e["fragment_size"])
-    return _rules(ctx, graph.u, graph.v, graph.total, graph.count, score <= ctx.threshold, np.concatenate(keys),
-                  np.concatenate(faces), np.concatenate(frag_keys), np.concatenate(frag_sizes))
+    absorb, added = _rules(ctx, graph.u, graph.v, graph.total, graph.count, score <= ctx.threshold,
+                           np.concatenate(keys), np.concatenate(faces), np.concatenate(frag_keys),
+                           np.concatenate(frag_sizes))
+    return absorb, {rule: int(extra.sum()) for rule, extra in added.items()}
 
 
 def _rule_inputs(ctx: RunContext, store: Any, block_id: int) -> dict[str, np.ndarray]:
@@ -135,48 +137,51 @@ def _rule_inputs(ctx: RunContext, store: Any, block_id: int) -> dict[str, np.nda
 
 def _rules(ctx: RunContext, u: np.ndarray, v: np.ndarray, total: np.ndarray, count: np.ndarray,
            merged: np.ndarray, outside_keys: np.ndarray, outside_count: np.ndarray, frag_keys: np.ndarray,
-           frag_sizes: np.ndarray, own: int | None = None) -> tuple[np.ndarray, dict[str, int]]:
+           frag_sizes: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The enclosed merges (:mod:`emseg.pipeline.stitching.inclusions`), then the small-segment ones
     (:mod:`emseg.pipeline.stitching.small`), on a region graph whose ``merged`` edges passed the
-    threshold: one bool per edge, and how many each rule added (among the first ``own`` edges; None:
-    all)."""
+    threshold: one bool per edge, and per rule that is on (``enclosed_merges``, ``small_merges``) the
+    edges it added."""
     from emseg.pipeline.stitching.inclusions import enclosed_merges
     from emseg.pipeline.stitching.small import small_merges
 
     absorb = np.zeros(len(u), bool)
-    counts: dict[str, int] = {}
+    added: dict[str, np.ndarray] = {}
     if ctx.enclosed is not None:
         opts = ctx.enclosed
         extra = enclosed_merges(u, v, count, merged, outside_keys, outside_count,
                                 inclusions=opts.get("inclusions", True), majority=opts.get("majority"),
                                 total=total, max_score=opts.get("max_score", 1.0))
-        counts["enclosed_merges"] = int(extra[:own].sum())
+        added["enclosed_merges"] = extra
         absorb |= extra
     if ctx.small is not None:
         extra = small_merges(u, v, total, count, merged | absorb, frag_keys, frag_sizes,
                              min_size=ctx.small["min_size"], max_score=ctx.small["max_score"])
-        counts["small_merges"] = int(extra[:own].sum())
+        added["small_merges"] = extra
         absorb |= extra
-    return absorb, counts
+    return absorb, added
 
 
-def hood_merges(ctx: RunContext, store: Any, block_id: int) -> tuple[np.ndarray, dict[str, int]]:
-    """Blockwise scope: ``agglomeration.enclosed`` and ``.small`` on the block's 3 x 3 x 3
-    neighbourhood, one bool per edge of ``edges/<block>`` (True = merge it too), and how many of the
-    block's edges each rule merged.
+def group_hood_merges(ctx: RunContext, store: Any, group: tuple[int, int, int]
+                      ) -> dict[int, tuple[np.ndarray, dict[str, int]]]:
+    """Blockwise scope: ``agglomeration.enclosed`` and ``.small`` on the hood of a 2 x 2 x 2 group
+    (:meth:`~emseg.pipeline.geometry.BlockGrid.hood`, the hood whose agglomeration scored its
+    edges in stage 2), for every block of the group at once: per block id, one bool per edge of
+    ``edges/<block>`` (True = merge it too) and how many of the block's edges each rule merged.
 
-    The neighbourhood's region graph is every ``edges/<b>`` of its blocks (each block's own edges and
+    The hood's region graph is every ``edges/<b>`` of its blocks (each block's own edges and
     forward seams, scored by stage 2); edges that leave it are dropped. Fragments on a face that looks
-    out of the neighbourhood onto another block reach beyond what it shows, so they count as touching
+    out of the hood onto another block reach beyond what it shows, so they count as touching
     "outside" (by their face voxels) and as large as ``small.min_size``: no rule treats a segment it
     cannot see whole as enclosed or small. Faces of the region of interest are "outside" as in the
-    global scope. Where the neighbourhood is the whole grid, the result is the global scope's.
+    global scope. Where the hood is the whole grid, the result is the global scope's.
     """
     from emseg.pipeline.stitching.labels import block_of
 
     grid = ctx.grid
-    block = grid.block(block_id)
-    hood = [block] + [b for b in grid.neighbourhood(block) if b.id != block_id]  # own edges first
+    members = grid.group_members(group)
+    first = {m.id for m in members}
+    hood = members + [b for b in grid.hood(members[0]) if b.id not in first]  # the members' edges first
     inside = np.array(sorted(b.id for b in hood), np.int64)
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("u", "v", "total", "count", "score", "out", "out_n",
                                                           "frag", "size", "beyond", "beyond_n")}
@@ -187,30 +192,38 @@ def hood_merges(ctx: RunContext, store: Any, block_id: int) -> tuple[np.ndarray,
                             ("size", "fragment_size")):
             parts[name].append(e[field])
         for axis, direction, nb in grid.neighbours(hb):
-            if nb.id not in inside:  # this face looks out of the neighbourhood
+            if nb.id not in inside:  # this face looks out of the hood
                 side = e["face_side"] == 2 * axis + (direction > 0)
                 parts["beyond"].append(e["face_key"][side])
                 parts["beyond_n"].append(e["face_count"][side])
     cat = {k: np.concatenate(p) if p else np.zeros(0) for k, p in parts.items()}
-    n_own = len(parts["u"][0])
-    keep = np.isin(block_of(cat["v"]).astype(np.int64), inside)  # seams out of the neighbourhood
-    keep[:n_own] = True  # (the block's own seams all lead into it)
+    sizes = [len(p) for p in parts["u"][: len(members)]]
+    n_own = sum(sizes)
+    keep = np.isin(block_of(cat["v"]).astype(np.int64), inside)  # seams out of the hood
+    keep[:n_own] = True  # (the members' own seams all lead into it)
     u, v = cat["u"][keep], cat["v"][keep]
     total, count = cat["total"][keep].astype(np.float64), cat["count"][keep].astype(np.int64)
     beyond = cat["beyond"].astype(np.uint64)
     big = np.full(len(beyond), ctx.small["min_size"] if ctx.small is not None else 0, np.int64)
-    absorb, counts = _rules(ctx, u, v, total, count, cat["score"][keep] <= ctx.threshold,
-                            np.concatenate([cat["out"].astype(np.uint64), beyond]),
-                            np.concatenate([cat["out_n"].astype(np.int64), cat["beyond_n"].astype(np.int64)]),
-                            np.concatenate([cat["frag"].astype(np.uint64), beyond]),
-                            np.concatenate([cat["size"].astype(np.int64), big]), own=n_own)
-    return absorb[:n_own], counts
+    absorb, added = _rules(ctx, u, v, total, count, cat["score"][keep] <= ctx.threshold,
+                           np.concatenate([cat["out"].astype(np.uint64), beyond]),
+                           np.concatenate([cat["out_n"].astype(np.int64), cat["beyond_n"].astype(np.int64)]),
+                           np.concatenate([cat["frag"].astype(np.uint64), beyond]),
+                           np.concatenate([cat["size"].astype(np.int64), big]))
+    out: dict[int, tuple[np.ndarray, dict[str, int]]] = {}
+    at = 0
+    for m, size in zip(members, sizes):
+        span = slice(at, at + size)
+        out[m.id] = absorb[span], {rule: int(extra[span].sum()) for rule, extra in added.items()}
+        at += size
+    return out
 
 
 def stored_hood_merges(ctx: RunContext, store: Any, block_id: int) -> tuple[np.ndarray, dict[str, int]]:
-    """:func:`hood_merges` once per block and run of stage 3: up to four level-1 groups read a block's
-    edges (its own and those of its forward neighbours' groups), and each needs the same decisions.
-    The first computes them and stores them at ``uf/hood/<block>``; the others read them. The driver
+    """:func:`group_hood_merges` once per group and run of stage 3: up to four level-1 groups read a
+    block's edges (their own blocks' and their backward neighbours'), and each needs the same
+    decisions. The first to need a block's computes those of its whole group and stores them at
+    ``uf/hood/<block>`` for each block of it; the others read them. The driver
     deletes ``uf/hood/`` before stage 3 runs again (a new threshold or rule, redone seams), so what is
     stored always comes from the edges and settings of this run; two groups that compute it at once
     write the same bytes. The threshold and the rules' settings are stored with it too, and a
@@ -222,10 +235,11 @@ def stored_hood_merges(ctx: RunContext, store: Any, block_id: int) -> tuple[np.n
         arrays = decode_arrays(blob)
         if np.array_equal(arrays.get("stamp"), stamp):
             return arrays["absorb"], {k: int(arrays[k][0]) for k in arrays if k not in ("absorb", "stamp")}
-    absorb, counts = hood_merges(ctx, store, block_id)
-    store.put_arrays(key, {"absorb": absorb, "stamp": stamp,
-                           **{k: np.array([c], np.int64) for k, c in counts.items()}})
-    return absorb, counts
+    decided = group_hood_merges(ctx, store, ctx.grid.group(ctx.grid.block(block_id)))
+    for b, (absorb, counts) in decided.items():
+        store.put_arrays(f"{HOOD}{b}", {"absorb": absorb, "stamp": stamp,
+                                        **{k: np.array([c], np.int64) for k, c in counts.items()}})
+    return decided[block_id]
 
 
 def edge_merges(ctx: RunContext, store: Any, block_id: int, edges: dict[str, np.ndarray]

@@ -59,8 +59,8 @@ def test_forest_blocks_against_one_block_and_blockwise_scope(tmp_path, dask_addr
     # that one neighbour encloses, splinters) on this real slab.
     plain, run = _run(tmp_path, dask_address, "chunked", [64, 64, 64], rules=False)
     assert run["stages"]["1-segment"]["ran"] == 0 and run["segments"] > with_rules
-    # Blockwise agglomeration: every block here (1 x 2 x 2 grid) has the whole grid in its 3 x 3 x 3
-    # neighbourhood, so it scores its edges on the whole region graph and makes the enclosed and
+    # Blockwise agglomeration: every block here (1 x 2 x 2 grid, one group) has the whole grid in its
+    # hood, so it scores its edges on the whole region graph and makes the enclosed and
     # small merges on it, as the global scope does. With the face neighbours alone as context
     # (before), it over-merged (measured: VOI 0 split / 0.37 merge); before the rules ran blockwise,
     # it equalled the global scope without them.

@@ -70,7 +70,7 @@ def test_choose_bits_prefers_the_largest_aligned_shard():
 
 def test_a_redone_block_redoes_the_seam_tasks_that_read_it() -> None:
     """Resume planning: a boundary seam task reads its face neighbours (global agglomeration) or its
-    whole 3 x 3 x 3 neighbourhood (blockwise), so a redone stage-1 block redoes exactly those."""
+    whole hood (blockwise: BlockGrid.hood), so a redone stage-1 block redoes exactly those."""
     from emseg.pipeline import stages
     from emseg.pipeline.stitching.resume import todo
 

@@ -262,8 +262,8 @@ def test_pipeline_merges_enclosed_segments_for_any_block_shape(tmp_path, dask_ad
         "scope": "global", "enclosed": None, "small": {"min_size": 200, "max_score": 1.0}}, **base), progress=False)
     assert small["stages"]["1-segment"]["ran"] == 0 and small["stages"]["2-seams"]["ran"] == 0
     assert small["segments"] == 2 and same_partition(read_output(out), merged)
-    # blockwise scope: each block makes the rules' merges from its 3 x 3 x 3 neighbourhood; in 8³ blocks
-    # (3 x 3 x 3) the corner blocks see 16³ of the 24³ volume, and both organelles still merge
+    # blockwise scope: each 2 x 2 x 2 group makes the rules' merges from its hood; in 8³ blocks
+    # (3 x 3 x 3) the last group's hood is 16³ of the 24³ volume, and both organelles still merge
     bw = tmp_path / "blockwise"
     blockwise = run(run_config(url, bw, dask_address, keep_scratch=True,
                                agglomeration={"scope": "blockwise", "enclosed": {"max_score": 1.0}}, **base), progress=False)
@@ -308,8 +308,10 @@ def test_seam_audit_counts_the_rules_merges_as_merged(tmp_path, dask_address, sc
 
 def test_blockwise_rules_wait_for_every_neighbourhood_they_read(tmp_path):
     """Blockwise scope with the rules on: a level-1 union-find group reads the edges of every block in
-    its blocks' (and their backward neighbours') 3 x 3 x 3 neighbourhoods, so it must come after all
-    of those blocks' seam tasks in the streamed graph; without the rules, only its own and backward."""
+    its blocks' (and their backward neighbours') hoods (``BlockGrid.hood``), so it must come after all
+    of those blocks' seam tasks in the streamed graph; without the rules, only its own and backward.
+    A seam task comes after its hood's stage-1 blocks and its group's first seam task, which scores
+    the group's edges."""
     import dataclasses
 
     from emseg.pipeline.stitching.resume import all_items
@@ -331,13 +333,18 @@ def test_blockwise_rules_wait_for_every_neighbourhood_they_read(tmp_path):
             missing = [d for d in task.deps if d not in seen]
             assert not missing, f"{task.stage} {task.item} yielded before {missing}"
             seen.add((task.stage, task.item))
+            if task.stage == "2-seams":
+                block = grid.block(task.item)
+                leader = grid.group_members(grid.group(block))[0].id
+                want = {("1-segment", b.id) for b in grid.hood(block)} | ({("2-seams", leader)} if leader != block.id else set())
+                assert set(task.deps) == want
             if task.stage != "3-unionfind" or not str(task.item).startswith("up-1-"):
                 continue
             group = tuple(int(g) for g in str(task.item)[len("up-1-"):].split("_"))
             members = {grid.block_id(k) for k in children(group, 1, grid.grid_shape)}
             sources = members | {nb.id for m in members for _, d, nb in grid.neighbours(grid.block(m)) if d < 0}
             if rules:
-                sources = {b.id for s in sources for b in grid.neighbourhood(grid.block(s))}
+                sources = {b.id for s in sources for b in grid.hood(grid.block(s))}
             assert {item for stage, item in task.deps} == sources
 
 

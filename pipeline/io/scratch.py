@@ -11,6 +11,8 @@ Layout under ``<output>/scratch/`` (any kvstore: local, gs://, s3://)::
     edges/<block>             stage 2: scored candidate edges to its forward neighbours, with the
                               centroid of each pair's shared voxels (boundary backends: every edge
                               the block owns, with affinity sums)                                  kept
+    hood/<block>              stage 2, blockwise scope: the block's edge scores, computed by the first
+                              block of its 2 x 2 x 2 group for the whole group
     scores/<block>            stage 3, boundary backends with global agglomeration: edge scores   kept
     uf/up/, uf/down/          stage 3: the octree's partial results
     uf/hood/<block>           stage 3, blockwise scope with agglomeration.enclosed / .small: the
@@ -52,7 +54,7 @@ from numcodecs import Blosc
 from emseg.pipeline.io import kvstore, urls
 
 #: what :meth:`Scratch.prune` removes after a complete run
-TRANSIENT = ("faces/", "rag/", "uf/up/", "uf/down/", "uf/hood/", "post/")
+TRANSIENT = ("faces/", "rag/", "hood/", "uf/up/", "uf/down/", "uf/hood/", "post/")
 _CODEC = Blosc(cname="lz4", clevel=3, shuffle=Blosc.SHUFFLE)
 _MAGIC = b"EMSG"
 #: label volumes at least this large go through crackle; small ones are not worth its header

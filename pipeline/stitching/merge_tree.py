@@ -22,8 +22,8 @@ queue pops the same sequence, since ``(score, edge)`` orders the entries totally
 entries are one edge at one score).
 
 The heap and the table replaced a binary heap and numba's typed dict (same levels): on the graph
-that blockwise stage 2 agglomerates for an inner 128³ block of a 384³ volume of mirrored FIB-25
-forest affinities (its 3 x 3 x 3 neighbourhood: 51,407 fragments, 269,696 edges, 488,000 heap
+that blockwise stage 2 agglomerated for an inner 128³ block of a 384³ volume of mirrored FIB-25
+forest affinities (its 3 x 3 x 3 neighbourhood, blockwise scope's context then: 51,407 fragments, 269,696 edges, 488,000 heap
 entries of which 437,000 go stale) 0.27-0.28 against 0.42 CPU-s; on a 160³ box's region graph
 (14,946 edges) 0.0052 against 0.0083. The table alone gave 0.34; an earlier session had found it no
 faster on the smaller graph, with the binary heap.

@@ -18,7 +18,6 @@ octree group bottom-up, ``down-L-z_y_x`` top-down, then ``finish``.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping
 from typing import Any
 
@@ -79,8 +78,8 @@ def todo(done: Mapping[str, set[str]], grid: BlockGrid, neighbour_prompts: bool 
     (even) face neighbour is redone is redone too, since it took its prompts from that neighbour's
     labels. With a boundary backend's agglomeration ``threshold``, union-find and relabel are redone
     when the finished union-find used another one (``finished_threshold``); and since a boundary seam
-    task reads its backward neighbours too (with blockwise agglomeration, its whole 3 x 3 x 3
-    neighbourhood), their redone blocks redo it.
+    task reads its backward neighbours too (with blockwise agglomeration, its whole hood:
+    ``BlockGrid.hood``), their redone blocks redo it.
     """
     n = grid.num_blocks
 
@@ -97,15 +96,13 @@ def todo(done: Mapping[str, set[str]], grid: BlockGrid, neighbour_prompts: bool 
         prompted_by_redo = (redo_seg[np.maximum(nbs, 0)] & (nbs >= 0)).any(axis=1)
         redo_seg |= grid.odd() & prompted_by_redo
     redo_nb = np.zeros(n, bool)
-    if boundary and not global_agglomeration:  # blockwise: a seam task reads its 3 x 3 x 3 neighbourhood
-        readers = np.stack([grid.offset_ids(o) for o in itertools.product((-1, 0, 1), repeat=3)], axis=1)
-    elif boundary:
-        readers = np.concatenate([fwd, grid.backward_ids()], axis=1)
+    if boundary and not global_agglomeration:  # blockwise: a seam task reads its hood (BlockGrid.hood)
+        redo_nb = grid.hood_max(redo_seg, False)
     else:
-        readers = fwd
-    for axis in range(readers.shape[1]):
-        has = readers[:, axis] >= 0
-        redo_nb[has] |= redo_seg[readers[has, axis]]
+        readers = np.concatenate([fwd, grid.backward_ids()], axis=1) if boundary else fwd
+        for axis in range(readers.shape[1]):
+            has = readers[:, axis] >= 0
+            redo_nb[has] |= redo_seg[readers[has, axis]]
     redo_seams = ~finished(stages.SEAMS) | redo_seg | redo_nb
     uf_items = unionfind_items(grid.grid_shape, global_agglomeration)
     stale = threshold is not None and finished_threshold != threshold

@@ -40,7 +40,7 @@ class RunContext:
     global_agglomeration: bool = False
     #: boundary backends: ``agglomeration.enclosed`` as a dict (None = off): segments that one
     #: neighbour encloses merge after the threshold (global scope: stage 3's first task; blockwise:
-    #: each block's own edges, from its 3 x 3 x 3 neighbourhood, in stage 3's first level)
+    #: each 2 x 2 x 2 group's own edges, from its hood (BlockGrid.hood), in stage 3's first level)
     enclosed: dict[str, Any] | None = field(default=None, hash=False)
     #: boundary backends: ``agglomeration.small`` as a dict (None = off): segments under ``min_size``
     #: voxels merge along their best contact, after the enclosed ones (where the enclosed ones are made)

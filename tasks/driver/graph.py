@@ -6,14 +6,14 @@ submits them with a bounded number in flight. The driver holds O(window) futures
 bookkeeping, whatever the size of the volume — a million-block run starts at once.
 
 Order: stage-1 blocks in C order; each stage-2 task as soon as its block and its forward neighbours
-are submitted (with blockwise agglomeration, its whole 3 x 3 x 3 neighbourhood); each octree group of stage 3 as soon as its inputs are; then, after a barrier, the
+are submitted (with blockwise agglomeration, its whole hood, ``BlockGrid.hood``, and the first block
+of its group, which scores the group's edges); each octree group of stage 3 as soon as its inputs are; then, after a barrier, the
 top-down half of stage 3, its ``finish`` and, after another barrier, stage 4.
 """
 
 from __future__ import annotations
 
 import heapq
-import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -50,15 +50,6 @@ def _group_stream(level: int, level_pos: np.ndarray, shape: tuple[int, int, int]
         yield int(level_pos[f]), 1 + level, ("up", level, group)
 
 
-def _hood_latest(grid: BlockGrid, pos: np.ndarray) -> np.ndarray:
-    """Per block, the latest ``pos`` over its 3 x 3 x 3 neighbourhood."""
-    out = pos.copy()
-    for offset in itertools.product((-1, 0, 1), repeat=3):
-        other = grid.offset_ids(offset)
-        out = np.maximum(out, np.where(other >= 0, pos[np.maximum(other, 0)], -1))
-    return out
-
-
 def _latest(pos: np.ndarray, own: np.ndarray, others: np.ndarray) -> np.ndarray:
     """``max(own, pos[others])`` per row, ignoring the -1 entries of ``others``."""
     return np.maximum(own, np.where(others >= 0, pos[np.maximum(others, 0)], -1).max(axis=1))
@@ -80,14 +71,14 @@ def streaming_tasks(ctx: RunContext, todo: dict[str, list[Any]]) -> Iterator[Tas
     odd = grid.odd() if ctx.neighbour_prompts else np.zeros(n, bool)
     seg_pos = np.where(odd, _latest(ids, ids, fwd), ids)  # odd blocks wait for their forward neighbours
     blockwise = ctx.boundary and not ctx.global_agglomeration
-    if blockwise:  # a block scores its edges with its 3 x 3 x 3 neighbourhood: it waits for all of it
-        seam_pos = _hood_latest(grid, seg_pos)
+    if blockwise:  # a block's edges are scored with its hood: it waits for all of it
+        seam_pos = grid.hood_max(seg_pos)
     else:
         seam_pos = _latest(seg_pos, seg_pos, fwd)
     # a level-1 group also reads its backward neighbours' edges; with blockwise enclosed / small rules,
-    # the edges of every block in those blocks' 3 x 3 x 3 neighbourhoods (stage3.hood_merges)
+    # the edges of every block in those blocks' hoods (stage3.group_hood_merges)
     hood_rules = blockwise and (ctx.enclosed is not None or ctx.small is not None)
-    read_pos = _hood_latest(grid, seam_pos) if hood_rules else seam_pos
+    read_pos = grid.hood_max(seam_pos) if hood_rules else seam_pos
     group_pos = _latest(read_pos, read_pos, bwd)
     agglomerate = ctx.global_agglomeration and stage3.AGGLOMERATE in todo[stages.UNIONFIND]
     if agglomerate:  # one task after every seam task; every group after it
@@ -114,8 +105,12 @@ def streaming_tasks(ctx: RunContext, todo: dict[str, list[Any]]) -> Iterator[Tas
             yield Task(stages.SEGMENT, b, segment_block, (ctx, b), deps)
         elif what[0] == "seams":
             c = what[1]
-            if blockwise:
-                deps = [(stages.SEGMENT, b.id) for b in grid.neighbourhood(grid.block(c))]
+            if blockwise:  # the group's first block scores the group's edges (stage2_seams.group_scores)
+                block = grid.block(c)
+                deps = [(stages.SEGMENT, b.id) for b in grid.hood(block)]
+                leader = grid.group_members(grid.group(block))[0].id
+                if leader != c:
+                    deps.append((stages.SEAMS, leader))
             else:
                 readers = np.concatenate([fwd[c], bwd[c]]) if ctx.boundary else fwd[c]  # boundary: both sides
                 deps = [(stages.SEGMENT, c)] + [(stages.SEGMENT, int(j)) for j in readers if j >= 0]
@@ -132,7 +127,7 @@ def streaming_tasks(ctx: RunContext, todo: dict[str, list[Any]]) -> Iterator[Tas
                 members = {(k[0] * gy + k[1]) * gx + k[2] for k in kids}
                 sources = members | {int(j) for m in members for j in bwd[m] if j >= 0}
                 if hood_rules:
-                    sources = {b.id for s in sources for b in grid.neighbourhood(grid.block(s))}
+                    sources = {b.id for s in sources for b in grid.hood(grid.block(s))}
                 deps = [(stages.SEAMS, i) for i in sorted(sources)]
             else:
                 deps = [(stages.UNIONFIND, stage3.up_item(level - 1, k)) for k in kids]
