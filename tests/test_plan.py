@@ -67,6 +67,7 @@ def test_plan_command_counts_blocks_and_leaves_the_output_alone(tmp_path: Path, 
     assert runs["workers"]["cost_usd"] == pytest.approx(4 * runs["workers"]["wall_seconds"] / 3600 * 1.5)
     table = capsys.readouterr().out
     assert "48 = 3 x 4 x 4 of 16 x 16 x 16" in table and "wall, 4 workers" in table and "wall, 2 GPUs" in table
+    assert "affinities_bytes" not in est["read"] and not any("hood" in item for item in est["not_estimated"])
 
 
 def test_estimates_scale_linearly_with_the_volume_shape(tmp_path: Path) -> None:
@@ -136,7 +137,8 @@ def test_plan_with_write_affinities_leaves_the_output_alone(tmp_path: Path) -> N
 
 def test_plan_counts_the_reads_of_stored_affinities(tmp_path: Path, capsys: Any) -> None:
     """A ``model.kind: stored`` run reads 3 channels of stored affinities besides the image: the plan
-    says how many bytes at most (float32: 12 per voxel read)."""
+    says how many bytes at most (float32: 12 per voxel read); with blockwise scope it says that it
+    leaves out stage 2's agglomeration."""
     import numpy as np
     import tensorstore as ts
 
@@ -149,10 +151,12 @@ def test_plan_counts_the_reads_of_stored_affinities(tmp_path: Path, capsys: Any)
              "metadata": {"shape": list(affs.shape), "chunks": [3, 16, 16, 16], "dtype": "<f4"}}).result().write(affs).result()
     data = yaml.safe_load(config.read_text())
     data["backend"] = {"name": "affinities", "model": {"kind": "stored", "affinities": f"zarr://{tmp_path / 'affs.zarr'}"}}
+    data["agglomeration"] = {"scope": "blockwise"}
     config.write_text(yaml.safe_dump(data))
     report = tmp_path / "plan.json"
     assert main(["plan", str(config), "--calibrate", "1", "--json", str(report)]) == 0
     est = json.loads(report.read_text())
     assert est["read"]["affinities_bytes"] == 3 * 4 * est["read"]["voxels"]
+    assert any("hood" in item for item in est["not_estimated"])  # blockwise stage 2's agglomeration
     assert "of stored affinities" in capsys.readouterr().out
     assert not output.exists()

@@ -329,6 +329,9 @@ def estimate(
         "cost_per_hour_usd": cost_per_hour,
         "calibration": {"blocks": [x.block for x in s], "samples": [asdict(x) for x in s]},
         "not_estimated": [
+            *(["2-seams' agglomeration of each 2 x 2 x 2 group's hood (blockwise scope: stage 2 took 0.06 CPU-s "
+               "per 128³ block of mirrored FIB-25, against 0.01 with global scope; docs/agglomeration.md)"]
+              if p.ctx.boundary and not p.ctx.global_agglomeration else []),
             "3-unionfind (its work and memory grow with candidate_edges)",
             "post-processing (pyramid, meshes, segment properties, seam audit), when configured",
             "stragglers, retries, and scheduler overhead per task",
