@@ -271,7 +271,7 @@ def test_pipeline_merges_enclosed_segments_for_any_block_shape(tmp_path, dask_ad
     # run.json counts the rules' merges, blockwise (summed over the level-1 groups) as globally
     assert first["rule_merges"]["enclosed_merges"] > 0 and first["rule_merges"]["small_merges"] == 0
     assert blockwise["rule_merges"] == first["rule_merges"]
-    # each block's neighbourhood decisions were stored once (uf/hood/, kept here by keep_scratch)...
+    # each group's decisions were stored once for each of its blocks (uf/hood/, kept here by keep_scratch)...
     from emseg.pipeline.io.scratch import Scratch
 
     assert len(Scratch(str(bw)).list_keys("uf/hood/")) == blockwise["blocks"]["total"]

@@ -96,7 +96,9 @@ class Params(BackendParams):
     seed_min_distance: float = Field(3.0, ge=0.0)
     #: voxels of affinities on each side of the write box (within the read box: at most the halo)
     #: that a block's fragments are cut with before being cropped to the write box, so that a
-    #: fragment near a block face is the one the whole volume would have (docs/agglomeration.md)
+    #: fragment near a block face is the one the whole volume would have (16 was enough on FIB-25 and
+    #: the phantom, not on noisy affinities with wide boundary bands, which needed 24:
+    #: docs/agglomeration.md, "How much the block shape matters")
     fragment_context: int = Field(16, ge=0)
     #: zwatershed fragments: thresholds on the affinities (waterz's defaults)
     aff_threshold_low: float = Field(0.0001, ge=0.0, lt=1.0)

@@ -20,8 +20,9 @@ Affinities follow the waterz / MALA convention, shape ``(3, z, y, x)`` float32 i
 
 Only the write box is cut into fragments, so fragment ids are unique per block without coordination
 (``block << 32 | local``). The stages run these kernels per block (``emseg.tasks.stage1_segment``,
-``emseg.tasks.stage2_seams``) and agglomerate either the whole graph at once or each block with its face
-neighbours as context (``emseg.tasks.stage3_unionfind.agglomerate_all``, ``agglomeration.scope``);
+``emseg.tasks.stage2_seams``) and agglomerate either the whole graph at once
+(``emseg.tasks.stage3_unionfind.agglomerate_all``) or each 2 x 2 x 2 group of blocks with the group
+and one block around it as context (``emseg.tasks.stage2_seams.group_scores``; ``agglomeration.scope``);
 :func:`segment` is the whole-volume reference. docs/agglomeration.md has the measurements.
 
 Libraries: edt and cc3d make the seeded-watershed fragments' seeds, and a numba-compiled flood

@@ -36,7 +36,7 @@ class RunContext:
     boundary: bool = False
     threshold: float | None = None
     #: boundary backends: one agglomeration of the whole region graph (stage 3's first task) rather
-    #: than one per block with its face neighbours as context (stage 2)
+    #: than one per 2 x 2 x 2 group of blocks with the group and one block around it as context (stage 2)
     global_agglomeration: bool = False
     #: boundary backends: ``agglomeration.enclosed`` as a dict (None = off): segments that one
     #: neighbour encloses merge after the threshold (global scope: stage 3's first task; blockwise:
