@@ -10,7 +10,8 @@ runs in a fresh driver process.
 
 Part 2, graph. A dry run (backend ``noop``) over a 200³ volume in 2³ blocks: a million blocks, about
 3.5 million tasks. (a) Every task of it is generated in the driver without being submitted: the
-time and the driver's peak memory. (b) It is streamed to a local cluster for ``--graph-seconds``:
+time and the driver's peak memory; again with the dependencies of a boundary backend's blockwise
+agglomeration. (b) It is streamed to a local cluster for ``--graph-seconds``:
 the time to the first finished task, tasks submitted and finished, and the driver's peak memory.
 
     python benchmarks/bench_scale.py                       # 1e4/1e6 and 1e5/1e7 (blocks/edges), graph
@@ -256,17 +257,26 @@ def graph_case(seconds: float, workers: int) -> dict:
             "driver_mb_every_30s": samples}
 
 
-def generate_case(n_blocks: int) -> dict:
+def generate_case(n_blocks: int, blockwise: bool = False) -> dict:
     """Generate every task of a dry run's graph in the driver, without submitting: time and memory.
 
     This is the driver's side of the whole graph (3.3 million tasks for a million blocks): the
-    streamed submission above holds this plus at most ``window`` futures.
+    streamed submission above holds this plus at most ``window`` futures. ``blockwise``: the graph of
+    a boundary backend with blockwise agglomeration and the enclosed and small rules on (each seam
+    task waits for its group's hood, each level-1 union-find group for its sources' hoods).
     """
+    import dataclasses
+
     work = Path(tempfile.mkdtemp(prefix="emseg-gen-"))
     write_dry_input(work, round(n_blocks ** (1 / 3)) * 2)
     before = rss_mb()
     t0 = time.perf_counter()
     p, todo = plan_dry_run(work)
+    if blockwise:
+        ctx = dataclasses.replace(p.ctx, boundary=True, global_agglomeration=False, threshold=0.5,
+                                  enclosed={"inclusions": True, "majority": 0.5, "max_score": 0.85},
+                                  small={"min_size": 5000, "max_score": 0.8})
+        p = dataclasses.replace(p, ctx=ctx)
     counts: dict[str, int] = {}
     for task in graph.streaming_tasks(p.ctx, todo):
         counts[task.stage] = counts.get(task.stage, 0) + 1
@@ -276,9 +286,9 @@ def generate_case(n_blocks: int) -> dict:
         counts[task.stage] = counts.get(task.stage, 0) + 1
     seconds = time.perf_counter() - t0
     shutil.rmtree(work, ignore_errors=True)
-    return {"blocks": p.ctx.grid.num_blocks, "tasks": sum(counts.values()) + 1, "tasks_by_stage": counts,
-            "plan_and_generate_seconds": round(seconds, 1), "driver_peak_mb": round(rss_mb(), 1),
-            "driver_mb_before": round(before, 1)}
+    return {"blocks": p.ctx.grid.num_blocks, "blockwise": blockwise, "tasks": sum(counts.values()) + 1,
+            "tasks_by_stage": counts, "plan_and_generate_seconds": round(seconds, 1),
+            "driver_peak_mb": round(rss_mb(), 1), "driver_mb_before": round(before, 1)}
 
 
 def _in_child(fn, *args):
@@ -312,10 +322,12 @@ def main() -> None:
               f"{r['driver_peak_mb']:>10} {str(r['worker_peak_mb']):>16} {str(r['equals_global']):>8}", flush=True)
     out["unionfind"] = [rows[k] for k in sorted(rows)]
     if args.generate_blocks > 0:
-        g = _in_child(generate_case, int(args.generate_blocks))
-        out["generate"] = g
-        print(f"\nwhole graph generated in the driver: {g['blocks']} blocks, {g['tasks']} tasks in "
-              f"{g['plan_and_generate_seconds']} s, driver peak {g['driver_peak_mb']} MB", flush=True)
+        for key, blockwise in (("generate", False), ("generate_blockwise", True)):
+            g = _in_child(generate_case, int(args.generate_blocks), blockwise)
+            out[key] = g
+            print(f"\nwhole graph generated in the driver{' (blockwise agglomeration)' if blockwise else ''}: "
+                  f"{g['blocks']} blocks, {g['tasks']} tasks in {g['plan_and_generate_seconds']} s, "
+                  f"driver peak {g['driver_peak_mb']} MB", flush=True)
     if args.graph_seconds > 0:
         g = _in_child(graph_case, args.graph_seconds, args.workers)
         out["graph"] = g

@@ -260,7 +260,15 @@ class BlockGrid:
     def group_members(self, group: Sequence[int]) -> list[Block]:
         """The blocks of ``group`` inside the grid (1 to 8), in id order; the first is the group's
         leader, which scores the whole group's edges in blockwise scope."""
-        return self._box_blocks([(2 * g, 2 * g + 2) for g in group])
+        return [self.block(i) for i in self.group_member_ids(group)]
+
+    def group_member_ids(self, group: Sequence[int]) -> list[int]:
+        """The ids of :meth:`group_members`, without building the blocks (the driver needs only ids)."""
+        return self._box_ids([(2 * g, 2 * g + 2) for g in group])
+
+    def group_hood_ids(self, group: Sequence[int]) -> list[int]:
+        """The ids of the :meth:`hood` that the blocks of ``group`` share, in id order."""
+        return self._box_ids([(2 * g - 1, 2 * g + 3) for g in group])
 
     def hood(self, block: Block) -> list[Block]:
         """The blocks whose region graphs ``block``'s edges are agglomerated with in blockwise scope:
@@ -273,7 +281,7 @@ class BlockGrid:
         >>> [b.index[2] for b in g.hood(g.block(4)) if b.index[:2] == (0, 0)]  # x 4 and 5: group 2
         [3, 4, 5, 6]
         """
-        return self._box_blocks([(2 * g - 1, 2 * g + 3) for g in self.group(block)])
+        return [self.block(i) for i in self.group_hood_ids(self.group(block))]
 
     def hood_max(self, values: np.ndarray, fill: Any = -1) -> np.ndarray:
         """Per block id, the largest of ``values`` (one per block id; numbers or bools) over the
@@ -298,11 +306,11 @@ class BlockGrid:
             out = np.take(hood, np.arange(n) // 2, axis=axis)
         return out.ravel()
 
-    def _box_blocks(self, ranges: Sequence[tuple[int, int]]) -> list[Block]:
-        lo = [max(0, a) for a, _ in ranges]
-        hi = [min(n, b) for (_, b), n in zip(ranges, self.grid_shape)]
-        return [self.block(self.block_id(index))
-                for index in itertools.product(*(range(a, b) for a, b in zip(lo, hi)))]
+    def _box_ids(self, ranges: Sequence[tuple[int, int]]) -> list[int]:
+        """Ids of the blocks with grid index in ``[a, b)`` along each axis, clipped to the grid, in id order."""
+        (z0, z1), (y0, y1), (x0, x1) = ((max(0, a), min(n, b)) for (a, b), n in zip(ranges, self.grid_shape))
+        _, gy, gx = self.grid_shape
+        return [(z * gy + y) * gx + x for z in range(z0, z1) for y in range(y0, y1) for x in range(x0, x1)]
 
     def neighbours(self, block: Block) -> Iterator[tuple[int, int, Block]]:
         """All face neighbours as ``(axis, direction, neighbour)`` with direction -1 or +1."""

@@ -106,9 +106,9 @@ def streaming_tasks(ctx: RunContext, todo: dict[str, list[Any]]) -> Iterator[Tas
         elif what[0] == "seams":
             c = what[1]
             if blockwise:  # the group's first block scores the group's edges (stage2_seams.group_scores)
-                block = grid.block(c)
-                deps = [(stages.SEGMENT, b.id) for b in grid.hood(block)]
-                leader = grid.group_members(grid.group(block))[0].id
+                group = tuple(i // 2 for i in grid.block_index(c))
+                deps = [(stages.SEGMENT, i) for i in grid.group_hood_ids(group)]
+                leader = grid.group_member_ids(group)[0]
                 if leader != c:
                     deps.append((stages.SEAMS, leader))
             else:
@@ -127,7 +127,8 @@ def streaming_tasks(ctx: RunContext, todo: dict[str, list[Any]]) -> Iterator[Tas
                 members = {(k[0] * gy + k[1]) * gx + k[2] for k in kids}
                 sources = members | {int(j) for m in members for j in bwd[m] if j >= 0}
                 if hood_rules:
-                    sources = {b.id for s in sources for b in grid.hood(grid.block(s))}
+                    hoods = {tuple(i // 2 for i in grid.block_index(s)) for s in sources}  # blocks of a group share one
+                    sources = {i for g in hoods for i in grid.group_hood_ids(g)}
                 deps = [(stages.SEAMS, i) for i in sorted(sources)]
             else:
                 deps = [(stages.UNIONFIND, stage3.up_item(level - 1, k)) for k in kids]
