@@ -98,6 +98,11 @@ def test_both_word_widths_flood_as_meyer():
         out = seeded_watershed(cost, seeds)
         assert np.array_equal(out, _meyer(cost, seeds)), n
         assert len(np.unique(out)) == n
+        # uint32 seeds give uint32 labels, the same ones; large values are mapped there and back
+        out32 = seeded_watershed(cost, seeds.astype(np.uint32))
+        assert out.dtype == np.uint64 and out32.dtype == np.uint32 and np.array_equal(out32, out), n
+        high = np.where(seeds > 0, seeds + 2**31, 0).astype(np.uint32)
+        assert np.array_equal(seeded_watershed(cost, high), np.where(out > 0, out + 2**31, 0)), n
     # many seed labels that do not fit 32 bits: mapped to 1..n and back
     far = np.where(seeds > 0, seeds * 3 + 2**40, 0)
     assert flood._seed_labels(far)[2] is False

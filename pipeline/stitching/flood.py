@@ -28,6 +28,16 @@ to 30 % between runs), the kernel took 0.22-0.27 against 0.48-0.55 CPU-s and the
 passes, instead of numpy's eight over the box: 0.20-0.27 against 0.26-0.29 CPU-s for the whole call
 on that box in one run.
 
+The flood pops voxels from all over the box, so each pop waits for its voxel's cache line and then
+for those of its neighbours one row and one plane away. A few pops ahead (:data:`_AHEAD`) it asks
+the processor for those five lines (``llvm.prefetch``, a hint that changes no value), and the wait
+overlaps the pops in between. Side by side on FIB-25 forest affinities (2-core AMD EPYC, two
+rounds, CPU-s per Mvoxel of box, the same labels): 0.047-0.067 against 0.041-0.050 on a 160³ box,
+0.095-0.106 against 0.064-0.077 on 288³; bigger boxes gain more, as less of them stays in the
+caches. Prefetching the popped voxel alone gained nothing, and looking 4 to 12 pops ahead measured
+the same. A layout of 4 x 4 x 4 bricks, which keeps a voxel's neighbours in fewer cache lines,
+was again no faster (same labels).
+
 Why not a library: on forest affinities of FIB-25 (80 x 128 x 128 voxels, ``time.process_time``)
 scikit-image's watershed took 0.46-0.85 CPU-s per Mvoxel, mahotas' ``cwatershed`` the same, higra's
 seeded watershed 1.2 and mwatershed's seeded mutex watershed grew faster than linearly with the
@@ -56,7 +66,9 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 #: levels of the bucket queue; costs in [0, 1] are quantised to them
 LEVELS = 65536
@@ -78,7 +90,32 @@ def compiled(cache: bool, **options: Any) -> Callable[[Callable[..., Any]], Any]
         return njit(**options)(fn)
 
     return wrap
+
+
+@intrinsic
+def _prefetch(typingctx: Any, array: Any, index: Any) -> Any:  # pragma: no cover - compiled
+    """``_prefetch(a, i)`` in a compiled function: ask the processor to bring ``a[i]``'s cache line
+    in (LLVM's ``llvm.prefetch``: a read, kept in all cache levels). A hint only: it changes no value,
+    and an index outside ``a`` is never read (a prefetch does not fault)."""
+    from llvmlite import ir
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False, boundscheck=False)
+        byte = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = builder.module.declare_intrinsic("llvm.prefetch", [byte], ir.FunctionType(ir.VoidType(), [byte, i32, i32, i32]))
+        builder.call(fn, [builder.bitcast(ptr, byte), i32(0), i32(3), i32(1)])  # read, keep, data
+        return context.get_dummy_value()
+
+    return types.void(array, index), codegen
+
+
 _GROUP = 8  # log2 of the levels per group: the queue skips groups with nothing queued
+#: how many queue entries ahead of the one popped the flood prefetches its voxel and four of its
+#: neighbours (4-12 measured about equal; the module's docstring)
+_AHEAD = 6
 #: the label of the padding around the box and of voxels outside the mask, never flooded: in a
 #: uint32 word (16-bit labels) and in a uint64 word (32-bit labels)
 _WALL_16 = 0xFFFF
@@ -121,6 +158,13 @@ def _flood(word: np.ndarray, wall: int, row: int, plane: int) -> None:  # pragma
         if r == wr[cur]:
             cur += 1
             continue
+        if r + _AHEAD < wr[cur]:  # the voxel popped a few pops from now, and its far neighbours
+            a = np.int64(queue[r + _AHEAD])
+            _prefetch(word, a)
+            _prefetch(word, a - row)
+            _prefetch(word, a + row)
+            _prefetch(word, a - plane)
+            _prefetch(word, a + plane)
         i = queue[r]
         rd[cur] = r + 1
         queued[cur >> _GROUP] -= 1
@@ -181,8 +225,9 @@ def seeded_watershed(cost: np.ndarray, seeds: np.ndarray, mask: np.ndarray | Non
 
     ``cost`` ``(z, y, x)`` float in [0, 1] (values outside are clipped); ``seeds`` ``(z, y, x)``
     integer labels, 0 = unlabelled; ``mask`` (bool, or None for all) limits the flood: voxels
-    outside it stay 0, and seeds there are dropped. Returns ``(z, y, x)`` uint64 labels. Voxels
-    that no seed reaches (cut off by the mask) stay 0.
+    outside it stay 0, and seeds there are dropped. Returns ``(z, y, x)`` labels: uint32 for
+    seeds of an unsigned type of up to 32 bits, uint64 for any other. Voxels that no seed reaches
+    (cut off by the mask) stay 0.
 
     Raises
     ------
@@ -206,8 +251,9 @@ def seeded_watershed(cost: np.ndarray, seeds: np.ndarray, mask: np.ndarray | Non
                          "most 2**31 - 1; cut the volume into smaller blocks")
     if cost.dtype.kind != "f":
         raise ValueError(f"cost must be floats in [0, 1], not {cost.dtype}; scale it first (e.g. uint8 / 255)")
+    out_dtype = np.uint32 if seeds.dtype.kind == "u" and seeds.dtype.itemsize <= 4 else np.uint64
     if not cost.size:
-        return np.zeros(cost.shape, np.uint64)
+        return np.zeros(cost.shape, out_dtype)
     if cost.dtype not in (np.float32, np.float64):
         cost = cost.astype(np.float64)
     seeds, ids, narrow = _seed_labels(seeds)
@@ -221,9 +267,9 @@ def seeded_watershed(cost: np.ndarray, seeds: np.ndarray, mask: np.ndarray | Non
     no_mask = np.zeros((0, 0, 0), bool)
     _pack(cost, seeds, no_mask if mask is None else np.asarray(mask, bool), cost.dtype.type(LEVELS - 1), wall, word)
     _flood(word.ravel(), wall, x + 2, (y + 2) * (x + 2))
-    out = np.empty(cost.shape, np.uint64 if ids is None else np.uint32)
+    out = np.empty(cost.shape, out_dtype if ids is None else np.uint32)
     _unpack(word, wall, out)
-    return out if ids is None else ids[out]
+    return out if ids is None else ids.astype(out_dtype, copy=False)[out]
 
 
 def _seed_labels(seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, bool]:
