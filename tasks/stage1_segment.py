@@ -140,7 +140,7 @@ def fragment_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
                                          **_face_fragments(frags)})
     store.put_arrays(f"labels/{block_id}", {"core": frags, "n": np.array([n, n], np.int64)})
     info = {"n_core": n, "n_total": n, "model_seconds": t_model, "model_cpu_seconds": c_model,
-            "seconds": time.perf_counter() - t0}
+            "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
     store.mark_done(STAGE, block_id, info)
     return info
 
