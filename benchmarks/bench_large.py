@@ -83,13 +83,17 @@ def inner_rate(size: int, block: int, infos: list[dict[str, Any]], stages: dict[
     (at 500³ in 128³ blocks the boxes average 1.69 times their write boxes, an inner block's 1.95),
     so the whole run's rate is higher than a larger volume's would be. Stage 1 outside the reads
     (``cpu_seconds - model_cpu_seconds`` of each inner block's done marker) per Mvoxel of their
-    write boxes, plus stages 2-4 per Mvoxel of the whole run; None without inner blocks."""
+    write boxes, plus stages 2-4 per Mvoxel of the whole run; None without inner blocks. The
+    context is the halo here (``HALO`` = the backend's ``fragment_context``).
+
+    >>> inner_rate(256, 128, [], {}, 256 ** 3) is None   # 2 blocks per axis: none is inner
+    True
+    """
     from emseg.pipeline.geometry import BlockGrid, Box
 
     grid = BlockGrid(Box((0, 0, 0), (size,) * 3), (block,) * 3, (HALO,) * 3)
-    shape = grid.grid_shape
     inner = [b for b in range(grid.num_blocks)
-             if all(0 < i < n - 1 for i, n in zip(grid.block(b).index, shape))]
+             if grid.block(b).read_box == grid.block(b).write_box.grow(grid.halo)]
     if not inner or any("cpu_seconds" not in infos[b] for b in inner):
         return None
     cpu = sum(float(infos[b]["cpu_seconds"]) - float(infos[b].get("model_cpu_seconds", 0.0)) for b in inner)

@@ -112,7 +112,8 @@ def fragments_watershed(
 
     Libraries: ``edt`` (distance transform, anisotropic), ``cc3d`` (seed labels); the watershed is
     :func:`emseg.pipeline.stitching.flood.seeded_watershed` (scikit-image's flooding, compiled with
-    numba, about 7 times faster per voxel it floods: docs/agglomeration.md, "Known limits"). Unlike :func:`fragments_zwatershed` it tolerates soft, badly calibrated affinities
+    numba, about 7 times faster per voxel it floods before it prefetched, more since:
+    docs/agglomeration.md, "Known limits"). Unlike :func:`fragments_zwatershed` it tolerates soft, badly calibrated affinities
     (a forest's probabilities), but a fragment may cross a boundary where no seed lies on one side.
 
     >>> labels = np.zeros((6, 6, 12), np.uint32); labels[..., :6] = 1; labels[..., 6:] = 2
@@ -139,8 +140,8 @@ def fragments_watershed(
     footprint = tuple(2 * max(0, int(round(seed_min_distance * finest / v))) + 1 for v in size)
     peaks = (depth == ndi.maximum_filter(depth, size=footprint, mode="nearest")) & interior
     # uint32 seeds and labels (a box holds fewer than 2**31 voxels): half the memory of uint64, and
-    # a 160³ box's arrays then stay below glibc's 32 MB mmap threshold, so they are not mapped and
-    # page-faulted anew for every block
+    # a 160³ box's arrays can then stay below glibc's mmap threshold (at most 32 MB) instead of being
+    # mapped and page-faulted anew for every block
     seeds = cc3d.connected_components(peaks, connectivity=26, out_dtype=np.uint32)
     return seeded_watershed(np.subtract(1.0, mean, out=mean), seeds, mask)
 
