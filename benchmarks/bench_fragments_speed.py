@@ -114,11 +114,15 @@ def run(affs: np.ndarray, block: int, variant: str, threshold: float) -> tuple[d
         t0 = time.process_time()
         mean = a.mean(axis=0)
         interior = mean > 0.7
-        depth = edt.edt(interior, black_border=False, parallel=1)
+        # "after" as fragments_watershed does it: edt on a uint8 view, uint32 seeds, the cost in place
+        depth = edt.edt(interior.view(np.uint8) if after else interior, black_border=False, parallel=1)
         peaks = (depth == ndi.maximum_filter(depth, size=7, mode="nearest")) & interior
-        seeds = cc3d.connected_components(peaks, connectivity=26, out_dtype=np.uint64)
+        seeds = cc3d.connected_components(peaks, connectivity=26, out_dtype=np.uint32 if after else np.uint64)
         t0 = tick("seeds", t0)
-        cut = seeded_watershed(1.0 - mean, seeds) if after else watershed(1.0 - mean, seeds).astype(np.uint64)
+        if after:
+            cut = seeded_watershed(np.subtract(1.0, mean, out=mean), seeds)
+        else:
+            cut = watershed(1.0 - mean, seeds).astype(np.uint64)
         t0 = tick("watershed", t0)
         inner = tuple(slice(c.start - b.start, c.stop - b.start) for c, b in zip(core, box))
         f, _ = _dense(cut[inner].copy())
