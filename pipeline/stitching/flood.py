@@ -34,8 +34,8 @@ the processor for those five lines (``llvm.prefetch``, a hint that changes no va
 overlaps the pops in between. Side by side on FIB-25 forest affinities (2-core AMD EPYC, two
 rounds, CPU-s per Mvoxel of box, the same labels): 0.046-0.067 against 0.041-0.050 on a 160³ box,
 0.095-0.106 against 0.064-0.077 on 288³; bigger boxes gain more, as less of them stays in the
-caches. Prefetching the popped voxel alone gained nothing, and looking 4 to 12 pops ahead measured
-the same. A layout of 4 x 4 x 4 bricks, which keeps a voxel's neighbours in fewer cache lines,
+caches. Prefetching only that voxel, without its neighbours, gained nothing, and looking 4 to 12
+pops ahead measured the same. A layout of 4 x 4 x 4 bricks, which keeps a voxel's neighbours in fewer cache lines,
 was again no faster (same labels).
 
 Why not a library: on forest affinities of FIB-25 (80 x 128 x 128 voxels, ``time.process_time``)
