@@ -109,6 +109,21 @@ def test_a_region_gives_the_whole_images_affinities_inside_it(phantom, small_for
             assert not part[outside].any() and whole[outside].any()
 
 
+def test_the_forest_tile_height_does_not_change_the_output(phantom, small_forest) -> None:
+    # tiles of 3 planes (each with its own features' context) or one tile for the whole image, for
+    # a forest (float32 input) and gradient boosting (float64): the same probabilities, bit for bit
+    image = phantom[0][:40]
+    region = (slice(4, 37), slice(2, 50), slice(0, 60))
+    x = feats.compute(image[:12]).reshape(-1, feats.NUM_FEATURES)
+    y = forest_mod.boundary_target(phantom[1][:12]).reshape(-1)
+    hgb = forest_mod.make_classifier("hgb", 0, max_iter=5).fit(x, y)
+    for clf in (small_forest.classifier, hgb):
+        whole = forest_mod.ForestModel(clf, tile_z=1000).boundary(image, region)
+        tiled = forest_mod.ForestModel(clf, tile_z=3).boundary(image, region)
+        np.testing.assert_array_equal(tiled, whole)
+        assert whole[region].min() < whole[region].max()  # not a constant: the test can tell
+
+
 def test_forest_file_round_trip_and_refusals(tmp_path, small_forest) -> None:
     path = tmp_path / "f.skops"
     small_forest.save(path)
