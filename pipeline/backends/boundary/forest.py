@@ -155,8 +155,8 @@ class ForestModel:
             z1 = min(zr.stop, z0 + self.tile_z)
             lo, hi = max(0, z0 - c), min(depth, z1 + c)
             tile = feats.compute(image[lo:hi])
-            # one copy of the voxels to classify, in the dtype the classifier works in, and the
-            # tile's features freed before it runs: the peak is the features or the copy, not both
+            # one copy of the voxels to classify, made in the dtype the classifier converts to (so
+            # it makes no copy of its own), and the tile's features freed before it runs
             x = np.ascontiguousarray(tile[z0 - lo : z1 - lo, yr, xr], dtype=_input_dtype(self.classifier))
             del tile
             shape = x.shape[:3]
