@@ -10,10 +10,16 @@ the only place that spells them. The numbers are the ones in the file names ``ta
 (8, 'per block, then a reduce: near-threshold stitching edges as point annotations')
 >>> after(UNIONFIND)
 ('1-segment', '2-seams')
+
+``1-predict`` runs only with ``write.affinities`` (boundary backends): each block's model prediction
+of its write box, stored, from which ``1-segment`` then reads the affinities of its write box and
+fragment context. It is part of stage 1 (``tasks/stage1_segment.py``), not a stage of its own on the
+command line.
 """
 
 from __future__ import annotations
 
+PREDICT = "1-predict"
 SEGMENT = "1-segment"
 SEAMS = "2-seams"
 UNIONFIND = "3-unionfind"
@@ -29,9 +35,10 @@ OME_ZARR = "10-ome-zarr"
 SEGMENTATION = (SEGMENT, SEAMS, UNIONFIND, RELABEL)
 #: the stages that make viewing outputs from a complete segmentation (``postprocess`` in the config)
 POSTPROCESS = (PYRAMID, MESHES, PROPERTIES, SEAM_AUDIT, SKELETONS, OME_ZARR)
-ALL = SEGMENTATION + POSTPROCESS
+ALL = (PREDICT,) + SEGMENTATION + POSTPROCESS
 
 _WHAT = {
+    PREDICT: "per block, with write.affinities: the model's affinities on the write box, stored for 1-segment",
     SEGMENT: "per block: the backend's labels (or fragments and their region graph) in the write box",
     SEAMS: "per block: edges to the forward face neighbours, scored",
     UNIONFIND: "per octree group, up then down: the global mapping from the kept edges",

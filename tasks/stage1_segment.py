@@ -116,11 +116,12 @@ def fragment_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
     # whole halo (which is there for the model's own context): the model may skip the rest
     grow = backend.params.fragment_context
     need = tuple(slice(max(0, c.start - grow), min(n, c.stop + grow)) for c, n in zip(core, image.shape))
-    affs, mask = backend.affinities(image, block.read_box.start, region=need)
+    if ctx.affinities is not None:  # write.affinities: 1-predict stored them, block by block
+        affs, mask = read_affinities(ctx, block, need), backend.data_mask(image)
+    else:
+        affs, mask = backend.affinities(image, block.read_box.start, region=need)
     t_model, c_model = time.perf_counter() - t0, time.process_time() - c0
     core_affs = affs[(slice(None), *core)]
-    if ctx.affinities is not None:
-        _write_affinities(ctx, block, core_affs)
     cut = block_fragments(affs, core, mask, context=grow, **backend.fragment_options())
     frags, n = cut.labels, cut.n
     rag = region_graph(frags, core_affs)
@@ -143,6 +144,71 @@ def fragment_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
             "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
     store.mark_done(STAGE, block_id, info)
     return info
+
+
+def predict_block(ctx: RunContext, block_id: int, *upstream: Any) -> dict[str, Any]:
+    """``1-predict`` (with ``write.affinities``): the model's affinities on the block's write box,
+    into ``<output>/affinities``.
+
+    The model sees the whole read box (its context) but classifies only the write box. Stage 1 then
+    reads each block's write box and fragment context from the store (:func:`read_affinities`), so
+    the context that neighbouring blocks share is predicted once rather than by each of them. With
+    float32 the fragments are the ones the model's own output gives, whenever ``blocks.halo`` exceeds
+    ``backend.fragment_context`` (otherwise stage 1 would have zeroed the first plane of its read
+    box, where the store holds the true values); with uint8 they are cut from the stored values, as
+    a later ``model.kind: stored`` run cuts them.
+    """
+    t0, c0 = time.perf_counter(), time.process_time()
+    block = ctx.grid.block(block_id)
+    image = read_block(ctx, block)
+    if ctx.value_range is not None:
+        image = intensity.map_range(image, ctx.value_range)
+    core = block.write_box.slices(block.read_box.start)
+    affs, _ = runtime.backend(ctx.backend_key).affinities(image, block.read_box.start, region=core)
+    _write_affinities(ctx, block, affs[(slice(None), *core)])
+    info = {"voxels": block.write_box.size, "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
+    runtime.scratch(ctx.output).mark_done(stages.PREDICT, block_id, info)
+    return info
+
+
+def segment_alone(ctx: RunContext, block_id: int) -> tuple[dict[str, Any], int]:
+    """Stage 1 of one block without its neighbours, for ``emseg plan``'s calibration: the done
+    info (with ``write.affinities``, ``seconds`` includes ``1-predict``'s) and the bytes its write
+    box's stored affinities took (0 without). The window's other blocks are not predicted: stage 1
+    reads zeros around the write box, and a block pays for its own write box only."""
+    if ctx.affinities is None:
+        return segment_block(ctx, block_id), 0
+    import tensorstore as ts
+
+    from emseg.pipeline.io import kvstore, urls
+    from emseg.pipeline.io.volume import spec_for
+
+    box = ctx.grid.block(block_id).read_box.shift([-s for s in ctx.roi.start])
+    zeros = ts.open(dict(spec_for("zarr://" + ctx.affinities), store_data_equal_to_fill_value=True), write=True).result()
+    zeros[(slice(None), *box.slices())].write(0).result()  # chunks of zeros, not missing ones
+    kv = urls.open_kvstore(ctx.affinities)
+    before = kvstore.bytes_under(kv, "", skip=(".zarray", ".zattrs"))
+    spent = predict_block(ctx, block_id)["seconds"]
+    nbytes = kvstore.bytes_under(kv, "", skip=(".zarray", ".zattrs")) - before
+    info = segment_block(ctx, block_id)
+    return dict(info, seconds=info["seconds"] + spent), nbytes
+
+
+def read_affinities(ctx: RunContext, block: Block, need: tuple[slice, ...]) -> np.ndarray:
+    """The stored affinities (``write.affinities``, written by :func:`predict_block`) on ``need``
+    (slices of the block's read box) as (3, z, y, x) float32 over the read box, 0 outside ``need``;
+    uint8 as ``value / 255``, as :class:`emseg.pipeline.backends.boundary.stored.StoredAffinities`
+    reads them."""
+    box = block.read_box
+    out = np.zeros((3, *box.shape), np.float32)
+    src = tuple(slice(s - r + n.start, s - r + n.stop) for s, r, n in zip(box.start, ctx.roi.start, need))
+    data = runtime.channels(ctx.affinities, ctx.run_id).array[(slice(0, 3), *src)].read().result()
+    view = out[(slice(None), *need)]
+    if data.dtype == np.uint8:
+        np.divide(data, np.float32(255.0), out=view, casting="unsafe")
+    else:
+        view[...] = data
+    return out
 
 
 def _write_affinities(ctx: RunContext, block: Block, core_affs: np.ndarray) -> None:

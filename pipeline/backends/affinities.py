@@ -201,6 +201,17 @@ class Backend:
             return x, ~nan
         return x, None
 
+    def data_mask(self, image: np.ndarray) -> np.ndarray | None:
+        """The data mask :meth:`affinities` returns for ``image``, without running the model: the
+        label volume's non-zero voxels for ``model.kind`` labels, else False where a float image is
+        NaN (None when every voxel has data). Stage 1 uses it with affinities stored by ``1-predict``."""
+        if self.params.model.kind == "labels":
+            return image != 0
+        if image.dtype.kind == "f":
+            nan = np.isnan(image)
+            return ~nan if nan.any() else None
+        return None
+
     def affinities(
         self, image: np.ndarray, origin_zyx: tuple[int, int, int] = (0, 0, 0),
         region: tuple[slice, slice, slice] | None = None,

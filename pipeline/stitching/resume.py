@@ -18,7 +18,7 @@ octree group bottom-up, ``down-L-z_y_x`` top-down, then ``finish``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -62,6 +62,46 @@ def all_items(grid: BlockGrid, global_agglomeration: bool = False) -> dict[str, 
     ids = list(range(grid.num_blocks))
     return {stages.SEGMENT: ids, stages.SEAMS: ids,
             stages.UNIONFIND: list(unionfind_items(grid.grid_shape, global_agglomeration)), stages.RELABEL: ids}
+
+
+def predict_reach(grid: BlockGrid, fragment_context: int) -> tuple[int, int, int]:
+    """With ``write.affinities``: how many blocks away (z, y, x) a block's stage 1 reads stored
+    affinities, the write box grown by ``fragment_context`` within its read box.
+
+    >>> from emseg.pipeline.geometry import Box
+    >>> predict_reach(BlockGrid(Box((0, 0, 0), (64, 64, 64)), (16, 16, 8), (24, 4, 24)), 16)
+    (1, 1, 2)
+    """
+    return tuple(-(-min(fragment_context, h) // b) for h, b in zip(grid.halo, grid.block_shape))  # type: ignore[return-value]
+
+
+def predict_window(grid: BlockGrid, block_id: int, reach: Sequence[int]) -> list[int]:
+    """The blocks whose stored affinities stage 1 of ``block_id`` reads: those up to ``reach``
+    blocks away along each axis (:func:`predict_reach`), in id order."""
+    index = grid.block_index(block_id)
+    ranges = [range(max(0, i - r), min(g, i + r + 1)) for i, r, g in zip(index, reach, grid.grid_shape)]
+    return [grid.block_id((z, y, x)) for z in ranges[0] for y in ranges[1] for x in ranges[2]]
+
+
+def predict_last(grid: BlockGrid, reach: Sequence[int]) -> np.ndarray:
+    """Per block id, the largest id of its :func:`predict_window` (the window's far corner)."""
+    index = grid.block_indices(np.arange(grid.num_blocks))
+    far = np.minimum(index + np.asarray(reach), np.asarray(grid.grid_shape) - 1)
+    return np.ravel_multi_index(far.T, grid.grid_shape)
+
+
+def predict_todo(grid: BlockGrid, segment_todo: Sequence[int], predicted: set[str], reach: Sequence[int]) -> list[int]:
+    """The ``1-predict`` blocks to run: those in the window of a stage-1 block to run that have no
+    done-marker (``predicted``: the marker names)."""
+    from scipy import ndimage
+
+    want = np.zeros(grid.num_blocks, bool)
+    want[np.asarray(segment_todo, np.int64)] = True
+    size = [2 * r + 1 for r in reach]
+    need = ndimage.maximum_filter(want.reshape(grid.grid_shape), size=size, mode="constant", cval=False).ravel()
+    done = [int(i) for i in predicted if i.isdigit() and int(i) < grid.num_blocks]
+    need[done] = False
+    return np.flatnonzero(need).tolist()
 
 
 def incomplete(done: Mapping[str, set[str]], stage: str, grid: BlockGrid, global_agglomeration: bool = False) -> bool:

@@ -85,7 +85,7 @@ def calibrate(p: ValidatedRun, n: int = 3, *, workdir: str | None = None) -> Cal
     from emseg.pipeline.io.volume import create_channels, create_precomputed
     from emseg.tasks.driver import runtime
     from emseg.tasks.driver.context import new_run_id
-    from emseg.tasks.stage1_segment import face_key, segment_block
+    from emseg.tasks.stage1_segment import face_key, segment_alone
     from emseg.tasks.stage2_seams import match_seam
     from emseg.tasks.stage4_relabel import segmentation_spec
 
@@ -116,14 +116,16 @@ def calibrate(p: ValidatedRun, n: int = 3, *, workdir: str | None = None) -> Cal
 
         t0 = time.perf_counter()
         runtime.backend(ctx.backend_key)
-        segment_block(ctx, ids[0])  # warm-up: model load, store open; not counted per block
+        segment_alone(ctx, ids[0])  # warm-up: model load, store open; not counted per block
         warm = time.perf_counter() - t0
 
         cal = Calibration(device="", startup_seconds=0.0)
         written = kvstore.bytes_under(seg_kv, "", skip=("info",))
+        stored = 0  # write.affinities: bytes the write boxes' affinities took
         for bid in ids:
             block = grid.block(bid)
-            info = segment_block(ctx, bid)
+            info, nbytes = segment_alone(ctx, bid)
+            stored += nbytes
             labels_bytes = scratch.object_bytes(f"labels/{bid}")
             faces_bytes = scratch.bytes_under(f"faces/{bid}/")
             face_voxels = sum((block.read_box & nb.read_box).size for _, _, nb in grid.neighbours(block))
@@ -160,9 +162,8 @@ def calibrate(p: ValidatedRun, n: int = 3, *, workdir: str | None = None) -> Cal
                 seam_seconds=seam_s, edges=n_edges, edges_bytes=edges_bytes,
                 write_seconds=write_s, output_bytes=out_bytes,
             ))
-        if affs is not None:  # every calibration block wrote its write box once (the warm-up's again)
-            stored = kvstore.bytes_under(urls.open_kvstore(affs), "", skip=(".zarray", ".zattrs"))
-            cal.affinities_bytes_per_voxel = stored / sum(grid.block(b).write_box.size for b in set(ids))
+        if affs is not None:
+            cal.affinities_bytes_per_voxel = stored / sum(grid.block(b).write_box.size for b in ids)
         first = cal.samples[0]
         cal.startup_seconds = max(0.0, warm - first.segment_seconds)
         cal.device = _device(ctx.backend_params)

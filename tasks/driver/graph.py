@@ -5,7 +5,8 @@ which every task's dependencies come before it, and :class:`emseg.tasks.driver.e
 submits them with a bounded number in flight. The driver holds O(window) futures plus O(blocks)
 bookkeeping, whatever the size of the volume — a million-block run starts at once.
 
-Order: stage-1 blocks in C order; each stage-2 task as soon as its block and its forward neighbours
+Order: stage-1 blocks in C order (with ``write.affinities``, each after ``1-predict`` of the blocks
+whose stored affinities it reads, :func:`emseg.pipeline.stitching.resume.predict_window`); each stage-2 task as soon as its block and its forward neighbours
 are submitted (with blockwise agglomeration, its whole hood, ``BlockGrid.hood``, and the first block
 of its group, which scores the group's edges); each octree group of stage 3 as soon as its inputs are; then, after a barrier, the
 top-down half of stage 3, its ``finish`` and, after another barrier, stage 4.
@@ -24,10 +25,11 @@ from emseg.pipeline.stitching.unionfind import children, group_shape, groups, le
 from emseg.tasks import stage3_unionfind as stage3
 from emseg.tasks.driver.context import RunContext
 from emseg.tasks.driver.engine import Task
-from emseg.tasks.stage1_segment import segment_block
+from emseg.tasks.stage1_segment import predict_block, segment_block
 from emseg.tasks.stage2_seams import seams_block
 from emseg.tasks.stage4_relabel import relabel_block
 from emseg.pipeline import stages
+from emseg.pipeline.stitching import resume
 
 
 def _group_positions(grid: BlockGrid, block_pos: np.ndarray) -> list[np.ndarray]:
@@ -70,6 +72,12 @@ def streaming_tasks(ctx: RunContext, todo: dict[str, list[Any]]) -> Iterator[Tas
     bwd = grid.backward_ids()
     odd = grid.odd() if ctx.neighbour_prompts else np.zeros(n, bool)
     seg_pos = np.where(odd, _latest(ids, ids, fwd), ids)  # odd blocks wait for their forward neighbours
+    predict = todo.get(stages.PREDICT, [])
+    reach = (0, 0, 0)
+    if ctx.affinities is not None:  # write.affinities: stage 1 reads what its window's blocks predicted
+        reach = resume.predict_reach(grid, int(ctx.backend_params["fragment_context"]))
+        seg_pos = resume.predict_last(grid, reach)
+    predicting = set(predict)
     blockwise = ctx.boundary and not ctx.global_agglomeration
     if blockwise:  # a block's edges are scored with its hood: it waits for all of it
         seam_pos = grid.hood_max(seg_pos)
@@ -87,7 +95,8 @@ def streaming_tasks(ctx: RunContext, todo: dict[str, list[Any]]) -> Iterator[Tas
     seams = np.flatnonzero(np.isin(ids, todo[stages.SEAMS]))
     seg = seg[np.lexsort((odd[seg], seg_pos[seg]))]  # at one position: the even block, then the odd
     streams: list[Iterator[tuple[int, float, Any]]] = [
-        ((int(seg_pos[b]), 0.5 if odd[b] else 0, ("seg", int(b))) for b in seg)
+        ((int(b), -1, ("predict", int(b))) for b in sorted(predict)),
+        ((int(seg_pos[b]), 0.5 if odd[b] else 0, ("seg", int(b))) for b in seg),
     ]
     order = seams[np.argsort(seam_pos[seams], kind="stable")]
     streams.append((int(seam_pos[c]), 1, ("seams", int(c))) for c in order)
@@ -97,11 +106,15 @@ def streaming_tasks(ctx: RunContext, todo: dict[str, list[Any]]) -> Iterator[Tas
         for level, level_pos in enumerate(_group_positions(grid, group_pos), start=1):
             streams.append(_group_stream(level, level_pos, group_shape(grid.grid_shape, level)))
     for _, _, what in heapq.merge(*streams, key=lambda e: (e[0], e[1])):
-        if what[0] == "seg":
+        if what[0] == "predict":
+            yield Task(stages.PREDICT, what[1], predict_block, (ctx, what[1]))
+        elif what[0] == "seg":
             b = what[1]
             deps = []
             if odd[b]:
                 deps = [(stages.SEGMENT, int(j)) for j in sorted(np.concatenate([bwd[b], fwd[b]]).tolist()) if j >= 0]
+            if ctx.affinities is not None:
+                deps = [(stages.PREDICT, j) for j in resume.predict_window(grid, b, reach) if j in predicting]
             yield Task(stages.SEGMENT, b, segment_block, (ctx, b), deps)
         elif what[0] == "seams":
             c = what[1]

@@ -71,7 +71,7 @@ def build(
     finished = dt.datetime.now(dt.timezone.utc).timestamp()
     per_stage: dict[str, dict[str, Any]] = {}
     stats, wall = results["stats"], results["wall"]
-    for stage in stages.SEGMENTATION:
+    for stage in ((stages.PREDICT,) if stages.PREDICT in todo else ()) + stages.SEGMENTATION:
         ran, secs, _, cpu = stats.get(stage, [0, 0.0, 0, 0.0])
         first, last = wall.get(stage, [0.0, 0.0])
         per_stage[stage] = {

@@ -473,6 +473,10 @@ def _execute(p: ValidatedRun, *, restart: bool, stages: Sequence[str], progress:
         if skipped:
             log.info("resume: %s skips %d of %d %s already done", stage, skipped, totals[stage],
                      "tasks" if stage == registry.UNIONFIND else "blocks")
+    if ctx.affinities is not None:  # write.affinities: the blocks stage 1 reads stored affinities of
+        reach = resume.predict_reach(grid, int(ctx.backend_params["fragment_context"]))
+        todo[registry.PREDICT] = resume.predict_todo(grid, todo[registry.SEGMENT], scratch.done_items(registry.PREDICT), reach)
+        totals[registry.PREDICT] = grid.num_blocks
 
     previous = report_mod.read(ctx.output)
     if not any(todo.values()) and previous is not None and previous.get("status") == "complete" \
