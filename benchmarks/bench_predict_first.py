@@ -85,7 +85,8 @@ def main() -> None:
     args = ap.parse_args()
     if not DATA.exists():
         raise SystemExit(f"needs {DATA}")
-    from distributed import Client, LocalCluster
+    from emseg.pipeline.config import ClusterConfig
+    from emseg.tasks.driver.cluster import connect
 
     from emseg.tasks.commands.evaluate import evaluate
 
@@ -94,16 +95,17 @@ def main() -> None:
                            "machine": f"{platform.processor() or platform.machine()}, {args.workers} worker processes",
                            "roi": VALIDATION, "halo": [24, 24, 24], "rounds": {}}
     try:
-        with LocalCluster(n_workers=args.workers, threads_per_worker=1, memory_limit="auto") as cluster, \
-                Client(cluster) as client:
-            _run(work / "warm", 64, None, cluster.scheduler_address)  # numba kernels and the model, once per worker
+        # one cluster for all runs, started as a run starts its own (emseg's worker settings)
+        with connect(ClusterConfig(workers=args.workers)) as client:
+            address = client.scheduler.address
+            _run(work / "warm", 64, None, address)  # numba kernels and the model, once per worker
             gt = f"zarr://{DATA}/labels"
             for r in range(args.rounds):
                 for block in args.blocks:
                     modes = list(MODES.items()) if r % 2 == 0 else list(MODES.items())[::-1]
                     for name, affinities in modes:
                         out = work / f"b{block}-{affinities}"
-                        run = _run(out, block, affinities, cluster.scheduler_address)
+                        run = _run(out, block, affinities, address)
                         row = _measure(run, out)
                         s = evaluate(f"precomputed://{out}/segmentation", gt)
                         row.update({k: round(float(s[k]), 4) for k in ("voi_split", "voi_merge", "adapted_rand_error")})
@@ -116,7 +118,6 @@ def main() -> None:
                         if affinities:
                             same = bool(np.array_equal(read_output(work / f"b{block}-{affinities}"), one))
                             res["rounds"][str(r)][f"{block}"][name]["same_as_one_pass"] = same
-            client.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     _print(res)

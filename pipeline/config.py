@@ -114,10 +114,13 @@ class WriteConfig(Strict):
     sharded: bool = False
     #: explicit sharding bits (preshift_bits, minishard_bits, shard_bits); null = derived
     sharding_bits: tuple[int, int, int] | None = None
-    #: boundary backends: also store each block's affinities of its write box in <output>/affinities
-    #: (zarr, (3, z, y, x), chunks (3, *chunk_shape)), to rerun fragments and agglomeration later
-    #: without the model (backend.model.kind: stored); uint8 (0..255, 3 bytes per voxel, what lsd
-    #: and volara store) or float32 (exact, 12 bytes per voxel); null = not stored
+    #: boundary backends: the model predicts each block's write box once (stage 1-predict) into
+    #: <output>/affinities (zarr, (3, z, y, x), chunks (3, *chunk_shape)), and stage 1 cuts fragments
+    #: from the stored write box and fragment context: the context that neighbouring blocks share is
+    #: predicted once, not by each of them, and is the whole volume's. Fragments and agglomeration can
+    #: be rerun later without the model (backend.model.kind: stored). uint8 (0..255, 3 bytes per
+    #: voxel, what lsd and volara store) or float32 (exact, 12 bytes per voxel); null = not stored,
+    #: each block predicts its write box and fragment context itself
     affinities: Literal["uint8", "float32"] | None = None
 
 

@@ -94,6 +94,8 @@ def fragment_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
 
     The fragments are cut from the write box grown by the backend's fragment context (within the
     read box) and cropped to the write box (:func:`emseg.pipeline.stitching.agglomeration.block_fragments`).
+    The model predicts their affinities here, or with ``write.affinities`` they are read from what
+    ``1-predict`` stored (:func:`predict_block`).
 
     Scratch: ``labels/<block>`` (fragments, ``n``), ``rag/<block>`` (touching fragments: local ``u``,
     ``v``, affinity ``total`` and ``count`` across their faces; ``out_id``, ``out_n``: fragments on the
@@ -152,11 +154,16 @@ def predict_block(ctx: RunContext, block_id: int, *upstream: Any) -> dict[str, A
 
     The model sees the whole read box (its context) but classifies only the write box. Stage 1 then
     reads each block's write box and fragment context from the store (:func:`read_affinities`), so
-    the context that neighbouring blocks share is predicted once rather than by each of them. With
-    float32 the fragments are the ones the model's own output gives, whenever ``blocks.halo`` exceeds
-    ``backend.fragment_context`` (otherwise stage 1 would have zeroed the first plane of its read
-    box, where the store holds the true values); with uint8 they are cut from the stored values, as
-    a later ``model.kind: stored`` run cuts them.
+    the context that neighbouring blocks share is predicted once rather than by each of them.
+
+    The stored affinities are the whole volume's everywhere (the halo covers the model's context +
+    1). Without ``write.affinities`` a block predicts its fragment context from its own read box,
+    which holds the model's whole context there only when ``blocks.halo`` is at least
+    ``fragment_context`` + context + 1: so with float32 a run gives exactly what a one-pass run with
+    such a halo gives, and with the usual halo (context + 1) its fragments near block faces can
+    differ slightly from a one-pass run's (they depend less on where the blocks were cut). With
+    uint8 the fragments are cut from the stored values, as a later ``model.kind: stored`` run cuts
+    them.
     """
     t0, c0 = time.perf_counter(), time.process_time()
     block = ctx.grid.block(block_id)
