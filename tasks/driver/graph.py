@@ -5,11 +5,12 @@ which every task's dependencies come before it, and :class:`emseg.tasks.driver.e
 submits them with a bounded number in flight. The driver holds O(window) futures plus O(blocks)
 bookkeeping, whatever the size of the volume — a million-block run starts at once.
 
-Order: stage-1 blocks in C order (with ``write.affinities``, each after ``1-predict`` of the blocks
-whose stored affinities it reads, :func:`emseg.pipeline.stitching.resume.predict_window`); each stage-2 task as soon as its block and its forward neighbours
-are submitted (with blockwise agglomeration, its whole hood, ``BlockGrid.hood``, and the first block
-of its group, which scores the group's edges); each octree group of stage 3 as soon as its inputs are; then, after a barrier, the
-top-down half of stage 3, its ``finish`` and, after another barrier, stage 4.
+Order: stage-1 blocks in C order (with ``write.affinities``, each after ``1-predict`` of the
+blocks whose stored affinities it reads, :func:`emseg.pipeline.stitching.resume.predict_window`);
+each stage-2 task as soon as its block and its forward neighbours are submitted (with blockwise
+agglomeration, its whole hood, ``BlockGrid.hood``, and the first block of its group, which scores
+the group's edges); each octree group of stage 3 as soon as its inputs are; then, after a barrier,
+the top-down half of stage 3, its ``finish`` and, after another barrier, stage 4.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def streaming_tasks(ctx: RunContext, todo: dict[str, list[Any]]) -> Iterator[Tas
     if ctx.affinities is not None:  # write.affinities: stage 1 reads what its window's blocks predicted
         reach = resume.predict_reach(grid, int(ctx.backend_params["fragment_context"]))
         seg_pos = resume.predict_last(grid, reach)
-    predicting = set(predict)
+    predicting = np.zeros(n, bool)  # one bit per block: which 1-predict tasks this run submits
+    predicting[np.asarray(predict, np.int64)] = True
     blockwise = ctx.boundary and not ctx.global_agglomeration
     if blockwise:  # a block's edges are scored with its hood: it waits for all of it
         seam_pos = grid.hood_max(seg_pos)
@@ -114,7 +116,7 @@ def streaming_tasks(ctx: RunContext, todo: dict[str, list[Any]]) -> Iterator[Tas
             if odd[b]:
                 deps = [(stages.SEGMENT, int(j)) for j in sorted(np.concatenate([bwd[b], fwd[b]]).tolist()) if j >= 0]
             if ctx.affinities is not None:
-                deps = [(stages.PREDICT, j) for j in resume.predict_window(grid, b, reach) if j in predicting]
+                deps = [(stages.PREDICT, j) for j in resume.predict_window(grid, b, reach) if predicting[j]]
             yield Task(stages.SEGMENT, b, segment_block, (ctx, b), deps)
         elif what[0] == "seams":
             c = what[1]
