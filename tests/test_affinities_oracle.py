@@ -46,16 +46,22 @@ def cells(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, np.ndarray]:
 
 
 @pytest.mark.parametrize(
-    ("block", "halo", "scope"),
-    [((16, 16, 16), (1, 1, 1), "global"), ((32, 16, 24), (2, 1, 3), "blockwise"), ((8, 8, 8), (4, 4, 4), "global"),
-     ((16, 16, 16), (1, 1, 1), "blockwise"), ((48, 56, 40), (0, 0, 0), "auto")],
+    ("block", "halo", "scope", "stored"),
+    [((16, 16, 16), (1, 1, 1), "global", None), ((32, 16, 24), (2, 1, 3), "blockwise", None),
+     ((8, 8, 8), (4, 4, 4), "global", None), ((16, 16, 16), (1, 1, 1), "blockwise", None),
+     ((48, 56, 40), (0, 0, 0), "auto", None),
+     # predicting first (write.affinities): stage 1 reads its neighbours' stored affinities, here up
+     # to two blocks away (a 12-voxel halo around 8³ blocks), in either scope
+     ((8, 8, 8), (12, 12, 12), "blockwise", "uint8"), ((16, 16, 16), (1, 1, 1), "global", "float32")],
 )
-def test_labels_come_back_for_any_block_shape(cells, tmp_path, dask_address, block, halo, scope):
+def test_labels_come_back_for_any_block_shape(cells, tmp_path, dask_address, block, halo, scope, stored):
     url, labels = cells
     cfg = run_config(url, tmp_path / "out", dask_address,
                      backend={"name": "affinities", "model": {"kind": "labels"}},
-                     blocks={"shape": list(block), "halo": list(halo)}, agglomeration={"scope": scope})
+                     blocks={"shape": list(block), "halo": list(halo)}, agglomeration={"scope": scope},
+                     write={"chunk_shape": [8, 8, 8], "affinities": stored})
     run = segment(cfg, progress=False)
+    assert ("1-predict" in run["stages"]) == (stored is not None)
     out = read_output(tmp_path / "out")
     expected = cc3d.connected_components(labels, connectivity=6)
     assert expected.max() > 60
