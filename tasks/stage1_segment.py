@@ -19,7 +19,8 @@ import numpy as np
 from emseg.pipeline.io import intensity
 from emseg.pipeline.geometry import Block
 from emseg.pipeline.stitching.labels import renumber_core_first
-from emseg.pipeline.io.volume import read_error
+from emseg.pipeline.errors import VolumeReadError
+from emseg.pipeline.io.volume import read_error, ts_message
 from emseg.tasks.driver import runtime
 from emseg.tasks.driver.context import RunContext
 from emseg.pipeline import stages
@@ -95,7 +96,8 @@ def fragment_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
     The fragments are cut from the write box grown by the backend's fragment context (within the
     read box) and cropped to the write box (:func:`emseg.pipeline.stitching.agglomeration.block_fragments`).
     The model predicts their affinities here, or with ``write.affinities`` they are read from what
-    ``1-predict`` stored (:func:`predict_block`).
+    ``1-predict`` stored (:func:`predict_block`); the done-marker's ``model_seconds`` and
+    ``model_cpu_seconds`` time that step (the model, or the read), as they time a stored model's read.
 
     Scratch: ``labels/<block>`` (fragments, ``n``), ``rag/<block>`` (touching fragments: local ``u``,
     ``v``, affinity ``total`` and ``count`` across their faces; ``out_id``, ``out_n``: fragments on the
@@ -109,17 +111,21 @@ def fragment_block(ctx: RunContext, block_id: int) -> dict[str, Any]:
     t0, c0 = time.perf_counter(), time.process_time()
     grid = ctx.grid
     block = grid.block(block_id)
-    image = read_block(ctx, block)
-    if ctx.value_range is not None:  # NaN stays NaN: the backend masks it out as no data
-        image = intensity.map_range(image, ctx.value_range)
     backend = runtime.backend(ctx.backend_key)
+    stored = ctx.affinities is not None  # write.affinities: 1-predict stored them, block by block
+    image = None  # stored affinities: the image only gives the no-data mask (NaN; 0 in a label volume)
+    if not stored or backend.params.model.kind == "labels" or runtime.volume(ctx.input_key).dtype.kind == "f":
+        image = read_block(ctx, block)
+        if ctx.value_range is not None:  # NaN stays NaN: the backend masks it out as no data
+            image = intensity.map_range(image, ctx.value_range)
     core = block.write_box.slices(block.read_box.start)
     # the affinities are needed on the write box and the fragment context around it, not on the
     # whole halo (which is there for the model's own context): the model may skip the rest
     grow = backend.params.fragment_context
-    need = tuple(slice(max(0, c.start - grow), min(n, c.stop + grow)) for c, n in zip(core, image.shape))
-    if ctx.affinities is not None:  # write.affinities: 1-predict stored them, block by block
-        affs, mask = read_affinities(ctx, block, need), backend.data_mask(image)
+    need = tuple(slice(max(0, c.start - grow), min(n, c.stop + grow)) for c, n in zip(core, block.read_box.shape))
+    if stored:
+        affs = read_affinities(ctx, block, need)
+        mask = None if image is None else backend.data_mask(image)
     else:
         affs, mask = backend.affinities(image, block.read_box.start, region=need)
     t_model, c_model = time.perf_counter() - t0, time.process_time() - c0
@@ -159,11 +165,11 @@ def predict_block(ctx: RunContext, block_id: int, *upstream: Any) -> dict[str, A
     The stored affinities are the whole volume's everywhere (the halo covers the model's context +
     1). Without ``write.affinities`` a block predicts its fragment context from its own read box,
     which holds the model's whole context there only when ``blocks.halo`` is at least
-    ``fragment_context`` + context + 1: so with float32 a run gives exactly what a one-pass run with
-    such a halo gives, and with the usual halo (context + 1) its fragments near block faces can
-    differ slightly from a one-pass run's (they depend less on where the blocks were cut). With
-    uint8 the fragments are cut from the stored values, as a later ``model.kind: stored`` run cuts
-    them.
+    ``fragment_context`` + context + 1: so with float32 and a halo of at least ``fragment_context``
+    (the forest's context + 1 is) a run gives exactly what a one-pass run with the wider halo gives,
+    and with the usual halo (context + 1) its fragments near block faces can differ slightly from a
+    one-pass run's (they depend less on where the blocks were cut). With uint8 the fragments are
+    cut from the stored values, as a later ``model.kind: stored`` run cuts them.
     """
     t0, c0 = time.perf_counter(), time.process_time()
     block = ctx.grid.block(block_id)
@@ -209,7 +215,11 @@ def read_affinities(ctx: RunContext, block: Block, need: tuple[slice, ...]) -> n
     box = block.read_box
     out = np.zeros((3, *box.shape), np.float32)
     src = tuple(slice(s - r + n.start, s - r + n.stop) for s, r, n in zip(box.start, ctx.roi.start, need))
-    data = runtime.channels(ctx.affinities, ctx.run_id).array[(slice(0, 3), *src)].read().result()
+    try:
+        data = runtime.channels(ctx.affinities, ctx.run_id).array[(slice(0, 3), *src)].read().result()
+    except ValueError as exc:  # a missing chunk: the store lost what 1-predict had marked done
+        raise VolumeReadError(f"the stored affinities {ctx.affinities} lack what block {block.id} reads, although "
+                              f"1-predict marked it done ({ts_message(exc)}); rerun with --restart") from None
     view = out[(slice(None), *need)]
     if data.dtype == np.uint8:
         np.divide(data, np.float32(255.0), out=view, casting="unsafe")

@@ -4,7 +4,8 @@ cuts fragments from the stored affinities of its write box and fragment context.
 A one-pass run predicts each block's fragment context from its own read box, so there the
 affinities are the whole volume's only when the halo also holds the model's context beyond the
 fragment context (16 + 22 + 1 voxels for the bundled forest); predicted first, they are the whole
-volume's for any halo of the model's context + 1. On real data with the bundled forest, predicting
+volume's for any halo of the model's context + 1 (and, cut with the whole fragment context, for
+a halo of at least the fragment context, which the forest's 23 is). On real data with the bundled forest, predicting
 first with the usual halo (24) gives exactly the segmentation of a one-pass run with that wide halo,
 while the model classifies far fewer voxels; a resumed run reuses the stored predictions.
 """
@@ -74,6 +75,34 @@ def test_predicting_first_gives_the_whole_volume_affinities(tmp_path, dask_addre
         "cluster": {"address": dask_address} if dask_address else {"workers": 2}, "roi": ROI, "postprocess": None,
     }), progress=False)
     assert np.array_equal(read_output(tmp_path / "from_q"), read_output(tmp_path / "q"))
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_chunks_of_zero_affinities_are_stored(tmp_path, dask_address, dtype):
+    """Background wider than a chunk (label 0, whose affinities are 0) is stored as chunks of zeros,
+    not left missing (tensorstore skips chunks equal to the fill value unless told otherwise), so
+    stage 1 reads it; and a store removed after its 1-predict markers is predicted again."""
+    from emseg.pipeline.io.scratch import Scratch
+    from emseg.tasks.driver.run import segment
+    from tests.conftest import run_config, write_zarr
+
+    labels = np.zeros((24, 24, 24), np.uint32)
+    labels[:, :, 10:] = 1
+    labels[:, 12:, 10:] = 2
+    url = write_zarr(tmp_path / "labels.zarr", labels, chunks=(8, 8, 8))
+    cfg = run_config(url, tmp_path / "out", dask_address, backend={"name": "affinities", "model": {"kind": "labels"}},
+                     blocks={"shape": [8, 8, 8], "halo": [1, 1, 1]}, write={"chunk_shape": [8, 8, 8], "affinities": dtype},
+                     keep_scratch=True)
+    run = segment(cfg, progress=False)
+    assert run["status"] == "complete" and run["segments"] == 2
+    assert (tmp_path / "out" / "affinities" / "0.0.0.0").exists()  # x < 8: all background
+    import shutil
+
+    shutil.rmtree(tmp_path / "out" / "affinities")
+    Scratch(str(tmp_path / "out")).clear_done(stages.SEGMENT, [13])
+    again = segment(cfg, progress=False)
+    assert again["stages"]["1-predict"]["ran"] == 27 and again["segments"] == 2
+    assert np.array_equal(read_output(tmp_path / "out") > 0, labels > 0)
 
 
 def test_the_window_of_stored_affinities_a_block_reads():

@@ -196,7 +196,9 @@ def open_channels(source: Source, *, write: bool = False) -> ChannelVolume:
     The channel axis is precomputed's ``channel``, or the one axis besides z, y and x that a zarr / n5
     array's metadata names (:func:`axis_metadata`); an unnamed 4D zarr array is taken as c, z, y, x
     (MALA / lsd / volara write affinities so), an unnamed n5 one as x, y, z, c. Missing chunks are an
-    error on read, never the fill value. ``write``: open for writing too.
+    error on read, never the fill value. ``write``: open for writing too, and every chunk written is
+    stored, all-zero ones included (tensorstore skips chunks equal to the fill value otherwise, and a
+    reader would then find them missing).
 
     Raises
     ------
@@ -207,6 +209,8 @@ def open_channels(source: Source, *, write: bool = False) -> ChannelVolume:
     """
     spec = spec_for(source)
     spec.setdefault("fill_missing_data_reads", False)
+    if write:
+        spec.setdefault("store_data_equal_to_fill_value", True)
     name = describe(source)
     try:
         arr = ts.open(spec, read=True, write=write).result()

@@ -1,7 +1,7 @@
 """``emseg plan CONFIG``: what a run will need and cost, from a calibration on a few of its blocks.
 
-The calibration runs stage 1 (:func:`emseg.tasks.stage1_segment.segment_block`, the configured backend, for
-real) on ``N`` blocks spread over the region of interest, in this process, into a temporary output
+The calibration runs stage 1 (:func:`emseg.tasks.stage1_segment.segment_alone`, the configured backend, for
+real; with ``write.affinities`` the block's ``1-predict`` too) on ``N`` blocks spread over the region of interest, in this process, into a temporary output
 that is deleted afterwards: the configured output is never opened. The first calibration block is
 run once more beforehand, untimed, to warm up (model loading, store opening): that time is reported
 as the per-worker startup. For each block it measures

@@ -412,6 +412,8 @@ def prepare_output(p: ValidatedRun, *, restart: bool) -> Scratch:
         sharding=p.sharding,
     )
     if ctx.affinities is not None:
+        if not kvstore.list_keys(urls.open_kvstore(ctx.affinities), ".zarray"):  # new, or removed since
+            scratch.clear_done(registry.PREDICT)  # 1-predict's markers vouch for its chunks
         create_channels(ctx.affinities, dtype=str(ctx.affinities_dtype), channels=3, shape_zyx=ctx.roi.shape,
                         chunk_zyx=p.config.write.chunk_shape, voxel_size_nm=p.input.voxel_size_nm,
                         offset_zyx=[o + s for o, s in zip(p.input.offset_zyx, ctx.roi.start)],
@@ -475,8 +477,11 @@ def _execute(p: ValidatedRun, *, restart: bool, stages: Sequence[str], progress:
                      "tasks" if stage == registry.UNIONFIND else "blocks")
     if ctx.affinities is not None:  # write.affinities: the blocks stage 1 reads stored affinities of
         reach = resume.predict_reach(grid, int(ctx.backend_params["fragment_context"]))
-        todo[registry.PREDICT] = resume.predict_todo(grid, todo[registry.SEGMENT], scratch.done_items(registry.PREDICT), reach)
+        predicted = scratch.done_items(registry.PREDICT)
+        todo[registry.PREDICT] = resume.predict_todo(grid, todo[registry.SEGMENT], predicted, reach)
         totals[registry.PREDICT] = grid.num_blocks
+        if predicted and todo[registry.SEGMENT]:
+            log.info("resume: %s keeps the stored affinities of %d blocks", registry.PREDICT, len(predicted))
 
     previous = report_mod.read(ctx.output)
     if not any(todo.values()) and previous is not None and previous.get("status") == "complete" \
