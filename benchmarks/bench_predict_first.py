@@ -13,8 +13,10 @@ rounds, and reports per run:
   one voxel for voxel, and the bytes of the stored affinities.
 
     python benchmarks/bench_predict_first.py [--rounds 2] [--workers 2]
+    python benchmarks/bench_predict_first.py --whole    # the whole 250³ volume end to end, each way
 
-Prints a table and writes ``benchmarks/results/predict_first.json``.
+Prints a table and writes ``benchmarks/results/predict_first.json`` (``--whole``:
+``predict_first_whole.json``).
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ VALIDATION = {"start": [170, 0, 0], "stop": [250, 250, 250]}
 MODES = {"one pass": None, "predict first, float32": "float32", "predict first, uint8": "uint8"}
 
 
-def _run(out: Path, block: int, affinities: str | None, address: str) -> dict[str, Any]:
+def _run(out: Path, block: int, affinities: str | None, address: str | None,
+         roi: dict[str, Any] | None = VALIDATION) -> dict[str, Any]:
+    """One run; ``address`` None starts a cluster of its own (2 workers), as ``emseg segment`` does."""
     from emseg.pipeline.config import from_dict
     from emseg.tasks.driver.run import segment
 
@@ -47,8 +51,30 @@ def _run(out: Path, block: int, affinities: str | None, address: str) -> dict[st
         "backend": {"name": "affinities", "model": {"kind": "forest", "weights": "bundled"}},
         "blocks": {"shape": [block] * 3, "halo": [24, 24, 24]},
         "write": {"chunk_shape": [64, 64, 64], "affinities": affinities},
-        "cluster": {"address": address}, "roi": VALIDATION, "postprocess": None,
+        "cluster": {"address": address} if address else {"workers": 2}, "roi": roi, "postprocess": None,
     }), progress=False, restart=True)
+
+
+def _whole(work: Path, res: dict[str, Any]) -> None:
+    """The whole 250³ volume in 128³ blocks, each way, each on a cluster of its own (its start
+    included in ``seconds_with_cluster_start``), as ``emseg segment configs/fib25_local.yaml`` runs."""
+    from emseg.tasks.commands.evaluate import evaluate
+
+    rows = res.setdefault("whole_250", {})
+    for name, affinities in (("one pass", None), ("predict first, float32", "float32")):
+        out = work / f"whole-{affinities}"
+        t = time.perf_counter()
+        run = _run(out, 128, affinities, None, roi=None)
+        row = {"seconds_with_cluster_start": round(time.perf_counter() - t, 1), **_measure(run, out)}
+        s = evaluate(f"precomputed://{out}/segmentation", f"zarr://{DATA}/labels")
+        row.update({k: round(float(s[k]), 4) for k in ("voi_split", "voi_merge", "adapted_rand_error")})
+        row["mvoxel_per_s_end_to_end"] = round(250 ** 3 / 1e6 / row["seconds_with_cluster_start"], 3)
+        rows[name] = row
+        print(f"whole 250³ {name:<24} {row['seconds_with_cluster_start']} s with the cluster's start, forest "
+              f"{row['model_cpu_seconds']} CPU-s, the rest {row['other_cpu_seconds']}, {row['segments']} segments, "
+              f"ARand {row['adapted_rand_error']}", flush=True)
+    rows["predict first, float32"]["same_as_one_pass"] = bool(
+        np.array_equal(read_output(work / "whole-float32"), read_output(work / "whole-None")))
 
 
 def read_output(out: Path) -> np.ndarray:
@@ -82,6 +108,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--blocks", type=int, nargs="+", default=[64, 128])
+    ap.add_argument("--whole", action="store_true", help="only the whole 250³ volume end to end (writes predict_first_whole.json)")
     args = ap.parse_args()
     if not DATA.exists():
         raise SystemExit(f"needs {DATA}")
@@ -94,6 +121,15 @@ def main() -> None:
     res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "load_average_start": list(os.getloadavg()),
                            "machine": f"{platform.processor() or platform.machine()}, {args.workers} worker processes",
                            "roi": VALIDATION, "halo": [24, 24, 24], "rounds": {}}
+    if args.whole:
+        try:
+            _whole(work, res)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "predict_first_whole.json").write_text(json.dumps(res, indent=1) + "\n")
+        print(f"wrote {RESULTS / 'predict_first_whole.json'}")
+        return
     try:
         # one cluster for all runs, started as a run starts its own (emseg's worker settings)
         with connect(ClusterConfig(workers=args.workers)) as client:
