@@ -105,6 +105,44 @@ def test_chunks_of_zero_affinities_are_stored(tmp_path, dask_address, dtype):
     assert np.array_equal(read_output(tmp_path / "out") > 0, labels > 0)
 
 
+def test_affinities_stored_by_an_older_emseg_are_reused(tmp_path, dask_address):
+    """New stores are blosc-lz4 (read back faster than blosc-zstd); a run resumed on a store that an
+    older emseg wrote with blosc-zstd reuses its chunks instead of refusing the store."""
+    import json
+
+    import tensorstore as ts
+
+    from emseg.pipeline.io.scratch import Scratch
+    from emseg.pipeline.io.volume import ZSTD, _zarr_spec
+    from emseg.tasks.driver.run import segment
+    from tests.conftest import run_config, write_zarr
+
+    labels = np.zeros((24, 24, 24), np.uint32)
+    labels[:, :, 10:] = 1
+    labels[:, 12:, 10:] = 2
+    url = write_zarr(tmp_path / "labels.zarr", labels, chunks=(8, 8, 8))
+    cfg = run_config(url, tmp_path / "out", dask_address, backend={"name": "affinities", "model": {"kind": "labels"}},
+                     blocks={"shape": [8, 8, 8], "halo": [1, 1, 1]}, write={"chunk_shape": [8, 8, 8], "affinities": "float32"},
+                     keep_scratch=True)
+    assert segment(cfg, progress=False)["segments"] == 2
+    store = tmp_path / "out" / "affinities"
+    assert json.loads((store / ".zarray").read_text())["compressor"]["cname"] == "lz4"
+    data = ts.open({"driver": "zarr", "kvstore": {"driver": "file", "path": str(store)}}).result().read().result()
+    attrs = (store / ".zattrs").read_text()
+    import shutil
+
+    shutil.rmtree(store)  # the same values, as an older emseg stored them
+    _, spec = _zarr_spec(str(store), "float32", data.shape, [3, 8, 8, 8], ZSTD)
+    spec["metadata"]["fill_value"] = 0
+    ts.open(dict(spec, store_data_equal_to_fill_value=True), create=True).result().write(data).result()
+    (store / ".zattrs").write_text(attrs)
+    Scratch(str(tmp_path / "out")).clear_done(stages.SEGMENT)
+    again = segment(cfg, progress=False)
+    assert again["stages"]["1-predict"]["ran"] == 0 and again["stages"]["1-segment"]["ran"] == 27
+    assert again["segments"] == 2 and np.array_equal(read_output(tmp_path / "out") > 0, labels > 0)
+    assert json.loads((store / ".zarray").read_text())["compressor"]["cname"] == "zstd"
+
+
 def test_the_window_of_stored_affinities_a_block_reads():
     """Stage 1 reads its write box grown by the fragment context, within its halo: here up to one
     block along z and y (16-voxel context in 16-voxel blocks), two along x (8-voxel blocks)."""
