@@ -170,6 +170,13 @@ def test_a_thin_halo_is_warned_about(tmp_path, stored, caplog):
     validate(run_config(img, tmp_path / "out", None, backend=_model(affs),
                         blocks={"shape": [16, 16, 16], "halo": [4, 4, 4]}))
     assert "smaller than backend.fragment_context (16)" in caplog.text
+    assert "copies" not in caplog.text
+
+
+def test_copying_stored_affinities_is_warned_about(tmp_path, stored, caplog):
+    img, affs, _ = stored
+    validate(run_config(img, tmp_path / "out", None, backend=_model(affs), write={"affinities": "uint8", "chunk_shape": [16] * 3}))
+    assert f"copies {affs} into the output's affinities" in caplog.text
 
 
 def test_soft_stored_affinities_do_not_depend_on_the_halo(tmp_path, dask_address):

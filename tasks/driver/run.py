@@ -240,6 +240,10 @@ def _check_boundary(config: Config, vol: Volume, grid: BlockGrid) -> tuple[float
         log.warning("blocks.halo %s is smaller than backend.fragment_context (%d) along %s: fragments near block faces "
                     "are cut with less context and depend more on where the blocks were cut; set blocks.halo to %d "
                     "or more for block-invariant fragments", list(halo), grow, ", ".join("zyx"[a] for a in thin), grow)
+    model = config.backend.params.model
+    if model.kind == "stored" and config.write.affinities is not None:
+        log.warning("write.affinities with backend.model.kind stored copies %s into the output's affinities before "
+                    "cutting fragments; without write.affinities the run reads them where they are", model.affinities)
     own = float(backend.default_threshold)
     t = config.agglomeration.threshold
     t = own if t is None else float(t)
