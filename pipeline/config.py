@@ -115,7 +115,7 @@ class WriteConfig(Strict):
     #: explicit sharding bits (preshift_bits, minishard_bits, shard_bits); null = derived
     sharding_bits: tuple[int, int, int] | None = None
     #: boundary backends: the model predicts each block's write box once (stage 1-predict) into
-    #: <output>/affinities (zarr, (3, z, y, x), chunks (3, *chunk_shape)), and stage 1 cuts fragments
+    #: <output>/affinities (zarr, (3, z, y, x), chunks (3, *chunk_shape), blosc-lz4), and stage 1 cuts fragments
     #: from the stored write box and fragment context: the context that neighbouring blocks share is
     #: predicted once, not by each of them, and is the whole volume's. Fragments and agglomeration can
     #: be rerun later without the model (backend.model.kind: stored). uint8 (0..255, 3 bytes per
