@@ -226,6 +226,7 @@ def test_slurm_job_script_has_the_requested_resources(slurm: ModuleType, tmp_pat
     assert worker.startswith("/shared/emseg/.venv/bin/python")
     assert "--nworkers 3" in worker and "--nthreads 1" in worker  # one worker per GPU, one block at a time
     assert f"--preload {DEPLOY / 'slurm' / 'pin_gpu.py'}" in worker and "--local-directory $TMPDIR" in worker
+    assert "--resources GPU=1" in worker  # what cluster.model_resources: {GPU: 1} routes the model to
     # the prologue runs before the worker starts
     assert script.index("source /shared/emseg/.venv/bin/activate") < script.index(worker)
 
@@ -234,6 +235,7 @@ def test_slurm_cpu_jobs_and_the_example(slurm: ModuleType, tmp_path: Path) -> No
     s = slurm.load_settings(_settings(slurm, tmp_path, gpus_per_job=0, workers_per_job=4, account=None))
     script = slurm.job_script(s)
     assert "--gres" not in script and "#SBATCH -A" not in script and "--preload" not in script
+    assert "--resources" not in script
     assert "--nworkers 4" in script and "--nthreads 3" in script
     example = slurm.load_settings(DEPLOY / "slurm" / "cluster.example.yaml")
     assert example.gpus_per_job >= 1 and "#SBATCH --gres=gpu:" in slurm.job_script(example)
@@ -318,12 +320,16 @@ def test_kubernetes_manifests_have_the_expected_kinds_and_image() -> None:
     assert worker["command"] == ["dask", "worker"]  # the image's entrypoint is emseg
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert worker["args"][worker["args"].index("--nthreads") + 1] == "1"
+    assert worker["args"][worker["args"].index("--resources") + 1] == "GPU=1"
 
     driver = kinds["Job"]["spec"]["template"]["spec"]["containers"][0]
     assert driver["args"][:2] == ["segment", "/etc/emseg/run.yaml"]
     assert driver["args"][driver["args"].index("--cluster") + 1] == f"tcp://{name}-scheduler:8786"
     run = from_dict(yaml.safe_load(kinds["ConfigMap"]["data"]["run.yaml"]))  # a valid emseg config
     assert run.backend.name == "sam2"
+    assert run.cluster.model_resources == {"GPU": 1}  # what the GPU workers above advertise
+    cpu = next(d for d in docs if d["kind"] == "DaskWorkerGroup")["spec"]["worker"]["spec"]["containers"][0]
+    assert "--resources" not in cpu["args"] and "nvidia.com/gpu" not in str(cpu.get("resources"))
 
 
 @pytest.mark.parametrize("name", ["slurm/pin_gpu.py", "slurm/start_cluster.py", "docker/freeze_requirements.py"])

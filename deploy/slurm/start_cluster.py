@@ -139,6 +139,8 @@ def cluster_kwargs(s: Settings) -> dict[str, Any]:
         directives.insert(0, s.gpu_directive.format(gpus=s.gpus_per_job))
     prologue = list(s.prologue) + [f"export {k}={_shell_quote(v)}" for k, v in s.environment.items()]
     worker_args: list[str] = []
+    if s.gpus_per_job:  # one GPU per worker, what cluster.model_resources: {GPU: 1} asks for
+        worker_args += ["--resources", "GPU=1"]
     if s.gpus_per_job > 1:
         worker_args += ["--preload", str(PIN_GPU)]
     scheduler: dict[str, Any] = {"port": s.scheduler_port}

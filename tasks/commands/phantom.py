@@ -83,4 +83,5 @@ def ensure_phantom(config: Config) -> None:
     gt = config.evaluate.groundtruth if config.evaluate else None
     if gt is not None and not isinstance(gt, str):
         raise ConfigError("phantom: needs evaluate.groundtruth to be a precomputed:// URL (or unset)")
-    write_phantom(config.phantom, config.input, gt, cluster=config.cluster)
+    plain = config.cluster.model_copy(update={"model_resources": None})  # writing the phantom runs no model
+    write_phantom(config.phantom, config.input, gt, cluster=plain)

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 
 from emseg.pipeline.config import ClusterConfig
+from emseg.pipeline.errors import ConfigError
 
 log = logging.getLogger("emseg")
 
@@ -66,7 +67,8 @@ def _client(cfg: ClusterConfig, level: int) -> Iterator["distributed.Client"]:  
     log.info("starting a local Dask cluster: %d worker processes x %d threads", cfg.workers, cfg.threads_per_worker)
     with _workers_ignore_ctrl_c():
         cluster = LocalCluster(
-            n_workers=cfg.workers,
+            # with cluster.model_resources the workers are added below, the first one with them
+            n_workers=0 if cfg.model_resources else cfg.workers,
             threads_per_worker=cfg.threads_per_worker,
             processes=True,
             memory_limit=cfg.memory_limit,
@@ -76,7 +78,15 @@ def _client(cfg: ClusterConfig, level: int) -> Iterator["distributed.Client"]:  
             # one missing chunk met by 4 blocks) only with --verbose
             silence_logs=level if level <= logging.INFO else logging.CRITICAL,
         )
+        if cfg.model_resources:
+            template = cluster.new_spec  # the worker spec LocalCluster made from the arguments above
+            cluster.worker_spec[0] = {"cls": template["cls"],
+                                      "options": {**template["options"], "resources": dict(cfg.model_resources)}}
+            cluster.scale(cfg.workers)  # the first worker and cfg.workers - 1 like it without the resources
+            log.info("local worker 0 holds cluster.model_resources %s: the model runs there", cfg.model_resources)
     with cluster, Client(cluster) as client:
+        if cfg.model_resources:
+            client.wait_for_workers(cfg.workers)
         try:
             yield client
         except KeyboardInterrupt:
@@ -129,3 +139,28 @@ def _workers_ignore_ctrl_c() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def check_model_resources(client: "distributed.Client", cfg: ClusterConfig) -> None:  # noqa: F821
+    """Refuse, before any task, a ``cluster.model_resources`` that no worker of the cluster has: the
+    model's tasks would wait for such a worker forever.
+
+    Raises
+    ------
+    ConfigError
+        No connected worker advertises every resource in the amount asked for.
+    """
+    want = cfg.model_resources
+    if not want:
+        return
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    if any(all(w.get("resources", {}).get(k, 0) >= v for k, v in want.items()) for w in workers):
+        return
+    have = sorted({f"{k}={v:g}" for w in workers for k, v in w.get("resources", {}).items()})
+    where = f"the Dask cluster at {cfg.address}" if cfg.address else "the local cluster"
+    amounts = " ".join(f"{k}={v:g}" for k, v in want.items())
+    raise ConfigError(
+        f"no worker of {where} ({len(workers)} workers; resources: {', '.join(have) or 'none'}) has cluster.model_resources "
+        f"{want}, so the model's tasks could never run; start the model's workers with `dask worker ... --resources "
+        f"\"{amounts}\"`, or set cluster.model_resources: null"
+    )

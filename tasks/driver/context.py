@@ -53,6 +53,8 @@ class RunContext:
     #: their attributes besides the geometry: ``{"emseg": {"model", "weights", "threshold"}}``, the
     #: model's own threshold, which a run from them (model.kind stored) defaults to
     affinities_attributes: dict[str, Any] | None = field(default=None, hash=False)
+    #: ``cluster.model_resources``: the Dask worker resources of the tasks that run the model
+    model_resources: dict[str, float] | None = field(default=None, hash=False)
 
     @property
     def grid(self) -> BlockGrid:

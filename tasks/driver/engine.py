@@ -28,7 +28,8 @@ class Task:
 
     ``keep``: the driver needs the task's result (a reduce, a union-find ``finish``);
     ``counts_voxels``: its ``voxels`` count towards the stage's megavoxels (not so for reduces that
-    re-read what their blocks already counted).
+    re-read what their blocks already counted); ``resources``: the Dask worker resources it needs
+    (``cluster.model_resources`` for the tasks that run the model).
     """
 
     stage: str
@@ -38,6 +39,7 @@ class Task:
     deps: list[Item] = field(default_factory=list)
     keep: bool = False
     counts_voxels: bool = True
+    resources: dict[str, float] | None = None
 
 
 #: children per reduce task: a reduce of a million blocks is a tree of 15,625 + 245 + 4 partial tasks
@@ -78,16 +80,28 @@ def timed(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
     t0 = time.process_time()
     info = fn(*args)
     if isinstance(info, dict):
-        info = {**info, "cpu_seconds": time.process_time() - t0}
+        info = {**info, "cpu_seconds": time.process_time() - t0, "worker": _worker_name()}
     return info
+
+
+def _worker_name() -> str:
+    """The name of the Dask worker running the calling task (its address where it has no name)."""
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+    except ValueError:  # not on a worker (a task run in the driver's process)
+        return "driver"
+    return str(worker.name if worker.name is not None else worker.address)
 
 
 class Streamer:
     """Submits tasks with at most ``window`` in flight; records results and failures as they finish.
 
-    ``results[stage]`` is ``[tasks, task-seconds, voxels, task CPU seconds]``, ``wall[stage]`` ``[first submit, last
-    completion]`` (epoch seconds), ``kept[(stage, item)]`` the result of every task with ``keep``, and
-    ``failed[(stage, item)]`` the error of every task that failed after the retries or was skipped.
+    ``results[stage]`` is ``[tasks, task-seconds, voxels, task CPU seconds]``, ``workers[stage]`` the
+    tasks each worker ran (by name), ``wall[stage]`` ``[first submit, last completion]`` (epoch
+    seconds), ``kept[(stage, item)]`` the result of every task with ``keep``, and ``failed[(stage,
+    item)]`` the error of every task that failed after the retries or was skipped.
     """
 
     def __init__(self, client: Any, *, run_id: str, retries: int, window: int,
@@ -105,6 +119,7 @@ class Streamer:
         self.completed = as_completed()
         self.failed: dict[Item, str] = {}
         self.results: dict[str, list[float]] = {}
+        self.workers: dict[str, dict[str, int]] = {}
         self.kept: dict[Item, dict[str, Any]] = {}
         self.wall: dict[str, list[float]] = {}
 
@@ -120,7 +135,8 @@ class Streamer:
             return
         futures = [self.inflight[d][0] for d in task.deps if d in self.inflight]
         key = f"{task.stage}-{task.item}-{self.run_id}"
-        f = self.client.submit(timed, task.fn, *task.args, *futures, key=key, retries=self.retries, pure=False)
+        f = self.client.submit(timed, task.fn, *task.args, *futures, key=key, retries=self.retries, pure=False,
+                               resources=task.resources)
         self.inflight[item] = (f, task)
         self.by_key[f.key] = item
         self.completed.add(f)
@@ -147,6 +163,8 @@ class Streamer:
                 if task.counts_voxels:
                     stat[2] += int(info.get("voxels", 0))
                 stat[3] += float(info.get("cpu_seconds", 0.0))
+                on = self.workers.setdefault(task.stage, {})
+                on[info.get("worker", "?")] = on.get(info.get("worker", "?"), 0) + 1
                 if task.keep:
                     self.kept[item] = info
             elif any(self._failed(d) for d in task.deps):  # the error is its dependency's

@@ -109,7 +109,7 @@ def streaming_tasks(ctx: RunContext, todo: dict[str, list[Any]]) -> Iterator[Tas
             streams.append(_group_stream(level, level_pos, group_shape(grid.grid_shape, level)))
     for _, _, what in heapq.merge(*streams, key=lambda e: (e[0], e[1])):
         if what[0] == "predict":
-            yield Task(stages.PREDICT, what[1], predict_block, (ctx, what[1]))
+            yield Task(stages.PREDICT, what[1], predict_block, (ctx, what[1]), resources=ctx.model_resources)
         elif what[0] == "seg":
             b = what[1]
             deps = []
@@ -117,7 +117,9 @@ def streaming_tasks(ctx: RunContext, todo: dict[str, list[Any]]) -> Iterator[Tas
                 deps = [(stages.SEGMENT, int(j)) for j in sorted(np.concatenate([bwd[b], fwd[b]]).tolist()) if j >= 0]
             if ctx.affinities is not None:
                 deps = [(stages.PREDICT, j) for j in resume.predict_window(grid, b, reach) if predicting[j]]
-            yield Task(stages.SEGMENT, b, segment_block, (ctx, b), deps)
+            # the model runs in 1-predict when predicting first, else here
+            yield Task(stages.SEGMENT, b, segment_block, (ctx, b), deps,
+                       resources=ctx.model_resources if ctx.affinities is None else None)
         elif what[0] == "seams":
             c = what[1]
             if blockwise:  # the group's first block scores the group's edges (stage2_seams.group_scores)

@@ -82,6 +82,7 @@ def build(
             "task_seconds": round(secs, 3),
             "task_cpu_seconds": round(cpu, 3),
             "wall_seconds": round(last - first, 3),
+            "workers": dict(sorted(results.get("workers", {}).get(stage, {}).items())),  # tasks each worker ran
         }
     uf = results["finish"]
     status = "failed" if failures else "complete"
@@ -136,7 +137,7 @@ def record_rerun(output: str, run: dict[str, Any], *, started: float) -> dict[st
     # What this invocation did (nothing), over the finished run's facts: its segments, output, state.
     view = dict(run, wall_seconds=entry["wall_seconds"])
     view["stages"] = {stage: dict(s, skipped_done=s.get("tasks", 0), ran=0, failed=0, task_seconds=0.0, task_cpu_seconds=0.0,
-                                  wall_seconds=0.0) for stage, s in (run.get("stages") or {}).items()}
+                                  wall_seconds=0.0, workers={}) for stage, s in (run.get("stages") or {}).items()}
     if isinstance(run.get("postprocess"), dict):
         view["postprocess"] = dict(run["postprocess"], skipped_done=True)
     return view

@@ -179,6 +179,7 @@ def validate(config: Config) -> ValidatedRun:
         affinities=urls.join(out, "affinities") if config.write.affinities else None,
         affinities_dtype=config.write.affinities,
         affinities_attributes=made if config.write.affinities else None,
+        model_resources=config.cluster.model_resources,
     )
     data = config.to_json()
     fingerprint = {k: data[k] for k in ("input", "roi", "blocks", "backend", "write")}
@@ -441,7 +442,7 @@ def execute(p: ValidatedRun, *, restart: bool = False, stages: Sequence[str] = r
 
 
 def _execute(p: ValidatedRun, *, restart: bool, stages: Sequence[str], progress: bool) -> dict[str, Any]:
-    from emseg.tasks.driver.cluster import connect
+    from emseg.tasks.driver.cluster import check_model_resources, connect
 
     t_start = time.time()
     p.ctx = ctx = dataclasses.replace(p.ctx, run_id=new_run_id())
@@ -497,6 +498,7 @@ def _execute(p: ValidatedRun, *, restart: bool, stages: Sequence[str], progress:
 
     retries = p.config.retries
     with connect(p.config.cluster) as client:
+        check_model_resources(client, p.config.cluster)
         bar = engine.progress_bar(sum(len(v) for v in todo.values()), desc="emseg", enabled=progress)
         window = max(1000, 50 * p.config.cluster.workers * p.config.cluster.threads_per_worker)
         stream = engine.Streamer(client, run_id=ctx.run_id, retries=retries, window=window, progress=bar)
@@ -528,7 +530,7 @@ def _execute(p: ValidatedRun, *, restart: bool, stages: Sequence[str], progress:
 
     # The union-find result of this run, or (when only relabelling was redone) of the run it resumes.
     finish = stream.kept.get((registry.UNIONFIND, "finish")) or scratch.done_info(registry.UNIONFIND, "finish") or {}
-    results = {"stats": stream.results, "wall": stream.wall, "finish": finish}
+    results = {"stats": stream.results, "wall": stream.wall, "workers": stream.workers, "finish": finish}
     run = report_mod.build(p, todo, totals, results, failures, started=t_start, versions=versions, post=post)
     if not failures and list(stages) == list(registry.SEGMENTATION):
         run["scratch"] = _scratch_lifecycle(p, scratch)
