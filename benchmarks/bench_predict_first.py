@@ -122,6 +122,8 @@ def main() -> None:
                            "machine": f"{platform.processor() or platform.machine()}, {args.workers} worker processes",
                            "roi": VALIDATION, "halo": [24, 24, 24], "rounds": {}}
     if args.whole:
+        res.pop("rounds")
+        res["roi"] = {"start": [0, 0, 0], "stop": [250, 250, 250]}  # the whole volume, in 128³ blocks
         try:
             _whole(work, res)
         finally:

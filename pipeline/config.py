@@ -103,10 +103,11 @@ class ClusterConfig(Strict):
     #: an existing scheduler, e.g. tcp://host:8786; None starts a local cluster
     address: str | None = None
     memory_limit: str = "auto"
-    #: Dask worker resources that the tasks running the backend's model ask for (1-predict with
-    #: write.affinities, else stage 1), e.g. {GPU: 1}: only workers started with them (`dask worker
-    #: --resources GPU=1`) run the model, one task per unit, while every worker runs the other
-    #: stages. A local cluster gives them to its first worker process. null = any worker runs any task
+    #: Dask worker resources that the tasks running a model (SAM2, FFN, a forest or U-Net) ask for
+    #: (1-predict with write.affinities, else stage 1), e.g. {GPU: 1}: only workers started with them
+    #: (`dask worker --resources GPU=1`) run the model, one task per unit, while every worker runs
+    #: the other tasks. A local cluster gives them to its first worker process. null = any worker
+    #: runs any task
     model_resources: dict[str, float] | None = None
 
     @field_validator("model_resources")

@@ -135,6 +135,21 @@ def test_plan_with_write_affinities_leaves_the_output_alone(tmp_path: Path) -> N
     assert 0 < est["affinities_bytes"] < 3 * est["volume"]["voxels"]
 
 
+def test_plan_says_the_model_resources_are_not_estimated(tmp_path: Path) -> None:
+    """With cluster.model_resources only some workers run the model, which the wall times leave out."""
+    from emseg.tasks.cli import main
+
+    config, _ = _config_file(tmp_path)
+    data = yaml.safe_load(config.read_text())
+    data["backend"] = {"name": "affinities", "model": {"kind": "forest"}}
+    data["blocks"] = {"shape": [16, 32, 32], "halo": [23, 23, 23]}
+    data["cluster"] = {"model_resources": {"GPU": 1}}
+    config.write_text(yaml.safe_dump(data))
+    report = tmp_path / "plan.json"
+    assert main(["plan", str(config), "--calibrate", "1", "--json", str(report)]) == 0
+    assert any("model_resources" in item for item in json.loads(report.read_text())["not_estimated"])
+
+
 def test_plan_counts_the_reads_of_stored_affinities(tmp_path: Path, capsys: Any) -> None:
     """A ``model.kind: stored`` run reads 3 channels of stored affinities besides the image: the plan
     says how many bytes at most (float32: 12 per voxel read); with blockwise scope it says that it
@@ -152,11 +167,13 @@ def test_plan_counts_the_reads_of_stored_affinities(tmp_path: Path, capsys: Any)
     data = yaml.safe_load(config.read_text())
     data["backend"] = {"name": "affinities", "model": {"kind": "stored", "affinities": f"zarr://{tmp_path / 'affs.zarr'}"}}
     data["agglomeration"] = {"scope": "blockwise"}
+    data["cluster"] = {"model_resources": {"GPU": 1}}  # ignored: stored affinities run no model
     config.write_text(yaml.safe_dump(data))
     report = tmp_path / "plan.json"
     assert main(["plan", str(config), "--calibrate", "1", "--json", str(report)]) == 0
     est = json.loads(report.read_text())
     assert est["read"]["affinities_bytes"] == 3 * 4 * est["read"]["voxels"]
     assert any("hood" in item for item in est["not_estimated"])  # blockwise stage 2's agglomeration
+    assert not any("model_resources" in item for item in est["not_estimated"])
     assert "of stored affinities" in capsys.readouterr().out
     assert not output.exists()

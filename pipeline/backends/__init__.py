@@ -54,6 +54,15 @@ def is_boundary(name: str) -> bool:
     return getattr(module(name).Backend, "kind", "instance") == "boundary"
 
 
+def runs_model(name: str, params: Any) -> bool:
+    """Whether backend ``name`` with validated ``params`` runs a learned model on each block: SAM2, a
+    flood-filling network, or a boundary backend's forest or U-Net (not stored or label affinities,
+    nor the classical backends). ``cluster.model_resources`` routes those tasks."""
+    if name in ("sam2", "ffn"):
+        return True
+    return is_boundary(name) and params.model.kind in ("forest", "unet")
+
+
 def check_input_dtype(name: str, dtype: np.dtype | str) -> None:
     """Refuse an input dtype that the backend cannot take, before any work starts."""
     accepted = module(name).Backend.input_dtypes

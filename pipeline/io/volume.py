@@ -517,10 +517,10 @@ def create_precomputed(
 #: blosc-zstd level 3, bit shuffle: emseg's other zarr arrays
 ZSTD = {"id": "blosc", "cname": "zstd", "clevel": 3, "shuffle": 2}
 #: blosc-lz4 level 5, byte shuffle: stored affinities, which stage 1 reads back with their context.
-#: On the bundled forest's affinities of FIB-25 (192³ in 64³ chunks, one thread, 2026-12-01, 2-core
-#: AMD EPYC), against blosc-zstd 3 with bit shuffle: float32 written 3 times and read 2.3-3.4 times
-#: as fast, for 7 % more bytes (9.54 against 8.95 per voxel; 12 uncompressed); uint8 written 4 and
-#: read 5 times as fast, 2.73 against 2.42 bytes per voxel (docs/boundary.md, "Predicting first")
+#: On the bundled forest's affinities of 192³ of FIB-25, against blosc-zstd 3 with bit shuffle, one
+#: thread (benchmarks/bench_affinity_codec.py, 2026-12-01, 2-core AMD EPYC): float32 written 3.3
+#: and an inner 64³ block read back 2.9 times as fast, for 7 % more bytes (9.54 against 8.95 per
+#: voxel; 12 uncompressed); uint8 written 4.1 and read 4.9 times as fast, 2.73 against 2.42 bytes
 LZ4 = {"id": "blosc", "cname": "lz4", "clevel": 5, "shuffle": 1}
 
 

@@ -333,6 +333,8 @@ def estimate(
             *(["2-seams' agglomeration of each 2 x 2 x 2 group's hood (blockwise scope: stage 2 took 0.06 CPU-s "
                "per 128³ block of mirrored FIB-25, against 0.01 with global scope; docs/agglomeration.md)"]
               if p.ctx.boundary and not p.ctx.global_agglomeration else []),
+            *([f"cluster.model_resources {p.ctx.model_resources}: only the workers holding them run the model, but "
+               "the wall times divide every task's seconds by all workers (or GPUs)"] if p.ctx.model_resources else []),
             "3-unionfind (its work and memory grow with candidate_edges)",
             "post-processing (pyramid, meshes, segment properties, seam audit), when configured",
             "stragglers, retries, and scheduler overhead per task",

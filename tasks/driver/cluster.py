@@ -9,7 +9,6 @@ import threading
 from collections.abc import Iterator
 
 from emseg.pipeline.config import ClusterConfig
-from emseg.pipeline.errors import ConfigError
 
 log = logging.getLogger("emseg")
 
@@ -79,14 +78,17 @@ def _client(cfg: ClusterConfig, level: int) -> Iterator["distributed.Client"]:  
             silence_logs=level if level <= logging.INFO else logging.CRITICAL,
         )
         if cfg.model_resources:
-            template = cluster.new_spec  # the worker spec LocalCluster made from the arguments above
-            cluster.worker_spec[0] = {"cls": template["cls"],
-                                      "options": {**template["options"], "resources": dict(cfg.model_resources)}}
-            cluster.scale(cfg.workers)  # the first worker and cfg.workers - 1 like it without the resources
+            plain = cluster.new_spec  # the worker spec LocalCluster made from the arguments above
+            cluster.worker_spec.update({i: plain for i in range(1, cfg.workers)})
+            cluster.worker_spec[0] = {"cls": plain["cls"], "options": {**plain["options"],
+                                                                       "resources": dict(cfg.model_resources)}}
+            try:  # start them as LocalCluster starts its own: here, ignoring Ctrl-C, and a failure raises
+                cluster.sync(cluster._correct_state)
+            except BaseException:
+                cluster.close()
+                raise
             log.info("local worker 0 holds cluster.model_resources %s: the model runs there", cfg.model_resources)
     with cluster, Client(cluster) as client:
-        if cfg.model_resources:
-            client.wait_for_workers(cfg.workers)
         try:
             yield client
         except KeyboardInterrupt:
@@ -141,26 +143,16 @@ def _workers_ignore_ctrl_c() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def check_model_resources(client: "distributed.Client", cfg: ClusterConfig) -> None:  # noqa: F821
-    """Refuse, before any task, a ``cluster.model_resources`` that no worker of the cluster has: the
-    model's tasks would wait for such a worker forever.
-
-    Raises
-    ------
-    ConfigError
-        No connected worker advertises every resource in the amount asked for.
-    """
-    want = cfg.model_resources
-    if not want:
-        return
+def warn_without_model_resources(client: "distributed.Client", cfg: ClusterConfig) -> None:  # noqa: F821
+    """Say so when no worker of the cluster has ``cluster.model_resources`` yet: the model's tasks
+    wait until one joins (a SLURM job or a GPU pod still starting), and forever if none will."""
+    want = cfg.model_resources or {}
     workers = client.scheduler_info(n_workers=-1)["workers"].values()
     if any(all(w.get("resources", {}).get(k, 0) >= v for k, v in want.items()) for w in workers):
         return
     have = sorted({f"{k}={v:g}" for w in workers for k, v in w.get("resources", {}).items()})
-    where = f"the Dask cluster at {cfg.address}" if cfg.address else "the local cluster"
     amounts = " ".join(f"{k}={v:g}" for k, v in want.items())
-    raise ConfigError(
-        f"no worker of {where} ({len(workers)} workers; resources: {', '.join(have) or 'none'}) has cluster.model_resources "
-        f"{want}, so the model's tasks could never run; start the model's workers with `dask worker ... --resources "
-        f"\"{amounts}\"`, or set cluster.model_resources: null"
-    )
+    log.warning("no worker of the Dask cluster at %s (%d workers; resources: %s) has cluster.model_resources %s yet: "
+                "the model's tasks wait until one joins; start the model's workers with `dask worker ... --resources "
+                "\"%s\"`, or stop (Ctrl-C) and set cluster.model_resources: null", cfg.address, len(workers),
+                ", ".join(have) or "none", want, amounts)

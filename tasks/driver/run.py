@@ -130,6 +130,11 @@ def validate(config: Config) -> ValidatedRun:
                 f"overlap for stitching; backend {config.backend.name!r} needs a halo of at least {min_halo}"
             )
     boundary = backends.is_boundary(config.backend.name)
+    runs_model = backends.runs_model(config.backend.name, config.backend.params)
+    if config.cluster.model_resources and not runs_model:
+        log.warning("cluster.model_resources %s is ignored: backend %s runs no model, so any worker runs every task",
+                    config.cluster.model_resources, config.backend.name
+                    + (f" with model.kind {config.backend.params.model.kind}" if boundary else ""))
     if config.write.affinities is not None and not boundary:
         raise ConfigError(f"write.affinities stores a boundary backend's affinities, but backend {config.backend.name!r} "
                           "gives labels; remove write.affinities, or use backend affinities")
@@ -179,7 +184,7 @@ def validate(config: Config) -> ValidatedRun:
         affinities=urls.join(out, "affinities") if config.write.affinities else None,
         affinities_dtype=config.write.affinities,
         affinities_attributes=made if config.write.affinities else None,
-        model_resources=config.cluster.model_resources,
+        model_resources=config.cluster.model_resources if runs_model else None,
     )
     data = config.to_json()
     fingerprint = {k: data[k] for k in ("input", "roi", "blocks", "backend", "write")}
@@ -442,7 +447,7 @@ def execute(p: ValidatedRun, *, restart: bool = False, stages: Sequence[str] = r
 
 
 def _execute(p: ValidatedRun, *, restart: bool, stages: Sequence[str], progress: bool) -> dict[str, Any]:
-    from emseg.tasks.driver.cluster import check_model_resources, connect
+    from emseg.tasks.driver.cluster import connect, warn_without_model_resources
 
     t_start = time.time()
     p.ctx = ctx = dataclasses.replace(p.ctx, run_id=new_run_id())
@@ -498,7 +503,9 @@ def _execute(p: ValidatedRun, *, restart: bool, stages: Sequence[str], progress:
 
     retries = p.config.retries
     with connect(p.config.cluster) as client:
-        check_model_resources(client, p.config.cluster)
+        model_stage = registry.SEGMENT if ctx.affinities is None else registry.PREDICT
+        if ctx.model_resources and p.config.cluster.address and todo[model_stage]:
+            warn_without_model_resources(client, p.config.cluster)
         bar = engine.progress_bar(sum(len(v) for v in todo.values()), desc="emseg", enabled=progress)
         window = max(1000, 50 * p.config.cluster.workers * p.config.cluster.threads_per_worker)
         stream = engine.Streamer(client, run_id=ctx.run_id, retries=retries, window=window, progress=bar)
