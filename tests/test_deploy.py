@@ -274,6 +274,49 @@ def test_pin_gpu_gives_each_worker_process_its_own_gpu(tmp_path: Path) -> None:
     assert sorted(seen.values()) == [("emseg-worker-0-0", "6"), ("emseg-worker-0-1", "7")]
 
 
+def test_gpu_jobs_with_cpu_workers(slurm: ModuleType, tmp_path: Path) -> None:
+    """``cpu_workers_per_job``: a GPU job runs its GPU workers and CPU-only ones, one thread each;
+    the preload, not the command line, gives the GPU workers their resource."""
+    script = slurm.job_script(slurm.load_settings(_settings(slurm, tmp_path, gpus_per_job=2, cpu_workers_per_job=9)))
+    worker = next(line for line in script.splitlines() if "dask_worker" in line or "dask worker" in line)
+    assert "--nworkers 11" in worker and "--nthreads 1" in worker and "--resources" not in worker
+    assert f"--preload {DEPLOY / 'slurm' / 'pin_gpu.py'}" in worker
+    assert 'export EMSEG_GPUS_PER_JOB="2"' in script.splitlines()
+    for over, message in (({"gpus_per_job": 0, "cpu_workers_per_job": 4}, "set workers_per_job for CPU jobs"),
+                          ({"cpu_workers_per_job": 4, "threads_per_worker": 2}, "one thread per worker"),
+                          ({"cpu_workers_per_job": 10}, "13 workers per job need at least 13 cores")):
+        with pytest.raises(slurm.SettingsError, match=message):
+            slurm.load_settings(_settings(slurm, tmp_path, **over))
+
+
+def test_pin_gpu_gives_the_gpu_resource_to_the_gpu_workers_only(tmp_path: Path) -> None:
+    """``dask worker --nworkers 3 --preload pin_gpu.py`` with ``EMSEG_GPUS_PER_JOB=1``, as in a job
+    with one GPU and two CPU workers: only the first holds ``GPU=1`` and sees the GPU, and a task
+    that asks for the resource runs there."""
+    from distributed import Client, LocalCluster, get_worker
+
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "3", "EMSEG_GPUS_PER_JOB": "1"}
+    with LocalCluster(n_workers=0, dashboard_address=":0") as cluster, Client(cluster) as client:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_worker", cluster.scheduler_address, "--nworkers", "3",
+             "--nthreads", "1", "--name", "emseg-worker-5", "--no-dashboard", "--preload",
+             str(DEPLOY / "slurm" / "pin_gpu.py"), "--local-directory", str(tmp_path)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            client.wait_for_workers(3, timeout=30)
+            seen = client.run(lambda dask_worker: (dask_worker.name, os.environ["CUDA_VISIBLE_DEVICES"]))
+            resources = {w["name"]: w["resources"] for w in client.scheduler_info()["workers"].values()}
+            ran = {client.submit(lambda i: get_worker().name, i, resources={"GPU": 1}, pure=False).result() for i in range(6)}
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+            time.sleep(0.1)
+    assert sorted(seen.values()) == [("emseg-worker-5-0", "3"), ("emseg-worker-5-1", ""), ("emseg-worker-5-2", "")]
+    assert resources == {"emseg-worker-5-0": {"GPU": 1.0}, "emseg-worker-5-1": {}, "emseg-worker-5-2": {}}
+    assert ran == {"emseg-worker-5-0"}
+
+
 # ------------------------------------------------------------------------------------------------
 # Kubernetes
 

@@ -6,6 +6,11 @@ passed as ``--preload deploy/slurm/pin_gpu.py`` (``start_cluster.py`` does so wh
 ``gpus_per_job > 1``), narrows ``CUDA_VISIBLE_DEVICES`` of process ``i`` to the job's ``i``-th GPU
 before any task runs, so each worker's backend sees one GPU, as ``cuda:0``. emseg imports torch
 only inside tasks, so CUDA is not initialised yet when this runs.
+
+A job with CPU-only workers too (``cpu_workers_per_job``) exports ``EMSEG_GPUS_PER_JOB=G``: then
+processes ``0 .. G-1`` get a GPU each and the Dask resource ``GPU=1`` (what ``cluster.model_resources:
+{GPU: 1}`` asks for), and the others no GPU (``CUDA_VISIBLE_DEVICES`` empty) and no resource. The
+resource is set before the worker registers with the scheduler.
 """
 
 from __future__ import annotations
@@ -28,6 +33,26 @@ def gpu_for(name: Any, visible: str | None) -> str:
     return devices[index % len(devices)]
 
 
+def role(name: Any, visible: str | None, gpus: int | None) -> tuple[str, dict[str, float]]:
+    """``CUDA_VISIBLE_DEVICES`` and the Dask resources of the worker named ``name`` in a job with
+    ``gpus`` GPU workers and CPU-only ones after them (``gpus`` None: every worker has a GPU, and the
+    resources come from the command line).
+
+    >>> role("emseg-worker-12-1", "4,5", 2), role("emseg-worker-12-2", "4,5", 2), role("w-1", "4,5", None)
+    (('5', {'GPU': 1.0}), ('', {}), ('5', {}))
+    """
+    text = str(name)
+    index = int(text.rsplit("-", 1)[-1]) if text.rsplit("-", 1)[-1].isdigit() else 0
+    if gpus is not None and index >= gpus:
+        return "", {}
+    return gpu_for(name, visible), ({} if gpus is None else {"GPU": 1.0})
+
+
 def dask_setup(worker: Any) -> None:
-    """Called by Dask in the worker process before it accepts tasks."""
-    os.environ["CUDA_VISIBLE_DEVICES"] = gpu_for(worker.name, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    """Called by Dask in the worker process before it registers with the scheduler and accepts tasks."""
+    gpus = os.environ.get("EMSEG_GPUS_PER_JOB")
+    visible, resources = role(worker.name, os.environ.get("CUDA_VISIBLE_DEVICES"), int(gpus) if gpus else None)
+    os.environ["CUDA_VISIBLE_DEVICES"] = visible
+    for name, amount in resources.items():  # registration sends these to the scheduler
+        worker.state.total_resources[name] = amount
+        worker.state.available_resources[name] = amount

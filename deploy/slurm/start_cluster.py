@@ -15,7 +15,9 @@ The settings file (YAML, unknown keys refused) names the SLURM resources of one 
 and the lines that prepare a job's environment; see ``deploy/slurm/cluster.example.yaml``. A job with
 ``gpus_per_job: G`` runs G worker processes, each pinned to one of the job's GPUs by
 ``deploy/slurm/pin_gpu.py`` (a Dask preload), each with ``threads_per_worker`` threads (1 by default
-for GPU jobs: one block at a time per GPU).
+for GPU jobs: one block at a time per GPU). ``cpu_workers_per_job: K`` adds K CPU-only worker
+processes to each GPU job, for the work outside the model: the GPU workers hold the Dask resource
+``GPU=1``, which a run config's ``cluster.model_resources: {GPU: 1}`` routes the model's tasks to.
 """
 
 from __future__ import annotations
@@ -59,6 +61,10 @@ class Settings(BaseModel):
     gpu_directive: str = "--gres=gpu:{gpus}"
     #: worker processes per job (default: one per GPU, else 1)
     workers_per_job: int | None = Field(None, ge=1)
+    #: GPU jobs: CPU-only worker processes beside the GPU workers, one thread each, for the work
+    #: outside the model (a run config with cluster.model_resources: {GPU: 1} keeps the model on the
+    #: GPU workers); they see no GPU
+    cpu_workers_per_job: int = Field(0, ge=0)
     #: threads per worker process (default: 1 with GPUs, else cores / workers_per_job)
     threads_per_worker: int | None = Field(None, ge=1)
     #: number of jobs to submit
@@ -102,8 +108,14 @@ class Settings(BaseModel):
         if self.gpus_per_job and self.workers_per_job not in (None, self.gpus_per_job):
             raise ValueError(
                 f"workers_per_job {self.workers_per_job} differs from gpus_per_job {self.gpus_per_job}: a GPU job "
-                "runs one worker per GPU; remove workers_per_job"
+                "runs one worker per GPU; remove workers_per_job (cpu_workers_per_job adds CPU-only workers)"
             )
+        if self.cpu_workers_per_job and not self.gpus_per_job:
+            raise ValueError(f"cpu_workers_per_job {self.cpu_workers_per_job} adds CPU workers to GPU jobs, but "
+                             "gpus_per_job is 0; set workers_per_job for CPU jobs instead")
+        if self.cpu_workers_per_job and self.threads_per_worker not in (None, 1):
+            raise ValueError(f"threads_per_worker {self.threads_per_worker}: a job with cpu_workers_per_job runs "
+                             "one thread per worker; remove threads_per_worker")
         if self.workers > self.cores:
             raise ValueError(f"{self.workers} workers per job need at least {self.workers} cores; raise cores")
         return self
@@ -111,7 +123,7 @@ class Settings(BaseModel):
     @property
     def workers(self) -> int:
         """Worker processes per job."""
-        return self.workers_per_job or self.gpus_per_job or 1
+        return self.workers_per_job or (self.gpus_per_job + self.cpu_workers_per_job) or 1
 
     @property
     def threads(self) -> int:
@@ -137,12 +149,16 @@ def cluster_kwargs(s: Settings) -> dict[str, Any]:
     directives = list(s.job_directives)
     if s.gpus_per_job:
         directives.insert(0, s.gpu_directive.format(gpus=s.gpus_per_job))
-    prologue = list(s.prologue) + [f"export {k}={_shell_quote(v)}" for k, v in s.environment.items()]
+    environment = dict(s.environment)
     worker_args: list[str] = []
-    if s.gpus_per_job:  # one GPU per worker, what cluster.model_resources: {GPU: 1} asks for
-        worker_args += ["--resources", "GPU=1"]
-    if s.gpus_per_job > 1:
+    if s.cpu_workers_per_job:  # pin_gpu.py gives GPU=1 to the first gpus_per_job workers, no GPU to the rest
+        environment["EMSEG_GPUS_PER_JOB"] = str(s.gpus_per_job)
         worker_args += ["--preload", str(PIN_GPU)]
+    elif s.gpus_per_job:  # one GPU per worker, what cluster.model_resources: {GPU: 1} asks for
+        worker_args += ["--resources", "GPU=1"]
+        if s.gpus_per_job > 1:
+            worker_args += ["--preload", str(PIN_GPU)]
+    prologue = list(s.prologue) + [f"export {k}={_shell_quote(v)}" for k, v in environment.items()]
     scheduler: dict[str, Any] = {"port": s.scheduler_port}
     if s.dashboard_port is None:  # no dashboard; the scheduler's small HTTP server takes any free port
         scheduler["dashboard"] = False
