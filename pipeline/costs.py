@@ -140,6 +140,34 @@ def grid_totals(shape: Sequence[int], block: Sequence[int], halo: Sequence[int])
     )
 
 
+def readback_voxels(shape: Sequence[int], block: Sequence[int], context: int, chunk: Sequence[int]) -> int:
+    """Voxels that stage 1 decodes reading stored affinities back (``write.affinities``), summed over
+    blocks: each block's write box grown by ``context`` (the backend's ``fragment_context``), in whole
+    chunks of the store (``chunk``, aligned to the region's start), clipped to the region.
+
+    Chunks are decoded whole, so an inner 64³ block with 16 voxels of context reads 192³ in 64³
+    chunks (27 of them) and a corner block 128³. Along one axis of 192 voxels in 64³ blocks the
+    three blocks read 128 + 192 + 128 = 448; a 128³ region in 64³ blocks reads every chunk 8 times:
+
+    >>> readback_voxels((192, 192, 192), (64, 64, 64), 16, (64, 64, 64)) == 448**3
+    True
+    >>> readback_voxels((128, 128, 128), (64, 64, 64), 16, (64, 64, 64)) // 128**3
+    8
+    >>> readback_voxels((128, 128, 128), (64, 64, 64), 16, (32, 32, 32)) // 128**3  # smaller chunks
+    3
+    """
+    total = 1
+    for size, b, c in zip(shape, block, chunk):
+        n = -(-int(size) // int(b))
+        lengths = []
+        for i in range(n):
+            start = max(0, (i * b - context) // c * c)
+            stop = min(int(size), -(-((i + 1) * b + context) // c) * c)
+            lengths.append(stop - start)
+        total *= sum(lengths)
+    return total
+
+
 # ------------------------------------------------------------------------------------------------
 # the calibration
 

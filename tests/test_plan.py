@@ -133,6 +133,12 @@ def test_plan_with_write_affinities_leaves_the_output_alone(tmp_path: Path) -> N
     est = json.loads(report.read_text())
     # 3 bytes per voxel (uint8, c = 3) before compression; the blob volume's affinities compress well
     assert 0 < est["affinities_bytes"] < 3 * est["volume"]["voxels"]
+    # stage 1 reads them back: 48 x 64 x 64 in 16³ blocks and chunks with 16 voxels of fragment
+    # context, so each block reads its 3 x 3 x 3 chunks, clipped: 32 + 48 + 32 along z, 32 + 48 + 48 + 32
+    # along y and x
+    back = est["read"]["affinities_read_back"]
+    assert back["voxels"] == 112 * 160 * 160
+    assert back["bytes"] == pytest.approx(back["voxels"] * est["affinities_bytes"] / est["volume"]["voxels"])
 
 
 def test_plan_says_the_model_resources_are_not_estimated(tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from emseg.pipeline.errors import ConfigError
 from emseg.pipeline.io import kvstore
-from emseg.pipeline.costs import BlockSample, Calibration, calibration_blocks, grid_totals, rate, stats
+from emseg.pipeline.costs import BlockSample, Calibration, calibration_blocks, grid_totals, rate, readback_voxels, stats
 from emseg.tasks.commands.estimate_table import format_table
 
 if TYPE_CHECKING:
@@ -258,18 +258,11 @@ def estimate(
         if count is None:
             continue
         eff = min(count, t.blocks)
-        run: dict[str, Any] = {
-            "unit": unit,
-            "count": count,
-            "wall_seconds": cal.startup_seconds + total / eff,
-            "wall_seconds_low": cal.startup_seconds + low / eff,
-            "wall_seconds_high": cal.startup_seconds + high / eff,
-        }
-        if cost_per_hour is not None:
-            hours = count * run["wall_seconds"] / 3600
-            run["cost_usd"] = hours * cost_per_hour
-            run["cost_usd_low"] = count * run["wall_seconds_low"] / 3600 * cost_per_hour
-            run["cost_usd_high"] = count * run["wall_seconds_high"] / 3600 * cost_per_hour
+        run: dict[str, Any] = {"unit": unit, "count": count}
+        for suffix, seconds in (("", total), ("_low", low), ("_high", high)):
+            run[f"wall_seconds{suffix}"] = cal.startup_seconds + seconds / eff
+            if cost_per_hour is not None:
+                run[f"cost_usd{suffix}"] = count * run[f"wall_seconds{suffix}"] / 3600 * cost_per_hour
         runs.append(run)
 
     scratch = {
@@ -288,6 +281,10 @@ def estimate(
     # (pipeline/io/scratch.py); the union-find tables are a few bytes per edge and not counted.
     scratch["kept"] = scratch["labels"] + scratch["edges"]
     itemsize = p.input.dtype.itemsize
+    readback = None  # write.affinities: stage 1 reads the stored write box and fragment context back
+    if cal.affinities_bytes_per_voxel is not None:
+        v = readback_voxels(shape, blocks.shape, int(p.ctx.backend_params["fragment_context"]), p.config.write.chunk_shape)
+        readback = {"voxels": v, "overhead": v / t.core_voxels, "bytes": v * cal.affinities_bytes_per_voxel}
     per_block = {
         "segment": stats([x.segment_seconds for x in s]),
         "seams_standin": stats([x.seam_seconds for x in s]),
@@ -309,7 +306,8 @@ def estimate(
                    "halo_zyx": list(blocks.halo)},
         "read": {"voxels": t.read_voxels, "overhead": t.read_voxels / t.core_voxels,
                  "bytes": t.read_voxels * itemsize,
-                 **({} if stored_itemsize is None else {"affinities_bytes": 3 * stored_itemsize * t.read_voxels})},
+                 **({} if stored_itemsize is None else {"affinities_bytes": 3 * stored_itemsize * t.read_voxels}),
+                 **({} if readback is None else {"affinities_read_back": readback})},
         "scratch_bytes": scratch,
         "candidate_edges": nedges_rate * t.forward_face_voxels,
         "output_bytes": out_rate * t.core_voxels,

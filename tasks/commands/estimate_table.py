@@ -64,7 +64,10 @@ def format_table(est: dict[str, Any]) -> str:
         ("voxels read", f"{_voxels(r['voxels'])} incl. halo = {r['overhead']:.3f} x the volume "
                         f"({human_bytes(r['bytes'])} of {v['dtype']})"
                         + (f" + at most {human_bytes(r['affinities_bytes'])} of stored affinities (3 channels "
-                           "on the write box and its fragment context)" if "affinities_bytes" in r else "")),
+                           "on the write box and its fragment context)" if "affinities_bytes" in r else "")
+                        + (f"; stage 1 reads back {human_bytes(r['affinities_read_back']['bytes'])} of stored "
+                           f"affinities ({r['affinities_read_back']['overhead']:.2f} x the volume: each block's write "
+                           "box and fragment context, in whole chunks)" if "affinities_read_back" in r else "")),
         ("scratch", f"peak {human_bytes(sc['peak'])}, kept after the run {human_bytes(sc['kept'])} "
                     f"({sc['kept'] / max(est['output_bytes'], 1):.0%} of the output; labels "
                     f"{human_bytes(sc['labels'])}, edges {human_bytes(sc['edges'])}); faces written "
