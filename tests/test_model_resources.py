@@ -7,6 +7,7 @@ started by `dask worker --resources` as on a real cluster; run.json says which w
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import time
@@ -105,6 +106,13 @@ def test_backends_without_a_model_ignore_the_resources(tmp_path, caplog, kind):
     assert validate(cfg).ctx.model_resources is None
     assert f"cluster.model_resources {{'GPU': 1.0}} is ignored: backend affinities with model.kind {kind} runs no model" \
         in caplog.text
+    if kind == "labels":  # and the local cluster gives no worker the resources
+        from emseg.tasks.driver.run import segment
+
+        caplog.clear()
+        caplog.set_level(logging.INFO, logger="emseg")
+        assert segment(cfg, progress=False)["segments"] == 3
+        assert "starting a local Dask cluster" in caplog.text and "local worker 0 holds" not in caplog.text
 
 
 @pytest.mark.parametrize("bad", [{}, {"GPU": 0}, {"": 1}])

@@ -221,12 +221,14 @@ def state(
         layers.append(seg)
     if segmentation and seam_audit and seam_audit.get("points", 0) > 0:
         thr, margin = float(seam_audit.get("threshold", 0.0)), float(seam_audit.get("margin", 0.0))
+        score = seam_audit.get("score", "IoU")
+        # boundary backends: the points carry mean affinities, and agglomeration.threshold is 1 - affinity
+        where = (f"merging from {thr:.2f} = 1 - agglomeration.threshold {1 - thr:.2f}" if score == "mean affinity"
+                 else f"merge threshold {thr:.2f}")
         layers.append({
             "type": "annotation",
             "source": seam_audit["source"],
-            "name": f"seam audit: stitching edges with {seam_audit.get('score', 'IoU')} "
-                    f"{max(thr - margin, 0):.2f}-{thr + margin:.2f} "
-                    f"(merge threshold {thr:.2f})",
+            "name": f"seam audit: stitching edges with {score} {max(thr - margin, 0):.2f}-{thr + margin:.2f} ({where})",
             "annotationColor": "#ff9900",
             "linkedSegmentationLayer": {"segments": "segmentation"},
             "filterBySegmentation": [],

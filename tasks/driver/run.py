@@ -502,7 +502,10 @@ def _execute(p: ValidatedRun, *, restart: bool, stages: Sequence[str], progress:
         return report_mod.record_rerun(ctx.output, previous, started=t_start)
 
     retries = p.config.retries
-    with connect(p.config.cluster) as client:
+    cluster = p.config.cluster
+    if cluster.model_resources and not ctx.model_resources:  # a backend without a model: no worker is special
+        cluster = cluster.model_copy(update={"model_resources": None})
+    with connect(cluster) as client:
         model_stage = registry.SEGMENT if ctx.affinities is None else registry.PREDICT
         if ctx.model_resources and p.config.cluster.address and todo[model_stage]:
             warn_without_model_resources(client, p.config.cluster)
