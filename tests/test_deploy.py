@@ -6,6 +6,7 @@ script is rendered by dask-jobqueue without submitting, and the Kubernetes manif
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -250,27 +251,34 @@ def test_slurm_launcher_dry_run_and_bad_settings(slurm: ModuleType, tmp_path: Pa
     assert "walltime '6h' is not HH:MM:SS" in err and "unknown config key 'gpu'" in err
 
 
-def test_pin_gpu_gives_each_worker_process_its_own_gpu(tmp_path: Path) -> None:
-    """``dask worker --nworkers 2 --preload pin_gpu.py`` as in a 2-GPU job: each process sees one GPU."""
+@contextlib.contextmanager
+def _job_workers(tmp_path: Path, n: int, name: str, **env: str) -> Any:
+    """A scheduler and ``dask worker --nworkers n --preload pin_gpu.py`` started as a SLURM job starts
+    them, with ``env`` added; yields a client."""
     from distributed import Client, LocalCluster
 
-    pin = _module(DEPLOY / "slurm" / "pin_gpu.py")
-    assert pin.gpu_for("SLURMCluster-3-1", "2,3") == "3"
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "6,7"}
     with LocalCluster(n_workers=0, dashboard_address=":0") as cluster, Client(cluster) as client:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "distributed.cli.dask_worker", cluster.scheduler_address, "--nworkers", "2",
-             "--nthreads", "1", "--name", "emseg-worker-0", "--no-dashboard", "--preload",
+            [sys.executable, "-m", "distributed.cli.dask_worker", cluster.scheduler_address, "--nworkers", str(n),
+             "--nthreads", "1", "--name", name, "--no-dashboard", "--preload",
              str(DEPLOY / "slurm" / "pin_gpu.py"), "--local-directory", str(tmp_path)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:
-            client.wait_for_workers(2, timeout=30)
-            seen = client.run(lambda dask_worker: (dask_worker.name, os.environ["CUDA_VISIBLE_DEVICES"]))
+            client.wait_for_workers(n, timeout=30)
+            yield client
         finally:
             proc.terminate()
             proc.wait(timeout=30)
             time.sleep(0.1)
+
+
+def test_pin_gpu_gives_each_worker_process_its_own_gpu(tmp_path: Path) -> None:
+    """``dask worker --nworkers 2 --preload pin_gpu.py`` as in a 2-GPU job: each process sees one GPU."""
+    pin = _module(DEPLOY / "slurm" / "pin_gpu.py")
+    assert pin.gpu_for("SLURMCluster-3-1", "2,3") == "3"
+    with _job_workers(tmp_path, 2, "emseg-worker-0", CUDA_VISIBLE_DEVICES="6,7") as client:
+        seen = client.run(lambda dask_worker: (dask_worker.name, os.environ["CUDA_VISIBLE_DEVICES"]))
     assert sorted(seen.values()) == [("emseg-worker-0-0", "6"), ("emseg-worker-0-1", "7")]
 
 
@@ -293,25 +301,12 @@ def test_pin_gpu_gives_the_gpu_resource_to_the_gpu_workers_only(tmp_path: Path) 
     """``dask worker --nworkers 3 --preload pin_gpu.py`` with ``EMSEG_GPUS_PER_JOB=1``, as in a job
     with one GPU and two CPU workers: only the first holds ``GPU=1`` and sees the GPU, and a task
     that asks for the resource runs there."""
-    from distributed import Client, LocalCluster, get_worker
+    from distributed import get_worker
 
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "3", "EMSEG_GPUS_PER_JOB": "1"}
-    with LocalCluster(n_workers=0, dashboard_address=":0") as cluster, Client(cluster) as client:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "distributed.cli.dask_worker", cluster.scheduler_address, "--nworkers", "3",
-             "--nthreads", "1", "--name", "emseg-worker-5", "--no-dashboard", "--preload",
-             str(DEPLOY / "slurm" / "pin_gpu.py"), "--local-directory", str(tmp_path)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        try:
-            client.wait_for_workers(3, timeout=30)
-            seen = client.run(lambda dask_worker: (dask_worker.name, os.environ["CUDA_VISIBLE_DEVICES"]))
-            resources = {w["name"]: w["resources"] for w in client.scheduler_info()["workers"].values()}
-            ran = {client.submit(lambda i: get_worker().name, i, resources={"GPU": 1}, pure=False).result() for i in range(6)}
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-            time.sleep(0.1)
+    with _job_workers(tmp_path, 3, "emseg-worker-5", CUDA_VISIBLE_DEVICES="3", EMSEG_GPUS_PER_JOB="1") as client:
+        seen = client.run(lambda dask_worker: (dask_worker.name, os.environ["CUDA_VISIBLE_DEVICES"]))
+        resources = {w["name"]: w["resources"] for w in client.scheduler_info()["workers"].values()}
+        ran = {client.submit(lambda i: get_worker().name, i, resources={"GPU": 1}, pure=False).result() for i in range(6)}
     assert sorted(seen.values()) == [("emseg-worker-5-0", "3"), ("emseg-worker-5-1", ""), ("emseg-worker-5-2", "")]
     assert resources == {"emseg-worker-5-0": {"GPU": 1.0}, "emseg-worker-5-1": {}, "emseg-worker-5-2": {}}
     assert ran == {"emseg-worker-5-0"}
