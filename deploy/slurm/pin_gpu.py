@@ -19,14 +19,19 @@ import os
 from typing import Any
 
 
+def process_index(name: Any) -> int:
+    """The process index ``dask worker --nworkers`` appends to a worker's name (0 without one)."""
+    last = str(name).rsplit("-", 1)[-1]
+    return int(last) if last.isdigit() else 0
+
+
 def gpu_for(name: Any, visible: str | None) -> str:
     """The device a worker named ``name`` should see, from the job's ``CUDA_VISIBLE_DEVICES``.
 
     >>> gpu_for("emseg-worker-12-1", "4,5,6,7"), gpu_for(0, "GPU-a1,GPU-b2"), gpu_for("w-3", None)
     ('5', 'GPU-a1', '3')
     """
-    text = str(name)
-    index = int(text.rsplit("-", 1)[-1]) if text.rsplit("-", 1)[-1].isdigit() else 0
+    index = process_index(name)
     devices = [d.strip() for d in (visible or "").split(",") if d.strip()]
     if not devices:
         return str(index)
@@ -41,9 +46,7 @@ def role(name: Any, visible: str | None, gpus: int | None) -> tuple[str, dict[st
     >>> role("emseg-worker-12-1", "4,5", 2), role("emseg-worker-12-2", "4,5", 2), role("w-1", "4,5", None)
     (('5', {'GPU': 1.0}), ('', {}), ('5', {}))
     """
-    text = str(name)
-    index = int(text.rsplit("-", 1)[-1]) if text.rsplit("-", 1)[-1].isdigit() else 0
-    if gpus is not None and index >= gpus:
+    if gpus is not None and process_index(name) >= gpus:
         return "", {}
     return gpu_for(name, visible), ({} if gpus is None else {"GPU": 1.0})
 
