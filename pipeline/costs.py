@@ -189,6 +189,9 @@ class BlockSample:
     edges_bytes: int
     write_seconds: float
     output_bytes: int
+    #: seconds of the tasks that ask for cluster.model_resources: with write.affinities 1-predict's
+    #: (part of ``segment_seconds``), else all of ``segment_seconds`` (stage 1 runs the model)
+    model_task_seconds: float = 0.0
 
 
 @dataclass
@@ -209,6 +212,26 @@ def rate(samples: list[BlockSample], num: str, den: str) -> tuple[float, float, 
         return 0.0, 0.0, 0.0
     per = [a / b for a, b in pairs]
     return sum(a for a, _ in pairs) / sum(b for _, b in pairs), min(per), max(per)
+
+
+def wall_seconds(startup: float, seconds: float, workers: int, blocks: int,
+                 model_seconds: float = 0.0, model_workers: int | None = None) -> float:
+    """A lower bound of a run's wall time: ``startup`` plus the task ``seconds`` spread evenly over
+    ``min(workers, blocks)``; with ``model_workers`` (cluster.model_resources: only that many of the
+    workers run the model's tasks, one at a time each), at least those tasks' ``model_seconds``
+    spread over ``min(model_workers, blocks)``. Perfect load balance and no waiting between stages.
+
+    >>> wall_seconds(1.0, 100.0, 4, 10)
+    26.0
+    >>> wall_seconds(1.0, 100.0, 4, 10, model_seconds=80.0, model_workers=1)   # the model's worker
+    81.0
+    >>> wall_seconds(1.0, 100.0, 4, 10, model_seconds=20.0, model_workers=1)   # all workers
+    26.0
+    """
+    wall = seconds / max(1, min(workers, blocks))
+    if model_workers is not None:
+        wall = max(wall, model_seconds / max(1, min(model_workers, blocks)))
+    return startup + wall
 
 
 def stats(values: list[float]) -> dict[str, float]:

@@ -141,19 +141,59 @@ def test_plan_with_write_affinities_leaves_the_output_alone(tmp_path: Path) -> N
     assert back["bytes"] == pytest.approx(back["voxels"] * est["affinities_bytes"] / est["volume"]["voxels"])
 
 
-def test_plan_says_the_model_resources_are_not_estimated(tmp_path: Path) -> None:
-    """With cluster.model_resources only some workers run the model, which the wall times leave out."""
+def test_plan_lets_the_model_wait_for_the_workers_holding_model_resources(tmp_path: Path) -> None:
+    """With cluster.model_resources only --model-workers of the workers run the model's tasks (stage
+    1 here: no write.affinities), so the wall time is at least their seconds over those workers."""
+    from emseg.pipeline.config import load
     from emseg.tasks.cli import main
+    from emseg.tasks.commands.estimate import calibrate, estimate
+    from emseg.tasks.driver.run import validate
 
     config, _ = _config_file(tmp_path)
     data = yaml.safe_load(config.read_text())
     data["backend"] = {"name": "affinities", "model": {"kind": "forest"}}
     data["blocks"] = {"shape": [16, 32, 32], "halo": [23, 23, 23]}
-    data["cluster"] = {"model_resources": {"GPU": 1}}
+    data["cluster"] = {"workers": 4, "model_resources": {"GPU": 1}}
     config.write_text(yaml.safe_dump(data))
+    p = validate(load(config))
+    cal = calibrate(p, 2)
+    assert all(0 < x.model_task_seconds == x.segment_seconds for x in cal.samples)  # stage 1 runs the model
+    one, all_four = estimate(p, cal, gpus=2), estimate(p, cal, model_workers=4)
+    ts_ = one["task_seconds"]
+    assert ts_["model_tasks"] == pytest.approx(ts_["segment"]) and 0 < ts_["model_tasks"] < ts_["total"]
+    workers, gpus = one["runs"]
+    assert workers["model_workers"] == 1 and "model_workers" not in gpus  # each GPU's worker holds them
+    # 12 blocks: the model's worker alone takes longer than all work spread over 4 workers
+    assert workers["wall_seconds"] == pytest.approx(one["startup_seconds"] + ts_["model_tasks"])
+    assert all_four["runs"][0]["wall_seconds"] == pytest.approx(one["startup_seconds"] + ts_["total"] / 4)
+    assert gpus["wall_seconds"] == pytest.approx(one["startup_seconds"] + ts_["total"] / 2)
+    assert any("--model-workers" in item for item in one["not_estimated"])
     report = tmp_path / "plan.json"
-    assert main(["plan", str(config), "--calibrate", "1", "--json", str(report)]) == 0
-    assert any("model_resources" in item for item in json.loads(report.read_text())["not_estimated"])
+    assert main(["plan", str(config), "--calibrate", "1", "--model-workers", "2", "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["runs"][0]["model_workers"] == 2
+    data["write"]["affinities"] = "float32"  # 1-predict runs the model, stage 1 then reads it back
+    config.write_text(yaml.safe_dump(data))
+    assert all(0 < x.model_task_seconds < x.segment_seconds for x in calibrate(validate(load(config)), 1).samples)
+
+
+@pytest.mark.parametrize("cluster, message", [
+    ({"workers": 2}, "--model-workers counts the workers holding cluster.model_resources"),
+    ({"workers": 2, "model_resources": {"GPU": 1}}, "--model-workers 3 exceeds the 2 workers"),
+])
+def test_model_workers_need_model_resources_and_enough_workers(tmp_path: Path, capsys: Any, cluster: dict,
+                                                               message: str) -> None:
+    from emseg.tasks.cli import main
+
+    config, output = _config_file(tmp_path)
+    data = yaml.safe_load(config.read_text())
+    data["backend"] = {"name": "affinities", "model": {"kind": "forest"}}
+    data["blocks"] = {"shape": [16, 32, 32], "halo": [23, 23, 23]}
+    data["cluster"] = cluster
+    config.write_text(yaml.safe_dump(data))
+    assert main(["plan", str(config), "--model-workers", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("emseg: error: ") and message in err[-1]
+    assert not output.exists()
 
 
 def test_plan_counts_the_reads_of_stored_affinities(tmp_path: Path, capsys: Any) -> None:

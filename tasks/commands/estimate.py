@@ -1,18 +1,8 @@
 """``emseg plan CONFIG``: what a run will need and cost, from a calibration on a few of its blocks.
 
-The calibration runs stage 1 (:func:`emseg.tasks.stage1_segment.segment_alone`, the configured backend, for
-real; with ``write.affinities`` the block's ``1-predict`` too) on ``N`` blocks spread over the region of interest, in this process, into a temporary output
-that is deleted afterwards: the configured output is never opened. The first calibration block is
-run once more beforehand, untimed, to warm up (model loading, store opening): that time is reported
-as the per-worker startup. For each block it measures
-
-- the seconds of stage 1 (read the read box, segment, keep labels and faces in scratch);
-- the bytes of its scratch objects (core labels and overlap faces);
-- a stand-in for stage 2, since the neighbouring blocks are not segmented: each forward overlap read
-  twice and matched against itself, the edges stored as stage 2 stores them (its time, and the
-  bytes of the edges);
-- a stand-in for stage 4: the core labels read back, mapped through a lookup table and written with
-  the output's encoding and chunks (its time, and the bytes it stores).
+The calibration (:func:`emseg.tasks.commands.calibration.calibrate`) segments ``N`` blocks of the run
+for real, in this process and into a temporary output, and measures each block's stage-1 seconds, its
+scratch bytes, and stand-ins for stages 2 and 4.
 
 The estimates scale these by what each one is proportional to, for the whole region of interest or
 for a hypothetical volume of ``--volume-shape`` (so that a petascale run can be planned from a small
@@ -27,6 +17,9 @@ sample)::
 Rates are the ratio of sums over the calibration blocks; the low/high range uses the smallest and
 largest per-block rate. Wall time for ``W`` workers is startup + total task time / min(W, blocks):
 perfect load balance, no stragglers, no time for union-find (one task) — a lower bound to plan with.
+With ``cluster.model_resources`` only ``--model-workers`` of the W workers (default 1, as a local
+cluster gives them to its first worker) run the tasks that run the model, so the wall time is at
+least those tasks' time / min(M, blocks) (:func:`emseg.pipeline.costs.wall_seconds`).
 
 This module imports nothing heavy until it runs (the CLI imports it to build its parser).
 """
@@ -36,140 +29,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
-import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from emseg.pipeline.costs import Calibration, grid_totals, rate, readback_voxels, stats, wall_seconds
 from emseg.pipeline.errors import ConfigError
-from emseg.pipeline.io import kvstore
-from emseg.pipeline.costs import BlockSample, Calibration, calibration_blocks, grid_totals, rate, readback_voxels, stats
+from emseg.tasks.commands.calibration import calibrate
 from emseg.tasks.commands.estimate_table import format_table
 
 if TYPE_CHECKING:
     from emseg.tasks.driver.context import ValidatedRun
 
-Vec3 = tuple[int, int, int]
-
-
-def _device(backend_params: dict[str, Any]) -> str:
-    torch = sys.modules.get("torch")
-    wanted = str(backend_params.get("device", "auto"))
-    if torch is not None and wanted != "cpu" and torch.cuda.is_available():
-        return f"cuda ({torch.cuda.get_device_name(0)})"
-    return f"cpu ({os.cpu_count()} cores)"
-
-
-def calibrate(p: ValidatedRun, n: int = 3, *, workdir: str | None = None) -> Calibration:
-    """Segment ``n`` blocks of a planned run for real, into a temporary output, and measure them.
-
-    Parameters
-    ----------
-    p
-        A validated run (:func:`emseg.tasks.driver.run.plan`); its output is not touched.
-    n
-        How many blocks (spread over the region of interest, see :func:`calibration_blocks`).
-    workdir
-        Where the temporary output goes (a local directory; the system's temp directory by default).
-        It is removed afterwards.
-    """
-    import dataclasses
-    import shutil
-    import tempfile
-
-    import numpy as np
-
-    from emseg.pipeline.io import urls
-    from emseg.pipeline.stitching.seams import Edges
-    from emseg.pipeline.io.volume import create_channels, create_precomputed
-    from emseg.tasks.driver import runtime
-    from emseg.tasks.driver.context import new_run_id
-    from emseg.tasks.stage1_segment import face_key, segment_alone
-    from emseg.tasks.stage2_seams import match_seam
-    from emseg.tasks.stage4_relabel import segmentation_spec
-
-    if workdir is not None and not os.path.isdir(workdir):
-        raise ConfigError(f"--calibration-dir {workdir!r} is not a directory; create it or choose another")
-    tmp = tempfile.mkdtemp(prefix="emseg-plan-", dir=workdir)
-    try:
-        out = urls.store_url(tmp)
-        # write.affinities: into the temporary output too (its time counts, never the real output)
-        affs = urls.join(out, "affinities") if p.ctx.affinities is not None else None
-        ctx = dataclasses.replace(p.ctx, output=out, segmentation=urls.join(out, "segmentation"),
-                                  run_id=new_run_id(), affinities=affs)
-        if affs is not None:
-            create_channels(affs, dtype=str(ctx.affinities_dtype), channels=3, shape_zyx=ctx.roi.shape,
-                            chunk_zyx=p.config.write.chunk_shape, voxel_size_nm=p.input.voxel_size_nm)
-        grid = ctx.grid
-        ids = calibration_blocks(grid, n)
-        seg = create_precomputed(
-            ctx.segmentation, layer_type="segmentation", dtype="uint64", shape_zyx=ctx.roi.shape,
-            voxel_size_nm=p.input.voxel_size_nm, chunk_zyx=p.config.write.chunk_shape,
-            encoding=p.config.write.encoding,
-        )
-        del seg
-        writer = runtime.volume(segmentation_spec(ctx), True, ctx.run_id)
-        seg_kv = urls.open_kvstore(ctx.segmentation)
-        scratch = runtime.scratch(ctx.output)
-        rule = ctx.rule
-
-        t0 = time.perf_counter()
-        runtime.backend(ctx.backend_key)
-        segment_alone(ctx, ids[0])  # warm-up: model load, store open; not counted per block
-        warm = time.perf_counter() - t0
-
-        cal = Calibration(device="", startup_seconds=0.0)
-        written = kvstore.bytes_under(seg_kv, "", skip=("info",))
-        stored = 0  # write.affinities: bytes the write boxes' affinities took
-        for bid in ids:
-            block = grid.block(bid)
-            info, nbytes = segment_alone(ctx, bid)
-            stored += nbytes
-            labels_bytes = scratch.object_bytes(f"labels/{bid}")
-            faces_bytes = scratch.bytes_under(f"faces/{bid}/")
-            face_voxels = sum((block.read_box & nb.read_box).size for _, _, nb in grid.neighbours(block))
-
-            # stage 2 stand-in: read each forward overlap twice (for its two sides), match it against
-            # itself, store the scored edges as one blob
-            t = time.perf_counter()
-            fwd_voxels, parts = 0, []
-            for axis, nb in grid.forward_neighbours(block):
-                mine = scratch.get_arrays(face_key(bid, axis, +1))["labels"]
-                theirs = scratch.get_arrays(face_key(bid, axis, +1))["labels"]
-                fwd_voxels += mine.size
-                parts.append(match_seam(bid, nb.id, mine, theirs, rule))
-            edges = Edges.concat(parts)
-            scratch.put_arrays(f"edges/{bid}", {"a": edges.a, "b": edges.b, "count": edges.count,
-                                                "iou": edges.iou, "merge": edges.merge})
-            seam_s = time.perf_counter() - t
-            n_edges, edges_bytes = len(edges), scratch.object_bytes(f"edges/{bid}") if parts else 0
-
-            # stage 4 stand-in: read the core labels, map them through a lookup table, write them
-            # with the output's encoding and chunks
-            t = time.perf_counter()
-            core = scratch.get_arrays(f"labels/{bid}")["core"]
-            lut = np.arange(int(core.max(initial=0)) + 1, dtype=np.uint64)
-            writer.write(block.write_box.shift([-s for s in ctx.roi.start]), lut[core])
-            write_s = time.perf_counter() - t
-            now = kvstore.bytes_under(seg_kv, "", skip=("info",))
-            out_bytes, written = now - written, now
-
-            cal.samples.append(BlockSample(
-                block=bid, core_voxels=block.write_box.size, read_voxels=block.read_box.size,
-                face_voxels=face_voxels, forward_face_voxels=fwd_voxels,
-                segment_seconds=float(info["seconds"]), labels_bytes=labels_bytes, faces_bytes=faces_bytes,
-                seam_seconds=seam_s, edges=n_edges, edges_bytes=edges_bytes,
-                write_seconds=write_s, output_bytes=out_bytes,
-            ))
-        if affs is not None:
-            cal.affinities_bytes_per_voxel = stored / sum(grid.block(b).write_box.size for b in ids)
-        first = cal.samples[0]
-        cal.startup_seconds = max(0.0, warm - first.segment_seconds)
-        cal.device = _device(ctx.backend_params)
-        return cal
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+__all__ = ["add_arguments", "calibrate", "check_arguments", "estimate", "run"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -183,6 +55,7 @@ def check_arguments(
     workers: int | None = None,
     gpus: int | None = None,
     cost_per_hour: float | None = None,
+    model_workers: int | None = None,
 ) -> None:
     """Refuse estimate arguments that make no sense, before any calibration work."""
     from emseg.pipeline.io.sharding import check_alignment
@@ -191,9 +64,16 @@ def check_arguments(
         if len(volume_shape) != 3 or any(int(s) <= 0 for s in volume_shape):
             raise ConfigError(f"--volume-shape needs three positive sizes Z Y X, got {list(volume_shape)}")
         check_alignment(p.config.blocks.shape, p.config.write.chunk_shape, [int(s) for s in volume_shape], "chunk")
-    for name, value in (("--workers", workers), ("--gpus", gpus)):
+    for name, value in (("--workers", workers), ("--gpus", gpus), ("--model-workers", model_workers)):
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be at least 1, got {value}")
+    if model_workers is not None:
+        if not p.ctx.model_resources:
+            raise ConfigError("--model-workers counts the workers holding cluster.model_resources, which this run "
+                              "does not set (or its backend runs no model); leave it out or set model_resources")
+        if model_workers > (workers or p.config.cluster.workers):
+            raise ConfigError(f"--model-workers {model_workers} exceeds the {workers or p.config.cluster.workers} "
+                              "workers (--workers or cluster.workers) that they are among")
     if cost_per_hour is not None and cost_per_hour < 0:
         raise ConfigError(f"--cost-per-hour must be >= 0, got {cost_per_hour}")
 
@@ -216,6 +96,7 @@ def estimate(
     workers: int | None = None,
     gpus: int | None = None,
     cost_per_hour: float | None = None,
+    model_workers: int | None = None,
 ) -> dict[str, Any]:
     """Scale a calibration to the whole run (or a hypothetical volume); a JSON-ready dict.
 
@@ -231,8 +112,12 @@ def estimate(
         (one worker per GPU).
     cost_per_hour
         Price of one worker hour (and of one GPU hour) in USD; no cost without it.
+    model_workers
+        With ``cluster.model_resources``: how many of the workers hold them (default 1) and so run
+        the model's tasks; a GPU run gives every GPU's worker the resources.
     """
-    check_arguments(p, volume_shape=volume_shape, workers=workers, gpus=gpus, cost_per_hour=cost_per_hour)
+    check_arguments(p, volume_shape=volume_shape, workers=workers, gpus=gpus, cost_per_hour=cost_per_hour,
+                    model_workers=model_workers)
     blocks = p.config.blocks
     shape = tuple(int(s) for s in volume_shape) if volume_shape is not None else p.ctx.roi.shape
     workers = workers or p.config.cluster.workers
@@ -248,6 +133,8 @@ def estimate(
     edges_rate = rate(s, "edges_bytes", "forward_face_voxels")[0]
     nedges_rate = rate(s, "edges", "forward_face_voxels")[0]
     out_rate = rate(s, "output_bytes", "core_voxels")[0]
+    model_rate = rate(s, "model_task_seconds", "read_voxels")
+    limited = bool(p.ctx.model_resources)
 
     def task_seconds(k: int) -> float:
         return seg_rate[k] * t.read_voxels + seam_rate[k] * t.forward_face_voxels + write_rate[k] * t.core_voxels
@@ -257,10 +144,13 @@ def estimate(
     for unit, count in (("workers", workers), ("gpus", gpus)):
         if count is None:
             continue
-        eff = min(count, t.blocks)
         run: dict[str, Any] = {"unit": unit, "count": count}
-        for suffix, seconds in (("", total), ("_low", low), ("_high", high)):
-            run[f"wall_seconds{suffix}"] = cal.startup_seconds + seconds / eff
+        model = (model_workers or 1) if limited and unit == "workers" else None  # a GPU's worker holds them
+        if model is not None:
+            run["model_workers"] = model
+        for k, (suffix, seconds) in enumerate((("", total), ("_low", low), ("_high", high))):
+            run[f"wall_seconds{suffix}"] = wall_seconds(cal.startup_seconds, seconds, count, t.blocks,
+                                                        model_rate[k] * t.read_voxels, model)
             if cost_per_hour is not None:
                 run[f"cost_usd{suffix}"] = count * run[f"wall_seconds{suffix}"] / 3600 * cost_per_hour
         runs.append(run)
@@ -320,6 +210,7 @@ def estimate(
             "segment": seg_rate[0] * t.read_voxels,
             "seams_standin": seam_rate[0] * t.forward_face_voxels,
             "write_standin": write_rate[0] * t.core_voxels,
+            **({"model_tasks": model_rate[0] * t.read_voxels} if limited else {}),
             "total": total,
             "low": low,
             "high": high,
@@ -331,8 +222,8 @@ def estimate(
             *(["2-seams' agglomeration of each 2 x 2 x 2 group's hood (blockwise scope: stage 2 took 0.06 CPU-s "
                "per 128³ block of mirrored FIB-25, against 0.01 with global scope; docs/agglomeration.md)"]
               if p.ctx.boundary and not p.ctx.global_agglomeration else []),
-            *([f"cluster.model_resources {p.ctx.model_resources}: only the workers holding them run the model, but "
-               "the wall times divide every task's seconds by all workers (or GPUs)"] if p.ctx.model_resources else []),
+            *([f"cluster.model_resources {p.ctx.model_resources}: the workers' wall time lets the model's tasks wait only "
+               "for the --model-workers holding them; later stages wait for none of them"] if limited else []),
             "3-unionfind (its work and memory grow with candidate_edges)",
             "post-processing (pyramid, meshes, segment properties, seam audit), when configured",
             "stragglers, retries, and scheduler overhead per task",
@@ -356,6 +247,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="segment N blocks spread over the region of interest to measure (default 3)")
     parser.add_argument("--workers", type=int, metavar="W", help="wall time for W workers (default cluster.workers)")
     parser.add_argument("--gpus", type=int, metavar="G", help="also the wall time for G GPUs (one worker each)")
+    parser.add_argument("--model-workers", type=int, metavar="M",
+                        help="with cluster.model_resources: how many of the workers hold them and run the model "
+                             "(default 1, as a local cluster's first worker does)")
     parser.add_argument("--cost-per-hour", type=float, metavar="USD", help="price of one worker or GPU hour")
     parser.add_argument("--volume-shape", type=int, nargs=3, metavar=("Z", "Y", "X"),
                         help="plan a hypothetical volume of this shape instead of the region of interest")
@@ -378,13 +272,13 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config, args.overrides)
     p = validate(cfg)
     check_arguments(p, volume_shape=args.volume_shape, workers=args.workers, gpus=args.gpus,
-                    cost_per_hour=args.cost_per_hour)
+                    cost_per_hour=args.cost_per_hour, model_workers=args.model_workers)
     n = min(args.calibrate, p.ctx.grid.num_blocks)
     log.info("plan: calibrating on %d of %d block%s with backend %s (in this process, temporary output)",
              n, p.ctx.grid.num_blocks, "" if p.ctx.grid.num_blocks == 1 else "s", cfg.backend.name)
     cal = calibrate(p, n, workdir=args.calibration_dir)
     est = estimate(p, cal, volume_shape=args.volume_shape, workers=args.workers, gpus=args.gpus,
-                   cost_per_hour=args.cost_per_hour)
+                   cost_per_hour=args.cost_per_hour, model_workers=args.model_workers)
     est["config_path"] = os.fspath(args.config)
     if args.gpus and not cal.device.startswith("cuda"):
         log.warning("plan: the calibration ran on %s, so the GPU wall time assumes GPUs as fast as it; "

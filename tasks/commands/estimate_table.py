@@ -88,6 +88,8 @@ def format_table(est: dict[str, Any]) -> str:
     for run in est["runs"]:
         unit = "worker" if run["unit"] == "workers" else "GPU"
         label = f"wall, {run['count']} {unit}{'s' if run['count'] != 1 else ''}"
+        if "model_workers" in run:
+            label += f", the model on {run['model_workers']}"
         text = (f"{human_seconds(run['wall_seconds'])} ({human_seconds(run['wall_seconds_low'])} .. "
                 f"{human_seconds(run['wall_seconds_high'])})")
         if "cost_usd" in run:
