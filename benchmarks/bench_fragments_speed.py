@@ -6,8 +6,6 @@ bundled forest's affinities, in one process:
 
 - ``before``: the kernels before the block-invariance and speed work (fragments cut from the write
   box alone, scikit-image's watershed);
-- ``scipy max``: ``after`` with the seeds' local maxima by scipy's ``maximum_filter``, as before
-  :func:`emseg.pipeline.stitching.agglomeration.window_max` replaced it (the same fragments);
 - ``after``: today's kernels (fragments cut with ``fragment_context`` voxels of context,
   :func:`emseg.pipeline.stitching.flood.seeded_watershed`, join edges across the faces, the region
   and face graphs summed by the compiled kernels of :mod:`emseg.pipeline.stitching.rag`; ``before``
@@ -17,7 +15,7 @@ Each runs the crop in 64³ blocks and as one block (128³ blocks): per block the
 affinity, distance transform, maximum filter, connected components), the watershed, the crop to the
 write box and renumbering, and the region graph (stage 1 without the model); then the face graphs
 (stage 2), the agglomeration of the whole graph and the union-find (stage 3) and the relabelling
-through the look-up table (stage 4). The "after" and "scipy max" fragments are checked against
+through the look-up table (stage 4). The "after" fragments are checked against
 :func:`emseg.pipeline.stitching.agglomeration.block_fragments` (the pipeline's call) on every block.
 
     python benchmarks/bench_fragments_speed.py [--repeat 3]
@@ -47,7 +45,6 @@ CONTEXT = 16
 #: the crop (z, y, x) inside the predicted box, which starts at (154, 0, 0)
 BOX = (slice(154, 250), slice(0, 160), slice(0, 160))
 CROP = (slice(16, 96), slice(16, 144), slice(16, 144))
-VARIANTS = ("before", "scipy max", "after")
 STEPS = ("seeds", "watershed", "crop + renumber", "region graph", "face graphs", "agglomeration",
          "union-find", "relabel")
 
@@ -94,10 +91,10 @@ def run(affs: np.ndarray, block: int, variant: str, threshold: float) -> tuple[d
     from skimage.segmentation import watershed
 
     from emseg.pipeline.stitching.agglomeration import (
-        Graph, _dense, agglomerate, block_fragments, components, face_graph, region_graph, window_max)
+        Graph, _dense, agglomerate, block_fragments, components, face_graph, region_graph)
     from emseg.pipeline.stitching.flood import seeded_watershed
 
-    after = variant != "before"
+    after = variant == "after"
     t: dict[str, float] = defaultdict(float)
     full = tuple(s.stop - s.start for s in CROP)
 
@@ -119,8 +116,7 @@ def run(affs: np.ndarray, block: int, variant: str, threshold: float) -> tuple[d
         interior = mean > 0.7
         # "after" as fragments_watershed does it: edt on a uint8 view, uint32 seeds, the cost in place
         depth = edt.edt(interior.view(np.uint8) if after else interior, black_border=False, parallel=1)
-        top = window_max(depth, (3, 3, 3)) if variant == "after" else ndi.maximum_filter(depth, size=7, mode="nearest")
-        peaks = (depth == top) & interior
+        peaks = (depth == ndi.maximum_filter(depth, size=7, mode="nearest")) & interior
         seeds = cc3d.connected_components(peaks, connectivity=26, out_dtype=np.uint32 if after else np.uint64)
         t0 = tick("seeds", t0)
         if after:
@@ -207,20 +203,20 @@ def main() -> None:
     best: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)
     for _ in range(args.repeat):  # variants interleaved, so that a change of load hits both alike
         for block in (64, 128):
-            for variant in VARIANTS:
+            for variant in ("before", "after"):
                 t, seg = run(affs, block, variant, threshold)
                 b = best[(variant, block)]
                 best[(variant, block)] = {k: min(b.get(k, np.inf), v) for k, v in t.items()}
                 segs[(variant, block)] = seg
     for block in (64, 128):
-        for variant in VARIANTS:
+        for variant in ("before", "after"):
             b = best[(variant, block)]
             per = {k: round(float(b[k]) / mvox, 4) for k in STEPS}
             per["total"] = round(float(sum(b.values())) / mvox, 4)
             per["mvoxel_per_cpu_second"] = round(float(mvox / sum(b.values())), 2)
             res["cpu_seconds_per_mvoxel"][f"{variant} {block}"] = per
-            print(f"{variant:>9} {block:>3}³: {per}", flush=True)
-    for variant in VARIANTS:
+            print(f"{variant:>6} {block:>3}³: {per}", flush=True)
+    for variant in ("before", "after"):
         d = evaluate_arrays(segs[(variant, 64)], segs[(variant, 128)], ignore_gt_zero=False)
         res[f"{variant}: 64³ vs one block VOI"] = round(d["voi_split"] + d["voi_merge"], 4)
     res["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]

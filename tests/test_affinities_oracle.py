@@ -254,21 +254,3 @@ def test_backend_passes_the_block_origin_so_the_unet_predicts_like_the_whole_vol
     core = tuple(slice(c[i] + 1, 84 - o[i] - c[i] - 1) for i in range(3))
     shifted = tuple(slice(s.start + o[i], s.stop + o[i]) for i, s in enumerate(core))
     assert np.abs(part[(slice(None), *core)] - whole[(slice(None), *shifted)]).max() < 1e-4
-
-
-@pytest.mark.parametrize("radii", [(3, 3, 3), (1, 3, 3), (0, 2, 5), (4, 0, 0), (9, 1, 2)])
-def test_seed_window_maximum_equals_scipys_filter(radii):
-    """The seeds' local maxima use window_max: scipy's maximum_filter with mode 'nearest', ties and
-    windows wider than an axis (radius 9 on 7 planes) included."""
-    from scipy import ndimage
-
-    from emseg.pipeline.stitching.agglomeration import window_max
-
-    rng = np.random.default_rng(sum(radii))
-    for a in (rng.random((7, 20, 13), np.float32), rng.integers(0, 4, (7, 20, 13)).astype(np.float32)):
-        want = ndimage.maximum_filter(a, size=[2 * r + 1 for r in radii], mode="nearest")
-        got = window_max(a, radii)
-        assert got.dtype == a.dtype and np.array_equal(got, want)
-        assert got is not a
-    with pytest.raises(ValueError, match="radii"):
-        window_max(a, (1, 1))

@@ -123,6 +123,7 @@ def fragments_watershed(
     """
     import cc3d
     import edt
+    from scipy import ndimage as ndi
 
     from emseg.pipeline.stitching.flood import seeded_watershed
 
@@ -136,42 +137,13 @@ def fragments_watershed(
     # edt 3.1 (0.16 against 0.20 CPU-s on a 160³ box of FIB-25, any anisotropy; measured)
     depth = edt.edt(interior.view(np.uint8), anisotropy=size, black_border=False, parallel=1)
     finest = min(size)
-    radii = tuple(max(0, int(round(seed_min_distance * finest / v))) for v in size)
-    peaks = (depth == window_max(depth, radii)) & interior
+    footprint = tuple(2 * max(0, int(round(seed_min_distance * finest / v))) + 1 for v in size)
+    peaks = (depth == ndi.maximum_filter(depth, size=footprint, mode="nearest")) & interior
     # uint32 seeds and labels (a box holds fewer than 2**31 voxels): half the memory of uint64, and
     # a 160³ box's arrays can then stay below glibc's mmap threshold (at most 32 MB) instead of being
     # mapped and page-faulted anew for every block
     seeds = cc3d.connected_components(peaks, connectivity=26, out_dtype=np.uint32)
     return seeded_watershed(np.subtract(1.0, mean, out=mean), seeds, mask)
-
-
-def window_max(a: np.ndarray, radii: tuple[int, ...]) -> np.ndarray:
-    """The maximum of ``a`` over the box of ``radii[d]`` voxels on each side along each axis ``d``.
-
-    The box is clipped at the array's edges, which gives the values of scipy's
-    ``ndimage.maximum_filter(a, size=[2 * r + 1 for r in radii], mode="nearest")`` (tested). It is
-    computed one axis after the other by elementwise maxima of shifted views, 2 r numpy passes per
-    axis: on the distance transform of a 96³ box of FIB-25 (radius 3 on each axis) 2.7 against 19.2
-    ms for scipy's filter, which walks each line in Python-level buffers (2-core AMD EPYC, one
-    thread; ``benchmarks/bench_fragments_speed.py`` gives the step's share). Returns a new array.
-
-    >>> window_max(np.array([0, 5, 0, 0, 0, 1]), (1,))
-    array([5, 5, 5, 0, 1, 1])
-    """
-    if len(radii) != a.ndim or any(r < 0 for r in radii):
-        raise ValueError(f"radii {radii} must be {a.ndim} numbers >= 0, one per axis of {a.shape}")
-    out = a
-    for axis, radius in enumerate(radii):
-        if radius == 0:
-            continue
-        this, n = out.copy(), a.shape[axis]
-        for shift in range(1, min(radius, n - 1) + 1):
-            low = tuple(slice(0, n - shift) if d == axis else slice(None) for d in range(a.ndim))
-            high = tuple(slice(shift, n) if d == axis else slice(None) for d in range(a.ndim))
-            np.maximum(this[low], out[high], out=this[low])
-            np.maximum(this[high], out[low], out=this[high])
-        out = this
-    return out.copy() if out is a else out
 
 
 def fragments_zwatershed(
