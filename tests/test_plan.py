@@ -141,7 +141,7 @@ def test_plan_with_write_affinities_leaves_the_output_alone(tmp_path: Path) -> N
     assert back["bytes"] == pytest.approx(back["voxels"] * est["affinities_bytes"] / est["volume"]["voxels"])
 
 
-def test_plan_lets_the_model_wait_for_the_workers_holding_model_resources(tmp_path: Path) -> None:
+def test_plan_lets_the_model_wait_for_the_workers_holding_model_resources(tmp_path: Path, capsys: Any) -> None:
     """With cluster.model_resources only --model-workers of the workers run the model's tasks (stage
     1 here: no write.affinities), so the wall time is at least their seconds over those workers."""
     from emseg.pipeline.config import load
@@ -171,6 +171,7 @@ def test_plan_lets_the_model_wait_for_the_workers_holding_model_resources(tmp_pa
     report = tmp_path / "plan.json"
     assert main(["plan", str(config), "--calibrate", "1", "--model-workers", "2", "--json", str(report)]) == 0
     assert json.loads(report.read_text())["runs"][0]["model_workers"] == 2
+    assert "calibration ran the model on cpu" in capsys.readouterr().err  # a CPU calibration for GPU workers
     data["write"]["affinities"] = "float32"  # 1-predict runs the model, stage 1 then reads it back
     config.write_text(yaml.safe_dump(data))
     assert all(0 < x.model_task_seconds < x.segment_seconds for x in calibrate(validate(load(config)), 1).samples)
@@ -178,7 +179,7 @@ def test_plan_lets_the_model_wait_for_the_workers_holding_model_resources(tmp_pa
 
 @pytest.mark.parametrize("cluster, message", [
     ({"workers": 2}, "--model-workers counts the workers holding cluster.model_resources"),
-    ({"workers": 2, "model_resources": {"GPU": 1}}, "--model-workers 3 exceeds the 2 workers"),
+    ({"workers": 2, "model_resources": {"GPU": 1}}, "--model-workers 3 exceeds the workers they are among (2"),
 ])
 def test_model_workers_need_model_resources_and_enough_workers(tmp_path: Path, capsys: Any, cluster: dict,
                                                                message: str) -> None:

@@ -71,11 +71,21 @@ def check_arguments(
         if not p.ctx.model_resources:
             raise ConfigError("--model-workers counts the workers holding cluster.model_resources, which this run "
                               "does not set (or its backend runs no model); leave it out or set model_resources")
-        if model_workers > (workers or p.config.cluster.workers):
-            raise ConfigError(f"--model-workers {model_workers} exceeds the {workers or p.config.cluster.workers} "
-                              "workers (--workers or cluster.workers) that they are among")
+        count = workers or p.config.cluster.workers
+        if model_workers > count:
+            raise ConfigError(f"--model-workers {model_workers} exceeds the workers they are among ({count}: --workers "
+                              "or cluster.workers); give at most that many, or more --workers")
     if cost_per_hour is not None and cost_per_hour < 0:
         raise ConfigError(f"--cost-per-hour must be >= 0, got {cost_per_hour}")
+
+
+def _resources(resources: dict[str, float]) -> str:
+    """Worker resources as ``dask worker --resources`` spells them.
+
+    >>> _resources({"GPU": 1.0, "MEM": 2.5})
+    'GPU=1 MEM=2.5'
+    """
+    return " ".join(f"{k}={v:g}" for k, v in resources.items())
 
 
 def _stored_itemsize(p: ValidatedRun) -> int | None:
@@ -105,7 +115,7 @@ def estimate(
     p, cal
         The planned run and its calibration.
     volume_shape
-        ValidatedRun a volume of this shape (z, y, x voxels) instead of the configured region of interest,
+        Plan a volume of this shape (z, y, x voxels) instead of the configured region of interest,
         with the same block shape, halo, backend and data.
     workers, gpus
         Wall time and cost for this many workers (default: ``cluster.workers``) and, when given, GPUs
@@ -222,7 +232,7 @@ def estimate(
             *(["2-seams' agglomeration of each 2 x 2 x 2 group's hood (blockwise scope: stage 2 took 0.06 CPU-s "
                "per 128³ block of mirrored FIB-25, against 0.01 with global scope; docs/agglomeration.md)"]
               if p.ctx.boundary and not p.ctx.global_agglomeration else []),
-            *([f"cluster.model_resources {p.ctx.model_resources}: the time the other workers wait for the model's output "
+            *([f"cluster.model_resources {_resources(p.ctx.model_resources)}: the time the other workers wait for the model's output "
                "(the workers' wall time is the larger of the model's tasks on the --model-workers and all tasks on all "
                "workers)"] if limited else []),
             "3-unionfind (its work and memory grow with candidate_edges)",
@@ -249,8 +259,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, metavar="W", help="wall time for W workers (default cluster.workers)")
     parser.add_argument("--gpus", type=int, metavar="G", help="also the wall time for G GPUs (one worker each)")
     parser.add_argument("--model-workers", type=int, metavar="M",
-                        help="with cluster.model_resources: how many of the workers hold them and run the model "
-                             "(default 1, as a local cluster's first worker does)")
+                        help="with cluster.model_resources: how many of the W workers hold them and run the model "
+                             "(1 to W; default 1, as on a local cluster, whose first worker holds them); the --gpus "
+                             "row gives every GPU's worker the resources")
     parser.add_argument("--cost-per-hour", type=float, metavar="USD", help="price of one worker or GPU hour")
     parser.add_argument("--volume-shape", type=int, nargs=3, metavar=("Z", "Y", "X"),
                         help="plan a hypothetical volume of this shape instead of the region of interest")
@@ -281,9 +292,15 @@ def run(args: argparse.Namespace) -> int:
     est = estimate(p, cal, volume_shape=args.volume_shape, workers=args.workers, gpus=args.gpus,
                    cost_per_hour=args.cost_per_hour, model_workers=args.model_workers)
     est["config_path"] = os.fspath(args.config)
-    if args.gpus and not cal.device.startswith("cuda"):
-        log.warning("plan: the calibration ran on %s, so the GPU wall time assumes GPUs as fast as it; "
-                    "run emseg plan on a GPU machine for GPU timings", cal.device)
+    who = [name for name, on in (("GPUs", args.gpus), ("the workers holding cluster.model_resources",
+                                                       p.ctx.model_resources)) if on]
+    if who and not cal.device.startswith("cuda"):
+        log.warning("plan: the calibration ran the model on %s, so the wall times assume %s as fast as it; run "
+                    "emseg plan on a machine like the model's workers for their timings", cal.device, " and ".join(who))
+    if p.ctx.model_resources and args.model_workers is None and p.config.cluster.address:
+        log.warning("plan: --model-workers not given: the wall time assumes 1 worker of the cluster at %s holds "
+                    "cluster.model_resources; give the number of such workers (e.g. GPU workers)",
+                    p.config.cluster.address)
     print(format_table(est))
     if args.json:
         with open(args.json, "w") as f:
