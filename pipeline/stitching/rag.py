@@ -59,11 +59,11 @@ def _table(expected: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
 
 # The kernels below insert into the table in their own loop, and never rebind its arrays inside
 # it. Until 2026-12-01 they grew the table inside the loop (a helper returned the arrays, grown or
-# not, on every insert), and numba compiled that loop 8 times slower: the region graph of a 64³ write
-# box of FIB-25 took 11.1 ms against 1.6 ms now (one thread, the same sums bit for bit; the loop
-# with the rebinding alone, without the helper, was as slow). Now a kernel stops before an insert
-# that would fill the table past half and returns where it stopped; the caller grows the table and
-# calls it again from there, so each pair's values are still added in voxel order.
+# not, on every insert), and numba compiled that loop about 7 times slower: the region graph of a
+# 64³ write box of FIB-25 took 11.1 ms against 1.6 ms now (one thread, the same sums bit for bit;
+# the loop with the rebinding alone, without the helper, was as slow). Now a kernel stops before an
+# insert that would fill the table past half and returns where it stopped; the caller grows the
+# table and calls it again from there, so each pair's values are still added in voxel order.
 
 
 @compiled(DISK_CACHE, nogil=True)
