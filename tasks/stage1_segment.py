@@ -187,9 +187,9 @@ def predict_block(ctx: RunContext, block_id: int, *upstream: Any) -> dict[str, A
 def segment_alone(ctx: RunContext, block_id: int) -> tuple[dict[str, Any], int]:
     """Stage 1 of one block without its neighbours, for ``emseg plan``'s calibration: the done
     info (with ``write.affinities``, ``seconds`` includes ``1-predict``'s, which ``predict_seconds``
-    gives) and the bytes its write
-    box's stored affinities took (0 without). The window's other blocks are not predicted: stage 1
-    reads zeros around the write box, and a block pays for its own write box only."""
+    gives) and the bytes its write box's stored affinities took (0 without). The window's other
+    blocks are not predicted: stage 1 reads zeros around the write box, and a block pays for its own
+    write box only."""
     if ctx.affinities is None:
         return segment_block(ctx, block_id), 0
     import tensorstore as ts

@@ -232,9 +232,9 @@ def estimate(
             *(["2-seams' agglomeration of each 2 x 2 x 2 group's hood (blockwise scope: stage 2 took 0.06 CPU-s "
                "per 128³ block of mirrored FIB-25, against 0.01 with global scope; docs/agglomeration.md)"]
               if p.ctx.boundary and not p.ctx.global_agglomeration else []),
-            *([f"cluster.model_resources {_resources(p.ctx.model_resources)}: the time the other workers wait for the model's output "
-               "(the workers' wall time is the larger of the model's tasks on the --model-workers and all tasks on all "
-               "workers)"] if limited else []),
+            *([f"cluster.model_resources {_resources(p.ctx.model_resources)}: the time the other workers wait for "
+               "the model's output (the workers' wall time is the larger of the model's tasks on the --model-workers "
+               "and all tasks on all workers)"] if limited else []),
             "3-unionfind (its work and memory grow with candidate_edges)",
             "post-processing (pyramid, meshes, segment properties, seam audit), when configured",
             "stragglers, retries, and scheduler overhead per task",
